@@ -1,0 +1,97 @@
+"""The one exception tree of MEIJU Review. Every error names what it is about.
+
+::
+
+    MeijuError                  base; catch this at the UI / CLI boundary
+    ├── InputError              bad user input: a file, a row, a field (``path``, ``row``, ``field``)
+    │   ├── LabelError          unknown head or class name
+    │   ├── ImportDataError     a CSV or release folder that cannot be imported (nothing is stored)
+    │   └── FeatureError        a feature array of the wrong shape, or with NaN / inf
+    ├── MediaError              a video or audio file that cannot be decoded (``path``)
+    ├── StoreError              a store invariant was violated
+    │   ├── QuotaExceeded       accepting would pass a class quota (``head``, ``label``, ``quota``)
+    │   ├── StaleEdit           someone saved the same row first (optimistic lock)
+    │   └── PermissionDenied    the user's role may not do this
+    └── JobError                a background job failed or was cancelled
+
+Usage::
+
+    try:
+        import_csv(store, path)
+    except MeijuError as e:
+        print(e)          # "train.csv, row 12, field 'emotion': unknown emotion label 'joy' ..."
+"""
+
+from __future__ import annotations
+
+
+class MeijuError(Exception):
+    """Base class; ``str(e)`` is a complete message for a person."""
+
+
+class InputError(MeijuError):
+    """Bad input. ``path``, ``row`` (1-based, header is row 1) and ``field`` locate it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        row: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.path, self.row, self.field, self.reason = path, row, field, message
+        where = []
+        if path:
+            where.append(str(path))
+        if row is not None:
+            where.append(f"row {row}")
+        if field:
+            where.append(f"field {field!r}")
+        super().__init__(f"{', '.join(where)}: {message}" if where else message)
+
+
+class LabelError(InputError):
+    """An unknown head or class name."""
+
+
+class ImportDataError(InputError):
+    """A file that cannot be imported; the store is left exactly as it was."""
+
+
+class FeatureError(InputError):
+    """A feature array with the wrong shape or non-finite values."""
+
+
+class MediaError(MeijuError):
+    """A media file that cannot be read: missing, corrupt, empty or without the needed stream."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class StoreError(MeijuError):
+    """A store invariant was violated."""
+
+
+class QuotaExceeded(StoreError):
+    """Accepting this label would pass the class quota of the round."""
+
+    def __init__(self, head: str, label: str, quota: int, accepted: int) -> None:
+        self.head, self.label, self.quota, self.accepted = head, label, quota, accepted
+        super().__init__(
+            f"quota for {head} {label!r} is full: {accepted} of {quota} already accepted"
+        )
+
+
+class StaleEdit(StoreError):
+    """The row changed since it was read (someone else saved first); reload and retry."""
+
+
+class PermissionDenied(StoreError):
+    """The user's role does not allow this action."""
+
+
+class JobError(MeijuError):
+    """A background job failed or was cancelled."""

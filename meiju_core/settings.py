@@ -1,0 +1,81 @@
+"""One settings object, declared once with its help text.
+
+Each setting has a default, an environment variable (``MEIJU_<NAME>``) and a line of help; the CLI
+``--help``, the README table and the tests read the same ``SETTINGS`` tuple. Resolution order:
+defaults, then environment, then explicit keyword overrides.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+# (name, default, help)
+SETTINGS: tuple[tuple[str, Any, str], ...] = (
+    ("data_dir", "data", "Folder for the database, media copies, features, checkpoints and logs."),
+    ("database_url", "", "SQLAlchemy URL; empty means sqlite:///<data_dir>/meiju.db. "
+     "PostgreSQL works by URL (postgresql+psycopg://...)."),
+    ("queue_path", "", "SQLite file of the huey job queue; empty means <data_dir>/queue.db."),
+    ("device", "auto", "Training device: auto (CUDA when available), cpu or cuda."),
+    ("feature_set", "builtin", "Feature set used for training: builtin, pretrained or meiju-npy."),
+    ("threshold", 0.99, "Pseudo-label confidence threshold per head (paper: 0.99)."),
+    ("quota_strategy", "balanced", "Per-class quota strategy: balanced, proportional or explicit."),
+    ("quota_budget", 2000, "Most pseudo-labels a round may accept per head."),
+    ("seed", 336, "Random seed for splits and training."),
+    ("lease_seconds", 120, "How long a review card stays reserved for one annotator."),
+    ("project", "demo", "Name of the active project."),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings; build with ``Settings.load()``."""
+
+    data_dir: Path
+    database_url: str
+    queue_path: Path
+    device: str
+    feature_set: str
+    threshold: float
+    quota_strategy: str
+    quota_budget: int
+    seed: int
+    lease_seconds: int
+    project: str
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """Defaults, then ``MEIJU_*`` environment variables, then ``overrides`` (None is ignored)."""
+        values: dict[str, Any] = {}
+        for name, default, _help in SETTINGS:
+            raw = os.environ.get(f"MEIJU_{name.upper()}")
+            value = default if raw is None else type(default)(raw)
+            if overrides.get(name) is not None:
+                value = overrides[name]
+            values[name] = value
+        data_dir = Path(values["data_dir"]).expanduser().resolve()
+        values["data_dir"] = data_dir
+        values["database_url"] = values["database_url"] or f"sqlite:///{data_dir / 'meiju.db'}"
+        values["queue_path"] = Path(values["queue_path"] or data_dir / "queue.db")
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: str(getattr(self, f.name)) if isinstance(getattr(self, f.name), Path)
+                else getattr(self, f.name) for f in fields(self)}
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.data_dir / "checkpoints"
+
+    @property
+    def feature_dir(self) -> Path:
+        return self.data_dir / "features"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
