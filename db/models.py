@@ -112,9 +112,7 @@ class Transcript(Base):
 
     __tablename__ = "transcript"
     id: Mapped[int] = mapped_column(primary_key=True)
-    sample_id: Mapped[int] = mapped_column(
-        ForeignKey("sample.id", ondelete="CASCADE"), unique=True
-    )
+    sample_id: Mapped[int] = mapped_column(ForeignKey("sample.id", ondelete="CASCADE"), unique=True)
     original_text: Mapped[str] = mapped_column(Text, default="")
     source: Mapped[str] = mapped_column(String(16), default="official")
     text: Mapped[str] = mapped_column(Text, default="")

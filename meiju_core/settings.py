@@ -15,8 +15,12 @@ from typing import Any
 # (name, default, help)
 SETTINGS: tuple[tuple[str, Any, str], ...] = (
     ("data_dir", "data", "Folder for the database, media copies, features, checkpoints and logs."),
-    ("database_url", "", "SQLAlchemy URL; empty means sqlite:///<data_dir>/meiju.db. "
-     "PostgreSQL works by URL (postgresql+psycopg://...)."),
+    (
+        "database_url",
+        "",
+        "SQLAlchemy URL; empty means sqlite:///<data_dir>/meiju.db. "
+        "PostgreSQL works by URL (postgresql+psycopg://...).",
+    ),
     ("queue_path", "", "SQLite file of the huey job queue; empty means <data_dir>/queue.db."),
     ("device", "auto", "Training device: auto (CUDA when available), cpu or cuda."),
     ("feature_set", "builtin", "Feature set used for training: builtin, pretrained or meiju-npy."),
@@ -65,8 +69,12 @@ class Settings:
         return replace(self, **changes)
 
     def as_dict(self) -> dict[str, Any]:
-        return {f.name: str(getattr(self, f.name)) if isinstance(getattr(self, f.name), Path)
-                else getattr(self, f.name) for f in fields(self)}
+        return {
+            f.name: str(getattr(self, f.name))
+            if isinstance(getattr(self, f.name), Path)
+            else getattr(self, f.name)
+            for f in fields(self)
+        }
 
     @property
     def checkpoint_dir(self) -> Path:

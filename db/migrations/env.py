@@ -23,7 +23,9 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     connectable = config.attributes.get("connection")
     if connectable is None:
-        connectable = create_engine(config.get_main_option("sqlalchemy.url"), poolclass=pool.NullPool)
+        connectable = create_engine(
+            config.get_main_option("sqlalchemy.url"), poolclass=pool.NullPool
+        )
     with connectable.connect() as connection:
         context.configure(
             connection=connection, target_metadata=target_metadata, render_as_batch=True

@@ -1,0 +1,54 @@
+# MEIJU Review: `make run` and `make test` do all the set-up in a local virtual environment.
+#
+# Torch is chosen explicitly. The default is the CPU build (torch==2.13.0). With an NVIDIA GPU,
+# install the CUDA build instead:   make run TORCH=torch   (PyPI's Linux wheels are CUDA builds)
+# or any pip requirement, e.g.      make run TORCH="torch==2.13.0 --index-url <your CUDA index>"
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PORT ?= 8501
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run demo worker test lint format browser bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/meiju demo
+
+run: demo
+	$(BIN)/meiju run --port $(PORT)
+
+worker: install
+	$(BIN)/meiju worker
+
+# Debian's Chromium drives the browser tests (Playwright uses it; it never downloads a browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "install Debian's chromium: sudo apt-get install chromium chromium-driver"; exit 1; fi; }
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: install browser lint
+	$(BIN)/pytest
+
+bench: install
+	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .ruff_cache

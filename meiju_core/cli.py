@@ -1,0 +1,366 @@
+"""The ``meiju`` command: the review loop headless, one subcommand per arrow of the loop.
+
+Every command calls the same ``meiju_core.pipeline`` function the app and the worker call. Heavy
+modules (torch, the model) are imported inside commands, so ``meiju --help`` is instant.
+Global options override settings (``MEIJU_*`` environment variables work too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from meiju_core.errors import MeijuError
+from meiju_core.settings import SETTINGS, Settings
+
+app = typer.Typer(
+    help="MEIJU Review: pseudo-label review and retraining for joint emotion + intent models.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+user_app = typer.Typer(help="Manage users.", no_args_is_help=True)
+export_app = typer.Typer(help="Export labels and predictions.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+app.add_typer(export_app, name="export")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_state: dict[str, Any] = {}
+
+
+@app.callback()
+def _global(
+    data_dir: Annotated[str | None, typer.Option(help="Data folder (MEIJU_DATA_DIR).")] = None,
+    database_url: Annotated[str | None, typer.Option(help="Database URL.")] = None,
+    project: Annotated[str | None, typer.Option(help="Project name.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+) -> None:
+    _state["settings"] = Settings.load(
+        data_dir=data_dir, database_url=database_url, project=project, device=device
+    )
+
+
+def _settings() -> Settings:
+    return _state.get("settings") or Settings.load()
+
+
+@contextlib.contextmanager
+def _friendly() -> Iterator[None]:
+    try:
+        yield
+    except MeijuError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(1) from e
+
+
+@contextlib.contextmanager
+def _bar(description: str) -> Iterator[Any]:
+    """A rich progress bar fed by pipeline progress events."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        transient=False,
+    ) as bar:
+        task = bar.add_task(description, total=1.0)
+
+        def update(event: dict[str, Any]) -> None:
+            if "progress" in event:
+                bar.update(task, completed=float(event["progress"]))
+            if event.get("message"):
+                bar.update(task, description=str(event["message"])[:60])
+
+        yield update
+
+
+def _store_and_project():
+    from meiju_core import pipeline
+
+    settings = _settings()
+    store = pipeline.open_store(settings)
+    info = pipeline.project_info(store, name=settings.project)
+    if info is None:
+        typer.secho(
+            f"error: no project {settings.project!r}; run `meiju demo` or import one",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(1)
+    return settings, store, info
+
+
+@app.command()
+def init() -> None:
+    """Create or migrate the database (alembic upgrade head)."""
+    from meiju_core import pipeline
+
+    settings = _settings()
+    pipeline.open_store(settings)
+    typer.echo(f"store ready: {settings.database_url}")
+
+
+@app.command()
+def demo(
+    epochs: Annotated[
+        int | None, typer.Option(help="Stage-1 epochs (default: the preset's).")
+    ] = None,
+    password: Annotated[str, typer.Option(help="Password of the demo admin.")] = "meiju-demo",
+) -> None:
+    """Build the demo project from real data (CPED + GRID + Mandarin speech), train stage 1 and
+    open the first review round. Skips whatever is already built."""
+    from meiju_core import pipeline
+
+    settings = _settings()
+    with _friendly(), _bar("building the demo") as update:
+        store = pipeline.open_store(settings)
+        summary = pipeline.build_demo(
+            store, settings, admin_password=password, epochs=epochs, progress=update
+        )
+    typer.echo(f"demo project ready: {summary.get('splits', summary)}")
+    typer.echo(f"log in as admin / {password}")
+
+
+@user_app.command("add")
+def user_add(
+    name: str,
+    role: Annotated[str, typer.Option(help="annotator or admin.")] = "annotator",
+    password: Annotated[str | None, typer.Option(prompt=True, hide_input=True)] = None,
+) -> None:
+    """Create a user (or change its role and password)."""
+    from meiju_core import pipeline
+
+    with _friendly():
+        store = pipeline.open_store(_settings())
+        uid = pipeline.add_user(store, name=name, role=role, password=password)
+    typer.echo(f"user {name} ({role}) saved as #{uid}")
+
+
+@app.command()
+def worker() -> None:
+    """Run the job worker (huey consumer) until Ctrl-C."""
+    from meiju_core.jobs import run_worker
+
+    run_worker(_settings())
+
+
+@app.command()
+def run(
+    port: Annotated[int, typer.Option(help="Port of the app.")] = 8501,
+    address: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+) -> None:
+    """Start the app and its worker together; Ctrl-C stops both."""
+    settings = _settings()
+    env = {
+        **os.environ,
+        "MEIJU_DATA_DIR": str(settings.data_dir),
+        "MEIJU_DATABASE_URL": settings.database_url,
+        "MEIJU_PROJECT": settings.project,
+    }
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "meiju_core.cli", "worker"], env=env),
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                str(REPO_ROOT / "app.py"),
+                "--server.port",
+                str(port),
+                "--server.address",
+                address,
+                "--server.headless",
+                "true",
+                "--browser.gatherUsageStats",
+                "false",
+            ],
+            env=env,
+        ),
+    ]
+    typer.echo(f"app on http://{address}:{port} (worker pid {procs[0].pid}); Ctrl-C stops both")
+    try:
+        while all(p.poll() is None for p in procs):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                procs[1].wait(timeout=1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@app.command()
+def extract(
+    set_name: Annotated[str, typer.Option("--set", help="Feature set: builtin.")] = "builtin",
+) -> None:
+    """Extract features for every sample (re-runs skip what is up to date)."""
+    from meiju_core import pipeline
+
+    settings, store, info = _store_and_project()
+    with _friendly(), _bar("extracting features") as update:
+        fs = pipeline.extract_features(
+            store, settings, project_id=info["id"], set_name=set_name, progress=update
+        )
+    typer.echo(f"feature set #{fs} ready")
+
+
+@app.command()
+def train(
+    stage: Annotated[
+        int, typer.Option(help="1: gold labels; 2: gold + accepted pseudo-labels.")
+    ] = 1,
+    preset: Annotated[str, typer.Option(help="paper or baseline.")] = "paper",
+    epochs: Annotated[
+        int | None, typer.Option(help="Total epochs (default: the preset's).")
+    ] = None,
+    round_id: Annotated[int | None, typer.Option("--round", help="Round for stage 2.")] = None,
+    promote: Annotated[bool, typer.Option(help="Promote the new model version.")] = False,
+) -> None:
+    """Train a model version, predict every sample and score it on valid and test."""
+    from db import queries as q
+    from meiju_core import pipeline
+
+    settings, store, info = _store_and_project()
+    with _friendly(), _bar(f"training stage {stage}") as update:
+        mv_id = pipeline.train(
+            store,
+            settings,
+            project_id=info["id"],
+            stage=stage,
+            preset=preset,
+            round_id=round_id,
+            epochs=epochs,
+            progress=update,
+        )
+    if promote:
+        with store.write() as s:
+            q.promote(s, model_version_id=mv_id)
+    _print_metrics(store, mv_id)
+
+
+def _print_metrics(store, mv_id: int) -> None:
+    from db.models import ModelVersion
+
+    with store.read() as s:
+        mv = s.get(ModelVersion, mv_id)
+        metrics, seconds = mv.metrics, mv.train_seconds
+    typer.echo(f"model version #{mv_id}: trained in {seconds or 0:.1f} s")
+    for split in ("valid", "test"):
+        m = metrics.get(split)
+        if m:
+            typer.echo(
+                f"  {split:5s} emotion F1 {m['emotion_f1']:.4f}  intent F1 "
+                f"{m['intent_f1']:.4f}  joint {m['joint']:.4f}  (n={m['n']})"
+            )
+
+
+@app.command()
+def predict(
+    model_version: Annotated[int | None, typer.Option(help="Model version id.")] = None,
+) -> None:
+    """Predict every sample with a model version (default: the current one)."""
+    from db import queries as q
+    from meiju_core import pipeline
+
+    settings, store, info = _store_and_project()
+    with store.read() as s:
+        mv = model_version or q.current_model(s, project_id=info["id"]).id
+    with _friendly():
+        n = pipeline.predict(store, settings, model_version_id=mv)
+        pipeline.evaluate(store, model_version_id=mv)
+    typer.echo(f"{n} predictions written for model version #{mv}")
+
+
+@app.command()
+def evaluate(
+    model_version: Annotated[int | None, typer.Option(help="Model version id.")] = None,
+) -> None:
+    """Weighted F1 per head and the joint score on valid and test."""
+    from db import queries as q
+    from meiju_core import pipeline
+
+    _settings_, store, info = _store_and_project()
+    with store.read() as s:
+        mv = model_version or q.current_model(s, project_id=info["id"]).id
+    pipeline.evaluate(store, model_version_id=mv)
+    _print_metrics(store, mv)
+
+
+@app.command("pseudo-label")
+def pseudo_label(
+    auto: Annotated[
+        bool, typer.Option(help="Accept automatically (highest confidence first, within quotas).")
+    ] = False,
+    threshold: Annotated[float | None, typer.Option(help="Confidence threshold per head.")] = None,
+    quota: Annotated[str | None, typer.Option(help="balanced, proportional or explicit.")] = None,
+    budget: Annotated[int | None, typer.Option(help="Most pseudo-labels per head.")] = None,
+    model_version: Annotated[int | None, typer.Option(help="Model version id.")] = None,
+) -> None:
+    """Open a review round; with --auto, fill its quotas the paper's way, without a human."""
+    from db import queries as q
+    from meiju_core import pipeline
+
+    settings, store, info = _store_and_project()
+    with store.read() as s:
+        mv = model_version or q.current_model(s, project_id=info["id"]).id
+    with _friendly():
+        rid = pipeline.open_round(
+            store,
+            settings,
+            project_id=info["id"],
+            model_version_id=mv,
+            thresholds=threshold,
+            strategy=quota,
+            budget=budget,
+        )
+        typer.echo(f"round #{rid} open on model version #{mv}")
+        if auto:
+            with _bar("accepting pseudo-labels") as update:
+                out = pipeline.auto_pseudo_label(store, round_id=rid, progress=update)
+            typer.echo(f"accepted: {out}")
+
+
+@export_app.command("submission")
+def export_submission(
+    path: Annotated[Path, typer.Argument(help="Output CSV.")] = Path("submission.csv"),
+    split: Annotated[str, typer.Option(help="Split to export.")] = "test",
+) -> None:
+    """Write submission.csv (filename,emo_pred,int_pred) with label strings."""
+    from meiju_core import pipeline
+
+    _s, store, info = _store_and_project()
+    with _friendly():
+        n = pipeline.export_submission(store, project_id=info["id"], path=path, split=split)
+    typer.echo(f"{n} rows written to {path}")
+
+
+@app.command()
+def settings() -> None:
+    """Show every setting, its value and its help."""
+    resolved = _settings().as_dict()
+    for name, default, help_ in SETTINGS:
+        typer.echo(f"{name:16s} {resolved[name]!s:40s} {help_}  [default: {default}]")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

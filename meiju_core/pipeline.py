@@ -1,0 +1,931 @@
+"""The arrows of the loop (DESIGN.md, "The loop the product serves"), over the store.
+
+import -> extract features -> train stage 1 -> predict the pool -> review round -> retrain stage 2
+-> compare -> promote -> export. Each function here is called the same way by the CLI, by a
+background job and by the tests. Heavy imports (torch, the model) happen inside the functions that
+need them, so importing this module is cheap enough for the Streamlit process.
+
+``progress`` arguments are callables taking one dict (``{"progress": 0..1, "message": str, ...}``);
+returning the string ``"cancel"`` asks a long step to stop.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, insert, select
+
+from db import Store
+from db import queries as q
+from db.models import (
+    FeatureFile,
+    FeatureSet,
+    GoldLabel,
+    ModelVersion,
+    Prediction,
+    Project,
+    PseudoLabel,
+    ReviewRound,
+    Sample,
+    Transcript,
+    TranscriptEdit,
+    User,
+    utcnow,
+)
+from meiju_core.errors import (
+    InputError,
+    JobError,
+    PermissionDenied,
+    QuotaExceeded,
+    StaleEdit,
+    StoreError,
+)
+from meiju_core.schema import MODALITIES, LabelSchema
+from meiju_core.settings import Settings
+
+Progress = Callable[[dict[str, Any]], Any]
+
+
+def _noop(_event: dict[str, Any]) -> None:
+    return None
+
+
+# --------------------------------------------------------------------------- store & users
+
+
+def open_store(settings: Settings, *, upgrade: bool = True) -> Store:
+    """The project's store at ``settings.database_url``, migrated to the newest schema."""
+    store = Store(settings.database_url)
+    if upgrade:
+        store.upgrade()
+    return store
+
+
+def hash_password(password: str) -> str:
+    from argon2 import PasswordHasher
+
+    return PasswordHasher().hash(password)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    from argon2 import PasswordHasher
+    from argon2.exceptions import Argon2Error
+
+    if not password_hash:
+        return False
+    try:
+        return PasswordHasher().verify(password_hash, password)
+    except Argon2Error:
+        return False
+
+
+def add_user(
+    store: Store, *, name: str, role: str = "annotator", password: str | None = None
+) -> int:
+    """Create or update a user; returns its id. Raises InputError for an unknown role."""
+    if role not in ("annotator", "admin"):
+        raise InputError(f"unknown role {role!r}; roles are annotator and admin", field="role")
+    with store.write() as s:
+        user = q.get_user(s, name=name)
+        if user is None:
+            user = User(name=name)
+            s.add(user)
+        user.role = role
+        if password is not None:
+            user.password_hash = hash_password(password)
+        s.flush()
+        return user.id
+
+
+def authenticate(store: Store, *, name: str, password: str) -> dict[str, Any] | None:
+    with store.read() as s:
+        user = q.get_user(s, name=name)
+        if user is None or not verify_password(user.password_hash, password):
+            return None
+        return {"id": user.id, "name": user.name, "role": user.role}
+
+
+def require_admin(user: dict[str, Any] | None, action: str) -> None:
+    if not user or user.get("role") != "admin":
+        raise PermissionDenied(f"only admins may {action}")
+
+
+def project_info(store: Store, *, name: str) -> dict[str, Any] | None:
+    with store.read() as s:
+        p = q.get_project(s, name=name)
+        if p is None:
+            return None
+        return {
+            "id": p.id,
+            "name": p.name,
+            "schema": LabelSchema.from_dict(p.label_schema),
+            "settings": dict(p.settings or {}),
+        }
+
+
+def schema_of(store: Store, project_id: int) -> LabelSchema:
+    with store.read() as s:
+        return LabelSchema.from_dict(s.get(Project, project_id).label_schema)
+
+
+# --------------------------------------------------------------------------- features
+
+
+def extract_features(
+    store: Store,
+    settings: Settings,
+    *,
+    project_id: int,
+    set_name: str = "builtin",
+    progress: Progress = _noop,
+) -> int:
+    """Builtin features for every sample of the project; returns the feature set id.
+
+    Text: per-token LSA vectors fitted on the project's current transcripts (DESIGN.md,
+    "Features"); audio: 80-bin log-mel; visual: HOG of face crops, one per sampled frame. A sample
+    whose media cannot be decoded gets that modality marked missing, never a crashed batch.
+    Only transcripts whose content hash changed are re-extracted on a re-run.
+    """
+    from meiju_core.features.builtin import BuiltinExtractor, TextLSA
+    from meiju_core.features.store import FeatureStore
+
+    root = settings.feature_dir / f"project{project_id}"
+    fstore = FeatureStore(root)
+    with store.read() as s:
+        rows = s.execute(
+            select(Sample.id, Sample.utt_id, Sample.video_path, Sample.audio_path, Transcript.text)
+            .outerjoin(Transcript, Transcript.sample_id == Sample.id)
+            .where(Sample.project_id == project_id)
+            .order_by(Sample.id)
+        ).all()
+        fs = s.scalars(
+            select(FeatureSet).where(
+                FeatureSet.project_id == project_id, FeatureSet.name == set_name
+            )
+        ).first()
+        known = (
+            {}
+            if fs is None
+            else {
+                (f.sample_id, f.modality): f.content_hash
+                for f in s.scalars(select(FeatureFile).where(FeatureFile.feature_set_id == fs.id))
+            }
+        )
+    texts = [r.text or "" for r in rows]
+    lsa_path = root / set_name / "text_lsa"
+    lsa = TextLSA.load(lsa_path) if (fs is not None and TextLSA.exists(lsa_path)) else None
+    if lsa is None:
+        lsa = TextLSA(seed=settings.seed).fit(texts)
+        lsa.save(lsa_path)
+        known = {k: v for k, v in known.items() if k[1] != "text"}  # new vocabulary: redo text
+    extractor = BuiltinExtractor(lsa=lsa)
+    new_files: list[dict[str, Any]] = []
+    for i, r in enumerate(rows):
+        text_hash = _text_hash(r.text or "")
+        if known.get((r.id, "text")) != text_hash:
+            arr = lsa.transform(r.text or "")
+            path = fstore.save_array(set_name, "text", r.utt_id, arr)
+            new_files.append(
+                {
+                    "sample_id": r.id,
+                    "modality": "text",
+                    "path": str(path),
+                    "content_hash": text_hash,
+                    "shape": list(arr.shape),
+                }
+            )
+        if (
+            (r.video_path or r.audio_path)
+            and (r.id, "audio") not in known
+            and (r.id, "visual") not in known
+        ):
+            feats = extractor.extract(
+                {"text": None, "video_path": r.video_path, "audio_path": r.audio_path}
+            )
+            for modality, arr in feats.items():
+                if modality == "text":
+                    continue
+                path = fstore.save_array(set_name, modality, r.utt_id, arr)
+                new_files.append(
+                    {
+                        "sample_id": r.id,
+                        "modality": modality,
+                        "path": str(path),
+                        "content_hash": _file_key(r),
+                        "shape": list(arr.shape),
+                    }
+                )
+        if i % 500 == 0:
+            progress({"progress": i / max(1, len(rows)), "message": f"features {i}/{len(rows)}"})
+    with store.write() as s:
+        fs_row = s.scalars(
+            select(FeatureSet).where(
+                FeatureSet.project_id == project_id, FeatureSet.name == set_name
+            )
+        ).first()
+        if fs_row is None:
+            fs_row = FeatureSet(
+                project_id=project_id, name=set_name, extractor="builtin", path=str(root / set_name)
+            )
+            s.add(fs_row)
+            s.flush()
+        fs_row.dims = extractor.dims
+        fs_row.settings = {"text_dim": lsa.dim, "frame_every": 30, "audio_hz": 16000}
+        for f in new_files:
+            s.execute(
+                delete(FeatureFile).where(
+                    FeatureFile.feature_set_id == fs_row.id,
+                    FeatureFile.sample_id == f["sample_id"],
+                    FeatureFile.modality == f["modality"],
+                )
+            )
+        if new_files:
+            s.execute(insert(FeatureFile), [{**f, "feature_set_id": fs_row.id} for f in new_files])
+        fs_id = fs_row.id
+    progress({"progress": 1.0, "message": f"features: {len(new_files)} files written"})
+    return fs_id
+
+
+def _text_hash(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _file_key(r: Any) -> str:
+    return _text_hash(f"{r.video_path}|{r.audio_path}")
+
+
+# --------------------------------------------------------------------------- training data
+
+
+@dataclass
+class SplitData:
+    """Arrays of one split, ready for ``meiju_core.train``; ``sample_ids`` align with rows."""
+
+    sample_ids: list[int]
+    data: Any  # meiju_core.train.TrainData
+
+
+def load_split(
+    store: Store,
+    *,
+    project_id: int,
+    split: str | tuple[str, ...],
+    feature_set_id: int,
+    schema: LabelSchema,
+    round_id: int | None = None,
+    with_gold: bool = True,
+) -> SplitData:
+    """Features and labels of one or more splits.
+
+    Gold labels come from ``gold_label``; with ``round_id``, accepted pseudo-labels of that round
+    are added per head (a label accepted for one head trains only that head). Pool samples with
+    no accepted pseudo-label for any head are left out when ``round_id`` is given.
+    """
+    from meiju_core.train import TrainData
+
+    splits = (split,) if isinstance(split, str) else tuple(split)
+    with store.read() as s:
+        samples = s.execute(
+            select(Sample.id, Sample.utt_id)
+            .where(Sample.project_id == project_id, Sample.split.in_(splits))
+            .order_by(Sample.id)
+        ).all()
+        labels: dict[tuple[int, str], str] = {}
+        if with_gold:
+            for sid, head, label in s.execute(
+                select(GoldLabel.sample_id, GoldLabel.head, GoldLabel.label)
+                .join(Sample, Sample.id == GoldLabel.sample_id)
+                .where(Sample.project_id == project_id, Sample.split.in_(splits))
+            ):
+                labels[(sid, head)] = label
+        if round_id is not None:
+            for sid, head, label in s.execute(
+                select(PseudoLabel.sample_id, PseudoLabel.head, PseudoLabel.label).where(
+                    PseudoLabel.round_id == round_id, PseudoLabel.state == "accepted"
+                )
+            ):
+                labels.setdefault((sid, head), label)
+        files = {
+            (f.sample_id, f.modality): f.path
+            for f in s.scalars(
+                select(FeatureFile).where(FeatureFile.feature_set_id == feature_set_id)
+            )
+        }
+        dims = dict(s.get(FeatureSet, feature_set_id).dims or {})
+    if round_id is not None:
+        labelled = {sid for sid, _ in labels}
+        samples = [r for r in samples if r.id in labelled]
+    ids = [r.id for r in samples]
+    feats: dict[str, list[np.ndarray | None]] = {m: [] for m in MODALITIES if m in dims}
+    for sid in ids:
+        for m in feats:
+            path = files.get((sid, m))
+            feats[m].append(np.load(path) if path else None)
+    lab = {
+        head: np.array(
+            [
+                schema.index(head, labels[(sid, head)]) if (sid, head) in labels else -1
+                for sid in ids
+            ],
+            dtype=np.int64,
+        )
+        for head in schema.head_names
+    }
+    data = TrainData(ids=[r.utt_id for r in samples], features=feats, labels=lab)
+    return SplitData(sample_ids=ids, data=data)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train(
+    store: Store,
+    settings: Settings,
+    *,
+    project_id: int,
+    stage: int = 1,
+    preset: str = "paper",
+    round_id: int | None = None,
+    job_id: int | None = None,
+    epochs: int | None = None,
+    progress: Progress = _noop,
+) -> int:
+    """Train stage 1 (gold) or stage 2 (gold + accepted pseudo-labels of ``round_id``), register a
+    model version with its metrics on valid and test, and predict every sample.
+
+    Stage 2 starts from the encoders and fusion layers of the round's model (or the promoted one).
+    Returns the new model version id. Raises JobError when cancelled, InputError when the project
+    has no features or no labels.
+    """
+    from meiju_core import train as tr
+
+    schema = schema_of(store, project_id)
+    fs_id = _feature_set_id(store, project_id, settings.feature_set)
+    if stage == 2 and round_id is None:
+        with store.read() as s:
+            rnd = q.active_round(s, project_id=project_id)
+            round_id = rnd.id if rnd else None
+    train_split = load_split(
+        store, project_id=project_id, split="train", feature_set_id=fs_id, schema=schema
+    )
+    if stage == 2 and round_id is not None:
+        pseudo = load_split(
+            store,
+            project_id=project_id,
+            split="pool",
+            feature_set_id=fs_id,
+            schema=schema,
+            round_id=round_id,
+            with_gold=False,
+        )
+        train_split = _concat(train_split, pseudo)
+    valid = load_split(
+        store, project_id=project_id, split="valid", feature_set_id=fs_id, schema=schema
+    )
+    if not train_split.sample_ids or not valid.sample_ids:
+        raise InputError("the project needs labelled train and valid samples to train")
+    init_from = None
+    if stage == 2:
+        init_from = _stage1_checkpoint(store, project_id, round_id)
+    dims = _feature_dims(store, fs_id)
+    model_config = tr.model_config_for(
+        preset, input_dims=dims, num_classes={h: schema.num_classes(h) for h in schema.head_names}
+    )
+    train_config = tr.train_config_for(
+        preset, stage=stage, seed=settings.seed, device=settings.device, epochs=epochs
+    )
+    name = f"stage{stage}-{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out_dir = settings.checkpoint_dir / f"project{project_id}" / name
+
+    def on_epoch(event: dict[str, Any]) -> Any:
+        frac = event.get("epoch", 0) / max(1, event.get("epochs", 1))
+        return progress(
+            {
+                "progress": 0.05 + 0.85 * frac,
+                "stage": stage,
+                **event,
+                "message": f"stage {stage} epoch {event.get('epoch')}/{event.get('epochs')}",
+            }
+        )
+
+    t0 = time.perf_counter()
+    result = tr.fit(
+        train_split.data,
+        valid.data,
+        model_config=model_config,
+        train_config=train_config,
+        stage=stage,
+        out_dir=out_dir,
+        init_from=init_from,
+        callback=on_epoch,
+    )
+    seconds = time.perf_counter() - t0
+    if getattr(result, "cancelled", False):
+        raise JobError("training was cancelled")
+    snapshot = _snapshot(train_split.data, schema, round_id)
+    with store.write() as s:
+        mv = ModelVersion(
+            project_id=project_id,
+            name=name,
+            stage=stage,
+            preset=preset,
+            config={
+                "model": _plain(model_config),
+                "train": _plain(train_config),
+                "feature_set_id": fs_id,
+                "schema": schema.to_dict(),
+            },
+            checkpoint_path=str(out_dir),
+            snapshot=snapshot,
+            job_id=job_id,
+            train_seconds=seconds,
+            metrics={},
+        )
+        s.add(mv)
+        s.flush()
+        mv_id = mv.id
+    progress({"progress": 0.92, "message": "predicting every sample"})
+    predict(store, settings, model_version_id=mv_id, result=result)
+    evaluate(store, model_version_id=mv_id)
+    progress({"progress": 1.0, "message": f"model version {mv_id} ready"})
+    return mv_id
+
+
+def _feature_set_id(store: Store, project_id: int, name: str) -> int:
+    with store.read() as s:
+        fs = s.scalars(
+            select(FeatureSet).where(FeatureSet.project_id == project_id, FeatureSet.name == name)
+        ).first()
+    if fs is None:
+        raise InputError(
+            f"project {project_id} has no feature set {name!r}; run `meiju extract` first",
+            field="feature_set",
+        )
+    return fs.id
+
+
+def _feature_dims(store: Store, fs_id: int) -> dict[str, int]:
+    with store.read() as s:
+        dims = dict(s.get(FeatureSet, fs_id).dims or {})
+    return {m: int(dims[m]) for m in MODALITIES if m in dims}
+
+
+def _stage1_checkpoint(store: Store, project_id: int, round_id: int | None) -> Path | None:
+    with store.read() as s:
+        mv = None
+        if round_id is not None:
+            mv = s.get(ModelVersion, s.get(ReviewRound, round_id).model_version_id)
+        mv = mv or q.current_model(s, project_id=project_id)
+        return Path(mv.checkpoint_path) if mv else None
+
+
+def _concat(a: SplitData, b: SplitData) -> SplitData:
+    from meiju_core.train import TrainData
+
+    data = TrainData(
+        ids=a.data.ids + b.data.ids,
+        features={m: a.data.features[m] + b.data.features[m] for m in a.data.features},
+        labels={h: np.concatenate([a.data.labels[h], b.data.labels[h]]) for h in a.data.labels},
+    )
+    return SplitData(sample_ids=a.sample_ids + b.sample_ids, data=data)
+
+
+def _snapshot(data: Any, schema: LabelSchema, round_id: int | None) -> dict[str, Any]:
+    counts = {}
+    for head in schema.head_names:
+        y = data.labels[head]
+        counts[head] = {c: int((y == k).sum()) for k, c in enumerate(schema.classes(head))}
+    return {"n_samples": len(data.ids), "labels": counts, "round_id": round_id}
+
+
+def _plain(obj: Any) -> Any:
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj):
+        return {k: _plain(v) for k, v in dataclasses.asdict(obj).items()}
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def predict(
+    store: Store,
+    settings: Settings,
+    *,
+    model_version_id: int,
+    result: Any = None,
+    splits: tuple[str, ...] = ("train", "valid", "test", "pool"),
+) -> int:
+    """Write every sample's per-head probabilities, argmax label and confidence for one model
+    version (replacing any it had). Returns the number of prediction rows written."""
+    from meiju_core import train as tr
+
+    with store.read() as s:
+        mv = s.get(ModelVersion, model_version_id)
+        project_id, fs_id = mv.project_id, mv.config["feature_set_id"]
+        checkpoint = Path(mv.checkpoint_path)
+    schema = schema_of(store, project_id)
+    split = load_split(
+        store,
+        project_id=project_id,
+        split=splits,
+        feature_set_id=fs_id,
+        schema=schema,
+        with_gold=False,
+    )
+    probs = tr.predict(
+        result if result is not None else checkpoint, split.data, device=settings.device
+    )
+    rows = []
+    for head in schema.head_names:
+        p = np.asarray(probs[head], dtype=np.float64)
+        arg = p.argmax(axis=1)
+        classes = schema.classes(head)
+        for i, sid in enumerate(split.sample_ids):
+            rows.append(
+                {
+                    "model_version_id": model_version_id,
+                    "sample_id": sid,
+                    "head": head,
+                    "label": classes[arg[i]],
+                    "confidence": float(p[i, arg[i]]),
+                    "probs": [round(float(v), 6) for v in p[i]],
+                }
+            )
+    with store.write() as s:
+        s.execute(delete(Prediction).where(Prediction.model_version_id == model_version_id))
+        for start in range(0, len(rows), 5000):
+            s.execute(insert(Prediction), rows[start : start + 5000])
+    return len(rows)
+
+
+def evaluate(store: Store, *, model_version_id: int) -> dict[str, Any]:
+    """Score a model version's stored predictions against gold labels on valid and test; the
+    report (weighted F1 per head, joint score, per-class figures, confusion matrices) is saved in
+    ``model_version.metrics`` and returned."""
+    from meiju_core.metrics import evaluate as score
+
+    with store.read() as s:
+        mv = s.get(ModelVersion, model_version_id)
+        schema = LabelSchema.from_dict(mv.config["schema"])
+        rows = s.execute(
+            select(Sample.split, Prediction.sample_id, Prediction.head, Prediction.label)
+            .join(Sample, Sample.id == Prediction.sample_id)
+            .where(
+                Prediction.model_version_id == model_version_id, Sample.split.in_(("valid", "test"))
+            )
+        ).all()
+        gold = {
+            (g.sample_id, g.head): g.label
+            for g in s.scalars(
+                select(GoldLabel)
+                .join(Sample, Sample.id == GoldLabel.sample_id)
+                .where(Sample.project_id == mv.project_id, Sample.split.in_(("valid", "test")))
+            )
+        }
+    metrics: dict[str, Any] = {}
+    for split in ("valid", "test"):
+        by_sample: dict[int, dict[str, str]] = {}
+        for sp, sid, head, label in rows:
+            if sp == split:
+                by_sample.setdefault(sid, {})[head] = label
+        if not by_sample:
+            continue
+        ids = sorted(by_sample)
+        y_true = {
+            h: np.array([schema.index(h, gold[(i, h)]) if (i, h) in gold else -1 for i in ids])
+            for h in schema.head_names
+        }
+        y_pred = {
+            h: np.array([schema.index(h, by_sample[i][h]) for i in ids]) for h in schema.head_names
+        }
+        metrics[split] = score(y_true, y_pred, schema.to_dict())
+        metrics[split]["n"] = len(ids)
+    with store.write() as s:
+        s.get(ModelVersion, model_version_id).metrics = metrics
+    return metrics
+
+
+# --------------------------------------------------------------------------- review rounds
+
+
+def open_round(
+    store: Store,
+    settings: Settings,
+    *,
+    project_id: int,
+    model_version_id: int,
+    thresholds: dict[str, float] | float | None = None,
+    strategy: str | None = None,
+    budget: int | None = None,
+    explicit: dict[str, dict[str, int]] | None = None,
+    user: dict[str, Any] | None = None,
+) -> int:
+    """Open a review round with per-head thresholds and per-class quotas computed from the gold
+    train distribution (``meiju_core.pseudo.compute_quotas``). Returns the round id."""
+    from meiju_core.pseudo import compute_quotas
+
+    schema = schema_of(store, project_id)
+    t = settings.threshold if thresholds is None else thresholds
+    th = {h: float(t) for h in schema.head_names} if isinstance(t, (int, float)) else dict(t)
+    strategy = strategy or settings.quota_strategy
+    budget = settings.quota_budget if budget is None else budget
+    with store.read() as s:
+        gold = q.gold_counts(s, project_id=project_id)
+    quotas = {}
+    for head in schema.head_names:
+        classes = schema.classes(head)
+        counts = np.array([gold.get(head, {}).get(c, 0) for c in classes], dtype=np.int64)
+        quotas[head] = {
+            c: int(n)
+            for c, n in compute_quotas(
+                counts,
+                strategy=strategy,
+                budget=budget,
+                classes=classes,
+                explicit=(explicit or {}).get(head),
+            ).items()
+        }
+    with store.write() as s:
+        rnd = q.open_round(
+            s,
+            project_id=project_id,
+            model_version_id=model_version_id,
+            thresholds=th,
+            quotas=quotas,
+            user_id=(user or {}).get("id"),
+        )
+        return rnd.id
+
+
+def decide(
+    store: Store,
+    *,
+    round_id: int,
+    sample_id: int,
+    action: str,
+    user: dict[str, Any] | None,
+    labels: dict[str, str] | None = None,
+    heads: list[str] | None = None,
+    ms_spent: int | None = None,
+) -> list[int]:
+    """Commit one review decision (accept / reject / skip) with its quota check in the same
+    transaction. Raises QuotaExceeded (nothing written) or StoreError."""
+    try:
+        with store.write() as s:
+            ds = q.decide(
+                s,
+                round_id=round_id,
+                sample_id=sample_id,
+                action=action,
+                user_id=(user or {}).get("id"),
+                labels=labels,
+                heads=heads,
+                ms_spent=ms_spent,
+            )
+            return [d.id for d in ds]
+    except q.QuotaFull as e:
+        raise QuotaExceeded(e.head, e.label, e.quota, e.accepted) from e
+    except q.QueueError as e:
+        raise StoreError(str(e)) from e
+
+
+def undo(
+    store: Store, *, round_id: int, user: dict[str, Any] | None, decision_id: int | None = None
+) -> int | None:
+    """Compensate the user's latest decision (or ``decision_id``); returns its sample id."""
+    with store.write() as s:
+        return q.undo(s, round_id=round_id, user_id=(user or {}).get("id"), decision_id=decision_id)
+
+
+def auto_pseudo_label(
+    store: Store, *, round_id: int, user: dict[str, Any] | None = None, progress: Progress = _noop
+) -> dict[str, int]:
+    """The paper's automatic mode: accept, per head, the most confident candidates above the
+    round's threshold within the remaining per-class quotas (``pseudo.select``), the same rule the
+    review app enforces. Returns {head: accepted}."""
+    from meiju_core.pseudo import select as select_rows
+
+    with store.read() as s:
+        rnd = s.get(ReviewRound, round_id)
+        schema = schema_of(store, rnd.project_id)
+        preds = s.execute(
+            select(Prediction.sample_id, Prediction.head, Prediction.probs)
+            .join(Sample, Sample.id == Prediction.sample_id)
+            .where(Prediction.model_version_id == rnd.model_version_id, Sample.split == "pool")
+        ).all()
+        done = {
+            (p.sample_id, p.head)
+            for p in s.scalars(select(PseudoLabel).where(PseudoLabel.round_id == round_id))
+        }
+        accepted = q.accepted_counts(s, round_id=round_id)
+        thresholds, quotas = dict(rnd.thresholds), dict(rnd.quotas)
+    out = {}
+    for head in schema.head_names:
+        classes = schema.classes(head)
+        rows = [(sid, probs) for sid, h, probs in preds if h == head and (sid, head) not in done]
+        if not rows:
+            out[head] = 0
+            continue
+        probs = np.array([r[1] for r in rows], dtype=np.float64)
+        probs /= probs.sum(axis=1, keepdims=True)
+        quota = np.array([quotas.get(head, {}).get(c, 0) for c in classes], dtype=np.int64)
+        already = np.array([accepted.get(head, {}).get(c, 0) for c in classes], dtype=np.int64)
+        idx = select_rows(probs, threshold=thresholds[head], quotas=quota, already_accepted=already)
+        with store.write() as s:
+            for i in idx:
+                q.decide(
+                    s,
+                    round_id=round_id,
+                    sample_id=rows[i][0],
+                    action="accept",
+                    user_id=(user or {}).get("id"),
+                    heads=[head],
+                )
+        out[head] = len(idx)
+        progress({"message": f"{head}: {len(idx)} pseudo-labels accepted"})
+    return out
+
+
+# --------------------------------------------------------------------------- transcripts
+
+
+def save_transcript(
+    store: Store, *, sample_id: int, text: str, expected_version: int, user: dict[str, Any] | None
+) -> int:
+    """Save a transcript edit if nobody saved since ``expected_version``; records the edit with
+    its kind (punctuation-only or lexical), editor and time. Returns the new version.
+    Raises StaleEdit when the stored version moved on, InputError on HTML."""
+    from meiju_core.text import has_html, is_punctuation_only_change
+
+    if has_html(text):
+        raise InputError("transcripts are plain text; remove the HTML markup", field="text")
+    with store.write() as s:
+        tr = s.scalars(select(Transcript).where(Transcript.sample_id == sample_id)).one()
+        if tr.version != expected_version:
+            raise StaleEdit(
+                f"transcript of sample {sample_id} was saved by someone else "
+                f"(version {tr.version}, you edited {expected_version}); reload"
+            )
+        if tr.text == text:
+            return tr.version
+        kind = "punctuation" if is_punctuation_only_change(tr.text, text) else "lexical"
+        s.add(
+            TranscriptEdit(
+                transcript_id=tr.id,
+                before=tr.text,
+                after=text,
+                kind=kind,
+                editor_id=(user or {}).get("id"),
+            )
+        )
+        tr.text, tr.updated_at, tr.updated_by = text, utcnow(), (user or {}).get("id")
+        if tr.source != "manual" and kind == "lexical":
+            tr.source = "manual"
+        s.flush()
+        q.audit(
+            s,
+            user_id=(user or {}).get("id"),
+            action="edit_transcript",
+            entity="transcript",
+            entity_id=tr.id,
+            payload={"kind": kind},
+        )
+        return tr.version
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_submission(
+    store: Store,
+    *,
+    project_id: int,
+    path: Path,
+    model_version_id: int | None = None,
+    split: str = "test",
+) -> int:
+    """Write ``submission.csv`` (``filename,emo_pred,int_pred``, label strings; baseline
+    ``test_baseline.py``) for one split. Returns the number of rows."""
+    with store.read() as s:
+        mv = (
+            s.get(ModelVersion, model_version_id)
+            if model_version_id
+            else q.current_model(s, project_id=project_id)
+        )
+        if mv is None:
+            raise InputError("no model version to export; train one first")
+        rows = s.execute(
+            select(Sample.utt_id, Prediction.head, Prediction.label)
+            .join(Sample, Sample.id == Prediction.sample_id)
+            .where(Prediction.model_version_id == mv.id, Sample.split == split)
+            .order_by(Sample.utt_id)
+        ).all()
+    by_utt: dict[str, dict[str, str]] = {}
+    for utt, head, label in rows:
+        by_utt.setdefault(utt, {})[head] = label
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", "emo_pred", "int_pred"])
+        for utt, labels in by_utt.items():
+            w.writerow([utt, labels.get("emotion", ""), labels.get("intent", "")])
+    return len(by_utt)
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def build_demo(
+    store: Store,
+    settings: Settings,
+    *,
+    admin_password: str = "meiju-demo",
+    epochs: int | None = None,
+    progress: Progress = _noop,
+) -> dict[str, Any]:
+    """Build the demo project from real data end to end: import CPED + GRID + Mandarin speech,
+    extract builtin features, train stage 1, predict, open the first review round. Idempotent:
+    each step is skipped when its result is already stored."""
+    from meiju_core.io.cped import build_demo as import_demo
+
+    add_user(store, name="admin", role="admin", password=admin_password)
+    summary = import_demo(store, project_name=settings.project, seed=settings.seed)
+    info = project_info(store, name=settings.project)
+    pid = info["id"]
+    progress({"progress": 0.1, "message": "extracting features"})
+    extract_features(store, settings, project_id=pid)
+    with store.read() as s:
+        mv = q.current_model(s, project_id=pid)
+    if mv is None:
+        progress({"progress": 0.3, "message": "training stage 1"})
+        mv_id = train(store, settings, project_id=pid, stage=1, epochs=epochs, progress=progress)
+        with store.write() as s:
+            q.promote(s, model_version_id=mv_id)
+    else:
+        mv_id = mv.id
+    with store.read() as s:
+        rnd = q.active_round(s, project_id=pid)
+    if rnd is None:
+        open_round(
+            store,
+            settings,
+            project_id=pid,
+            model_version_id=mv_id,
+            thresholds=demo_threshold(store, mv_id),
+        )
+    return {"project_id": pid, "model_version_id": mv_id, **summary}
+
+
+def demo_threshold(store: Store, model_version_id: int) -> float:
+    """The paper's 0.99 when the model reaches it on at least 200 pool samples per head, else the
+    highest of 0.9 / 0.8 / 0.7 / 0.6 / 0.5 that does (a model trained on few labels rarely
+    reaches 0.99)."""
+    with store.read() as s:
+        for t in (0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5):
+            counts = candidate_counts_session(s, model_version_id, [t])
+            if all(c[t] >= 200 for c in counts.values()):
+                return t
+    return 0.5
+
+
+def candidate_counts(
+    store: Store, *, model_version_id: int, thresholds: list[float]
+) -> dict[str, dict[float, int]]:
+    """{head: {threshold: pool samples whose confidence reaches it}} for one model version."""
+    with store.read() as s:
+        return candidate_counts_session(s, model_version_id, thresholds)
+
+
+def candidate_counts_session(s, model_version_id: int, thresholds: list[float]):
+    from sqlalchemy import func
+
+    out: dict[str, dict[float, int]] = {}
+    for t in thresholds:
+        for head, n in s.execute(
+            select(Prediction.head, func.count())
+            .join(Sample, Sample.id == Prediction.sample_id)
+            .where(
+                Prediction.model_version_id == model_version_id,
+                Sample.split == "pool",
+                Prediction.confidence >= t,
+            )
+            .group_by(Prediction.head)
+        ):
+            out.setdefault(head, {})[t] = n
+    for head in out:
+        for t in thresholds:
+            out[head].setdefault(t, 0)
+    return out
