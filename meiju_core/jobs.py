@@ -201,8 +201,9 @@ class JobReporter:
     scores, seconds_left) go to ``job.detail``. Returns ``"cancel"`` once a cancel was requested.
     """
 
-    def __init__(self, store: Store, job_id: int, *, every_s: float = PROGRESS_EVERY_S) -> None:
-        self.store, self.job_id, self.every_s = store, job_id, every_s
+    def __init__(self, store: Store, job_id: int, *, every_s: float | None = None) -> None:
+        self.store, self.job_id = store, job_id
+        self.every_s = PROGRESS_EVERY_S if every_s is None else every_s
         self._last, self._log, self._pending = 0.0, [], {}
         self.cancelled = False
 

@@ -1,0 +1,148 @@
+"""Jobs: the job row is the source of truth; a worker process runs queued jobs in subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from db import Store
+from db.models import Job
+from meiju_core import jobs
+from meiju_core.errors import JobError, StoreError
+from meiju_core.settings import Settings
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEIJU_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("MEIJU_DATABASE_URL", raising=False)
+    settings = Settings.load()
+    store = Store(settings.database_url)
+    store.upgrade()
+    yield settings, store
+    store.dispose()
+
+
+def _job(store: Store, job_id: int) -> Job:
+    with store.read() as s:
+        return s.get(Job, job_id)
+
+
+def test_submit_writes_a_queued_row_and_refuses_a_second_retrain(env):
+    settings, store = env
+    jid = jobs.submit(store, settings, kind="train", params={"stage": 2}, enqueue=False)
+    job = _job(store, jid)
+    assert (job.status, job.kind, job.params) == ("queued", "train", {"stage": 2})
+    with pytest.raises(StoreError, match="already queued"):
+        jobs.submit(store, settings, kind="train", enqueue=False)
+    with pytest.raises(StoreError, match="unknown job kind"):
+        jobs.submit(store, settings, kind="nope", enqueue=False)
+
+
+def test_execute_records_progress_and_result(env, monkeypatch):
+    settings, store = env
+
+    def fake(store_, settings_, project_id, params, user, reporter):
+        for epoch in range(1, 4):
+            reporter(
+                {
+                    "progress": epoch / 3,
+                    "epoch": epoch,
+                    "loss": 1.0 / epoch,
+                    "message": f"epoch {epoch}",
+                }
+            )
+        return {"model_version_id": 7}
+
+    monkeypatch.setitem(jobs.RUNNERS, "train", fake)
+    jid = jobs.submit(store, settings, kind="train", enqueue=False)
+    assert jobs.execute(store, settings, jid) == {"model_version_id": 7}
+    job = _job(store, jid)
+    assert job.status == "succeeded" and job.progress == 1.0
+    assert job.detail["epoch"] == 3 and job.detail["loss"] == pytest.approx(1 / 3)
+    assert "epoch 3" in job.log and job.heartbeat_at is not None
+    assert jobs.execute(store, settings, jid) is None  # a finished job never runs twice
+
+
+def test_a_failing_job_says_why(env, monkeypatch):
+    settings, store = env
+
+    def boom(*_args):
+        raise ValueError("features missing for sample 12")
+
+    monkeypatch.setitem(jobs.RUNNERS, "extract", boom)
+    jid = jobs.submit(store, settings, kind="extract", enqueue=False)
+    jobs.execute(store, settings, jid)
+    job = _job(store, jid)
+    assert job.status == "failed"
+    assert job.error == "ValueError: features missing for sample 12"
+    assert "Traceback" in job.log
+
+
+def test_cancel_stops_a_running_job_at_its_next_report(env, monkeypatch):
+    settings, store = env
+    monkeypatch.setattr(jobs, "PROGRESS_EVERY_S", 0.0)  # every report reads the cancel flag
+    seen = []
+
+    def long_job(store_, settings_, project_id, params, user, reporter):
+        for epoch in range(100):
+            if epoch == 2:
+                jobs.cancel(store_, job_id=reporter.job_id)
+            if reporter({"progress": epoch / 100, "epoch": epoch}) == "cancel":
+                raise JobError("cancelled by request")
+            seen.append(epoch)
+        return {}
+
+    monkeypatch.setitem(jobs.RUNNERS, "train", long_job)
+    jid = jobs.submit(store, settings, kind="train", enqueue=False)
+    jobs.execute(store, settings, jid)
+    assert _job(store, jid).status == "cancelled"
+    assert len(seen) < 5
+
+
+def test_cancel_of_a_queued_job_is_immediate(env):
+    settings, store = env
+    jid = jobs.submit(store, settings, kind="train", enqueue=False)
+    jobs.cancel(store, job_id=jid)
+    assert _job(store, jid).status == "cancelled"
+    assert jobs.execute(store, settings, jid) is None
+
+
+def test_recover_fails_orphans_and_requeues(env):
+    settings, store = env
+    running = jobs.submit(store, settings, kind="train", enqueue=False)
+    with store.write() as s:
+        s.get(Job, running).status = "running"
+    queued = jobs.submit(store, settings, kind="extract", enqueue=False)
+    assert jobs.recover(store, settings, stale_after_s=0) == [queued]
+    assert _job(store, running).status == "failed"
+    assert "worker stopped" in _job(store, running).error
+    assert len(jobs.get_huey(str(settings.queue_path))) == 1
+
+
+def test_worker_process_runs_a_queued_job_in_a_subprocess(env):
+    """A real `meiju worker` takes the job from the queue file and records its outcome."""
+    settings, store = env
+    # A predict job for a model version that does not exist fails fast inside the subprocess.
+    jid = jobs.submit(store, settings, kind="predict", params={"model_version_id": 999})
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "meiju_core.cli", "worker"],
+        env={**os.environ, "MEIJU_DATA_DIR": str(settings.data_dir)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _job(store, jid).status in ("queued", "running"):
+            time.sleep(0.3)
+    finally:
+        worker.terminate()
+        out = worker.communicate(timeout=20)[0].decode(errors="replace")
+    job = _job(store, jid)
+    assert job.status == "failed", out
+    assert job.started_at is not None and job.finished_at is not None
+    assert job.error
