@@ -53,6 +53,10 @@ def per_class(
 ) -> list[dict[str, Any]]:
     """Precision, recall, F1 and support of every class (K rows, in schema order)."""
     t, p = _valid(y_true, y_pred)
+    if t.size == 0:  # a head with no gold labels: every class has support 0
+        return [
+            {"class": c, "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0} for c in classes
+        ]
     labels = list(range(len(classes)))
     prec, rec, f1, sup = precision_recall_fscore_support(
         t, p, labels=labels, average=None, zero_division=0
@@ -72,6 +76,8 @@ def per_class(
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """(K, K) int64 counts; rows are gold classes, columns predicted classes."""
     t, p = _valid(y_true, y_pred)
+    if t.size == 0:
+        return np.zeros((num_classes, num_classes), dtype=np.int64)
     return confusion_matrix(t, p, labels=list(range(num_classes))).astype(np.int64)
 
 
