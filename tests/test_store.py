@@ -14,14 +14,6 @@ from db.models import Base, Decision, PseudoLabel, ReviewRound
 
 
 @pytest.fixture
-def store(tmp_path):
-    st = Store(f"sqlite:///{tmp_path / 'meiju.db'}")
-    st.upgrade()
-    yield st
-    st.dispose()
-
-
-@pytest.fixture
 def fx(store):
     return build_fixture(store, n_pool=60, quota=3, threshold=0.3)
 
