@@ -156,7 +156,7 @@ def extract_features(
     from meiju_core.features.store import FeatureStore
 
     root = settings.feature_dir / f"project{project_id}"
-    fstore = FeatureStore(root)
+    fstore = FeatureStore(root, set_name)
     with store.read() as s:
         rows = s.execute(
             select(Sample.id, Sample.utt_id, Sample.video_path, Sample.audio_path, Transcript.text)
@@ -178,49 +178,30 @@ def extract_features(
             }
         )
     texts = [r.text or "" for r in rows]
-    lsa_path = root / set_name / "text_lsa"
-    lsa = TextLSA.load(lsa_path) if (fs is not None and TextLSA.exists(lsa_path)) else None
-    if lsa is None:
+    lsa_path = root / set_name / "text_lsa.npz"
+    if fs is not None and lsa_path.exists():
+        lsa = TextLSA.load(lsa_path)
+    else:  # first extraction: fit the text model on the project's transcripts
         lsa = TextLSA(seed=settings.seed).fit(texts)
         lsa.save(lsa_path)
-        known = {k: v for k, v in known.items() if k[1] != "text"}  # new vocabulary: redo text
-    extractor = BuiltinExtractor(lsa=lsa)
+        known = {k: v for k, v in known.items() if k[1] != "text"}
+    extractor = BuiltinExtractor(lsa)
     new_files: list[dict[str, Any]] = []
     for i, r in enumerate(rows):
         text_hash = _text_hash(r.text or "")
         if known.get((r.id, "text")) != text_hash:
-            arr = lsa.transform(r.text or "")
-            path = fstore.save_array(set_name, "text", r.utt_id, arr)
-            new_files.append(
-                {
-                    "sample_id": r.id,
-                    "modality": "text",
-                    "path": str(path),
-                    "content_hash": text_hash,
-                    "shape": list(arr.shape),
-                }
-            )
-        if (
-            (r.video_path or r.audio_path)
-            and (r.id, "audio") not in known
-            and (r.id, "visual") not in known
-        ):
-            feats = extractor.extract(
-                {"text": None, "video_path": r.video_path, "audio_path": r.audio_path}
-            )
+            path, _ = fstore.save(r.utt_id, "text", lsa.transform(r.text or ""))
+            new_files.append(_feature_row(r.id, "text", path, text_hash, lsa.dim))
+        media_key = _text_hash(f"{r.video_path}|{r.audio_path}")
+        if (r.video_path or r.audio_path) and known.get((r.id, "audio")) != media_key:
+            feats = extractor.extract({"video_path": r.video_path, "audio_path": r.audio_path})
             for modality, arr in feats.items():
-                if modality == "text":
-                    continue
-                path = fstore.save_array(set_name, modality, r.utt_id, arr)
-                new_files.append(
-                    {
-                        "sample_id": r.id,
-                        "modality": modality,
-                        "path": str(path),
-                        "content_hash": _file_key(r),
-                        "shape": list(arr.shape),
-                    }
-                )
+                path, _ = fstore.save(r.utt_id, modality, arr)
+                new_files.append(_feature_row(r.id, modality, path, media_key, arr.shape[1],
+                                              steps=arr.shape[0]))
+            for modality, reason in feats.missing.items():
+                if modality != "text" and reason != "not in sample":
+                    progress({"message": f"{r.utt_id}: {modality} missing: {reason}"})
         if i % 500 == 0:
             progress({"progress": i / max(1, len(rows)), "message": f"features {i}/{len(rows)}"})
     with store.write() as s:
@@ -252,14 +233,18 @@ def extract_features(
     return fs_id
 
 
+def _feature_row(sample_id: int, modality: str, path: Path, content_hash: str, dim: int, *,
+                 steps: int | None = None) -> dict[str, Any]:
+    return {"sample_id": sample_id, "modality": modality, "path": str(path),
+            "content_hash": content_hash, "shape": [steps, dim]}
+
+
 def _text_hash(text: str) -> str:
     import hashlib
 
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _file_key(r: Any) -> str:
-    return _text_hash(f"{r.video_path}|{r.audio_path}")
 
 
 # --------------------------------------------------------------------------- training data
