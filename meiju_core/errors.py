@@ -8,6 +8,7 @@
     │   ├── ImportDataError     a CSV or release folder that cannot be imported (nothing is stored)
     │   └── FeatureError        a feature array of the wrong shape, or with NaN / inf
     ├── MediaError              a video or audio file that cannot be decoded (``path``)
+    ├── ModelUnavailable        a pretrained model's files are not on this machine (``model``)
     ├── StoreError              a store invariant was violated
     │   ├── QuotaExceeded       accepting would pass a class quota (``head``, ``label``, ``quota``)
     │   ├── StaleEdit           someone saved the same row first (optimistic lock)
@@ -69,6 +70,18 @@ class MediaError(MeijuError):
     def __init__(self, message: str, *, path: str | None = None) -> None:
         self.path = path
         super().__init__(f"{path}: {message}" if path else message)
+
+
+class ModelUnavailable(MeijuError):
+    """A pretrained model (``model``: its hub id or folder) is not on this machine.
+
+    Nothing is ever downloaded: the message says which id was looked for and how to provide a
+    local folder instead.
+    """
+
+    def __init__(self, message: str, *, model: str | None = None) -> None:
+        self.model = model
+        super().__init__(message)
 
 
 class StoreError(MeijuError):

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA
+from _paths import SHARED_DATA
 from sqlalchemy import func, select
 
 from db import Base, Store

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import subprocess
+import sys
 
 import pytest
 from sqlalchemy import func, inspect, select
 
-from db import Store
 from db import queries as q
 from db.fixtures import build_fixture
 from db.models import Base, Decision, PseudoLabel, ReviewRound
@@ -109,41 +109,37 @@ def test_quota_is_never_exceeded(store, fx):
         assert q.accepted_counts(s, round_id=fx.round_id)["emotion"] == {"happy": 3}
 
 
-def _accept_worker(url: str, round_id: int, sample_ids: list[int], out: mp.Queue) -> None:
-    st = Store(url)
-    ok = 0
-    for sid in sample_ids:
-        try:
-            with st.write() as s:
-                q.decide(
-                    s,
-                    round_id=round_id,
-                    sample_id=sid,
-                    action="accept",
-                    user_id=None,
-                    heads=["emotion"],
-                    labels={"emotion": "anger"},
-                )
-            ok += 1
-        except q.QuotaFull:
-            pass
-    out.put(ok)
+_RACER = """
+import sys
+from db import Store
+from db import queries as q
+st = Store(sys.argv[1])
+ok = 0
+for sid in map(int, sys.argv[3:]):
+    try:
+        with st.write() as s:
+            q.decide(s, round_id=int(sys.argv[2]), sample_id=sid, action="accept", user_id=None,
+                     heads=["emotion"], labels={"emotion": "anger"})
+        ok += 1
+    except q.QuotaFull:
+        pass
+print(ok)
+"""
 
 
 def test_two_writers_cannot_pass_a_quota(store, fx):
     """Two processes race to accept the same class; the quota (3) holds exactly."""
     ids = fx.pool_ids[:40]
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
     procs = [
-        ctx.Process(target=_accept_worker, args=(store.url, fx.round_id, part, out))
+        subprocess.Popen(
+            [sys.executable, "-c", _RACER, store.url, str(fx.round_id), *map(str, part)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for part in (ids[0::2], ids[1::2])
     ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-    assert sum(out.get(timeout=5) for _ in procs) == 3
+    accepted = [int(p.communicate(timeout=120)[0].strip()) for p in procs]
+    assert sum(accepted) == 3
     with store.read() as s:
         n = s.scalar(
             select(func.count())
