@@ -30,10 +30,11 @@ run: demo
 worker: install
 	$(BIN)/meiju worker
 
-# Debian's Chromium drives the browser tests (Playwright uses it; it never downloads a browser).
+# Debian's Chromium drives the browser tests (Playwright uses it; it never downloads a browser);
+# a CJK font makes the screenshots readable.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	@{ command -v chromium >/dev/null 2>&1 && fc-list 2>/dev/null | grep -qi wqy; } || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver fonts-wqy-microhei >/dev/null; \
 	  else echo "install Debian's chromium: sudo apt-get install chromium chromium-driver"; exit 1; fi; }
 
 lint: install

@@ -246,7 +246,14 @@ def _candidate_query(rnd: ReviewRound, flt: QueueFilter, *, user_id: int | None,
     )
     q = (
         select(Prediction.sample_id, func.max(Prediction.confidence).label("conf"))
-        .where(Prediction.model_version_id == rnd.model_version_id, or_(*conds), ~decided, ~leased)
+        .join(Sample, Sample.id == Prediction.sample_id)
+        .where(
+            Prediction.model_version_id == rnd.model_version_id,
+            Sample.split == "pool",  # only unlabelled samples are pseudo-label candidates
+            or_(*conds),
+            ~decided,
+            ~leased,
+        )
         .group_by(Prediction.sample_id)
     )
     if flt.sample_ids is not None:
@@ -496,9 +503,10 @@ def undo(
     undone = select(Decision.undoes_id).where(
         Decision.round_id == round_id, Decision.undoes_id.is_not(None)
     )
-    q = select(Decision).where(
+    live = select(Decision).where(
         Decision.round_id == round_id, Decision.action != "undo", Decision.id.not_in(undone)
     )
+    q = live
     if decision_id is not None:
         q = q.where(Decision.id == decision_id)
     elif user_id is not None:
@@ -506,8 +514,9 @@ def undo(
     last = s.scalars(q.order_by(Decision.id.desc()).limit(1)).first()
     if last is None:
         return None
+    # every head of that card decision, whichever of its rows ``decision_id`` named
     group = s.scalars(
-        q.where(Decision.sample_id == last.sample_id, Decision.created_at == last.created_at)
+        live.where(Decision.sample_id == last.sample_id, Decision.created_at == last.created_at)
     ).all()
     group = group or [last]
     now = utcnow()

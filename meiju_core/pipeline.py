@@ -177,6 +177,7 @@ def extract_features(
                 for f in s.scalars(select(FeatureFile).where(FeatureFile.feature_set_id == fs.id))
             }
         )
+    stored = set(known)  # rows already in feature_file
     texts = [r.text or "" for r in rows]
     lsa_path = root / set_name / "text_lsa.npz"
     if fs is not None and lsa_path.exists():
@@ -197,8 +198,9 @@ def extract_features(
             feats = extractor.extract({"video_path": r.video_path, "audio_path": r.audio_path})
             for modality, arr in feats.items():
                 path, _ = fstore.save(r.utt_id, modality, arr)
-                new_files.append(_feature_row(r.id, modality, path, media_key, arr.shape[1],
-                                              steps=arr.shape[0]))
+                new_files.append(
+                    _feature_row(r.id, modality, path, media_key, arr.shape[1], steps=arr.shape[0])
+                )
             for modality, reason in feats.missing.items():
                 if modality != "text" and reason != "not in sample":
                     progress({"message": f"{r.utt_id}: {modality} missing: {reason}"})
@@ -218,14 +220,19 @@ def extract_features(
             s.flush()
         fs_row.dims = extractor.dims
         fs_row.settings = {"text_dim": lsa.dim, "frame_every": 30, "audio_hz": 16000}
+        by_modality: dict[str, list[int]] = {}
         for f in new_files:
-            s.execute(
-                delete(FeatureFile).where(
-                    FeatureFile.feature_set_id == fs_row.id,
-                    FeatureFile.sample_id == f["sample_id"],
-                    FeatureFile.modality == f["modality"],
+            if (f["sample_id"], f["modality"]) in stored:  # replaces an older file's row
+                by_modality.setdefault(f["modality"], []).append(f["sample_id"])
+        for modality, ids in by_modality.items():
+            for start in range(0, len(ids), 500):
+                s.execute(
+                    delete(FeatureFile).where(
+                        FeatureFile.feature_set_id == fs_row.id,
+                        FeatureFile.modality == modality,
+                        FeatureFile.sample_id.in_(ids[start : start + 500]),
+                    )
                 )
-            )
         if new_files:
             s.execute(insert(FeatureFile), [{**f, "feature_set_id": fs_row.id} for f in new_files])
         fs_id = fs_row.id
@@ -233,18 +240,28 @@ def extract_features(
     return fs_id
 
 
-def _feature_row(sample_id: int, modality: str, path: Path, content_hash: str, dim: int, *,
-                 steps: int | None = None) -> dict[str, Any]:
-    return {"sample_id": sample_id, "modality": modality, "path": str(path),
-            "content_hash": content_hash, "shape": [steps, dim]}
+def _feature_row(
+    sample_id: int,
+    modality: str,
+    path: Path,
+    content_hash: str,
+    dim: int,
+    *,
+    steps: int | None = None,
+) -> dict[str, Any]:
+    return {
+        "sample_id": sample_id,
+        "modality": modality,
+        "path": str(path),
+        "content_hash": content_hash,
+        "shape": [steps, dim],
+    }
 
 
 def _text_hash(text: str) -> str:
     import hashlib
 
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 
 
 # --------------------------------------------------------------------------- training data
@@ -381,11 +398,14 @@ def train(
     if stage == 2:
         init_from = _stage1_checkpoint(store, project_id, round_id)
     dims = _feature_dims(store, fs_id)
-    model_config = tr.model_config_for(
-        preset, input_dims=dims, num_classes={h: schema.num_classes(h) for h in schema.head_names}
-    )
-    train_config = tr.train_config_for(
-        preset, stage=stage, seed=settings.seed, device=settings.device, epochs=epochs
+    model_config, train_config = presets(
+        preset,
+        stage=stage,
+        input_dims=dims,
+        num_classes={h: schema.num_classes(h) for h in schema.head_names},
+        seed=settings.seed,
+        device=settings.device,
+        epochs=epochs,
     )
     name = f"stage{stage}-{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir = settings.checkpoint_dir / f"project{project_id}" / name
@@ -411,6 +431,7 @@ def train(
         out_dir=out_dir,
         init_from=init_from,
         callback=on_epoch,
+        schema=schema,
     )
     seconds = time.perf_counter() - t0
     if getattr(result, "cancelled", False):
@@ -424,11 +445,15 @@ def train(
             preset=preset,
             config={
                 "model": _plain(model_config),
-                "train": _plain(train_config),
+                "train": train_config.to_dict(),
                 "feature_set_id": fs_id,
                 "schema": schema.to_dict(),
+                # the paper's final ensemble: each head from its own best checkpoint
+                "checkpoints": {h: str(p) for h, p in result.checkpoint_paths.items()},
+                "valid_during_training": result.metrics,
+                "samples_per_second": result.samples_per_second,
             },
-            checkpoint_path=str(out_dir),
+            checkpoint_path=str(result.best_joint_path),
             snapshot=snapshot,
             job_id=job_id,
             train_seconds=seconds,
@@ -442,6 +467,37 @@ def train(
     evaluate(store, model_version_id=mv_id)
     progress({"progress": 1.0, "message": f"model version {mv_id} ready"})
     return mv_id
+
+
+PRESETS = ("paper", "baseline", "fast")
+
+
+def presets(
+    preset: str,
+    *,
+    stage: int,
+    input_dims: dict[str, int],
+    num_classes: dict[str, int],
+    seed: int = 336,
+    device: str = "auto",
+    epochs: int | None = None,
+):
+    """Model and training configs of a preset: ``paper`` (the Track I winner's model and
+    recipe), ``baseline`` (the official MEIJU baseline exactly) or ``fast`` (the paper model on a
+    short schedule, for CPU demos). ``epochs`` shortens any schedule (a third flat, the rest
+    decaying). Raises InputError for an unknown preset."""
+    from meiju_core.model import ModelConfig
+    from meiju_core.train import TrainConfig
+
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}; presets are {list(PRESETS)}", field="preset")
+    overrides: dict[str, Any] = {"seed": seed, "device": device}
+    if epochs is not None:
+        overrides |= {"epochs_flat": epochs // 3, "epochs_decay": epochs - epochs // 3}
+    model_cls = ModelConfig.baseline if preset == "baseline" else ModelConfig.paper
+    model_config = model_cls(input_dims, num_classes)
+    train_config = getattr(TrainConfig, preset)(stage, **overrides)
+    return model_config, train_config
 
 
 def _feature_set_id(store: Store, project_id: int, name: str) -> int:
@@ -520,7 +576,7 @@ def predict(
     with store.read() as s:
         mv = s.get(ModelVersion, model_version_id)
         project_id, fs_id = mv.project_id, mv.config["feature_set_id"]
-        checkpoint = Path(mv.checkpoint_path)
+        checkpoint = mv.config.get("checkpoints") or mv.checkpoint_path
     schema = schema_of(store, project_id)
     split = load_split(
         store,

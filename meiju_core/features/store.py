@@ -107,10 +107,10 @@ class FeatureStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp", dir=target.parent)
         try:
+            # No fsync: features are derived and rebuilt by a re-run; the rename alone keeps a
+            # reader from ever seeing a half-written file (fsync cost 4 ms a file, 40 s a project).
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

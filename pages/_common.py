@@ -1,0 +1,306 @@
+"""What every page shares: settings, the cached store, the signed-in user and the project.
+
+The store is a process-wide singleton (``st.cache_resource`` keyed on the database URL): a
+SQLAlchemy engine is thread-safe, a session is not, so pages open one short ``store.read()`` or
+``store.write()`` per action and never keep a session or an ORM object in ``st.session_state``
+(only ids and small UI state live there).
+
+The read helpers at the bottom return plain dicts for the few page views ``db.queries`` has no
+function for yet (model version list, transcript search, transcript edits, one job); they are
+short ORM selects with no UI in them, ready to move into ``db.queries``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import streamlit as st
+from sqlalchemy import func, or_, select
+
+from db import Store
+from db.models import Job, ModelVersion, Sample, Transcript, TranscriptEdit, User
+from meiju_core import pipeline
+from meiju_core.settings import Settings
+
+CSS = """
+<style>
+.meiju-transcript {
+  font-family: "Noto Sans CJK SC", "Source Han Sans SC", "PingFang SC", "Microsoft YaHei",
+               "WenQuanYi Micro Hei", sans-serif;
+  font-size: 2.1rem; line-height: 1.55; font-weight: 500;
+  padding: 0.6rem 0.9rem; margin: 0.2rem 0 0.6rem 0;
+  border-left: 0.3rem solid #ff4b4b; background: rgba(127, 127, 127, 0.07); border-radius: 0.3rem;
+}
+.meiju-transcript.empty { color: #999; font-size: 1.2rem; font-style: italic; }
+.meiju-utt { font-family: ui-monospace, monospace; font-size: 0.95rem; }
+.meiju-diff del { background: #ffd7d5; color: #a0111f; text-decoration: line-through; }
+.meiju-diff ins { background: #d3f5d9; color: #116329; text-decoration: none; }
+.meiju-diff { font-size: 1.5rem; line-height: 1.6; }
+.stTextArea textarea { font-size: 1.45rem; line-height: 1.5; }
+</style>
+"""
+
+
+# --------------------------------------------------------------------------- settings & store
+
+
+def settings() -> Settings:
+    """Settings from ``MEIJU_*`` environment variables (cheap; read on every run)."""
+    return Settings.load()
+
+
+@st.cache_resource(show_spinner=False, on_release=lambda store: store.dispose())
+def store_at(url: str) -> Store:
+    """The store at ``url``, migrated once per process and shared by every session."""
+    return pipeline.open_store(Settings.load(database_url=url))
+
+
+def store() -> Store:
+    """The project's store (``MEIJU_DATABASE_URL``, else the SQLite file in the data dir)."""
+    return store_at(settings().database_url)
+
+
+@st.cache_data(ttl=300, show_spinner=False)
+def _project(url: str, name: str) -> dict[str, Any] | None:
+    info = pipeline.project_info(store_at(url), name=name)
+    if info is None:
+        return None
+    return {"id": info["id"], "name": info["name"], "heads": info["schema"].to_dict()}
+
+
+def find_project() -> dict[str, Any] | None:
+    """``{"id", "name", "heads": {head: [class, ...]}}`` of the active project, or None."""
+    cfg = settings()
+    info = _project(cfg.database_url, cfg.project)
+    if info is None:
+        _project.clear()  # do not remember a missing project: it may be imported any minute
+    return info
+
+
+def project() -> dict[str, Any]:
+    """The active project (see :func:`find_project`); stops the page with a message when the
+    project does not exist."""
+    info = find_project()
+    if info is None:
+        cfg = settings()
+        st.error(
+            f"Project **{cfg.project}** is not in the store ({cfg.database_url}). "
+            "Build the demo with `meiju demo`, or set `MEIJU_PROJECT`."
+        )
+        st.stop()
+    return info
+
+
+# --------------------------------------------------------------------------- user
+
+
+def user() -> dict[str, Any] | None:
+    """The signed-in user as ``{"id", "name", "role"}``, or None."""
+    return st.session_state.get("user")
+
+
+def require_user() -> dict[str, Any]:
+    u = user()
+    if u is None:  # pages are only routed after login; this guards direct runs
+        st.stop()
+    return u
+
+
+def is_admin(u: dict[str, Any] | None) -> bool:
+    return bool(u) and u.get("role") == "admin"
+
+
+def flash(kind: str, message: str, *, key: str = "flash") -> None:
+    """Keep a message for the next run (``kind``: success, info, warning, error)."""
+    st.session_state[key] = (kind, message)
+
+
+def show_flash(*, key: str = "flash") -> None:
+    """Show and forget the message kept by :func:`flash`."""
+    item = st.session_state.pop(key, None)
+    if item:
+        kind, message = item
+        getattr(st, kind)(message)
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def ago(t: datetime | None) -> str:
+    """``"12 s ago"``, ``"5 min ago"``, ``"3 h ago"`` or a date."""
+    if t is None:
+        return ""
+    t = t if t.tzinfo else t.replace(tzinfo=UTC)
+    s = (datetime.now(UTC) - t).total_seconds()
+    if s < 60:
+        return f"{max(0, int(s))} s ago"
+    if s < 3600:
+        return f"{int(s // 60)} min ago"
+    if s < 86400:
+        return f"{int(s // 3600)} h ago"
+    return t.strftime("%Y-%m-%d %H:%M")
+
+
+def fmt_score(x: Any) -> str:
+    return f"{x:.4f}" if isinstance(x, (int, float)) else "–"
+
+
+# --------------------------------------------------------------------------- reads
+
+
+def model_versions(store_: Store, *, project_id: int) -> list[dict[str, Any]]:
+    """Every model version of the project, newest first, as plain dicts."""
+    with store_.read() as s:
+        rows = s.scalars(
+            select(ModelVersion)
+            .where(ModelVersion.project_id == project_id)
+            .order_by(ModelVersion.id.desc())
+        ).all()
+        return [
+            {
+                "id": mv.id,
+                "name": mv.name,
+                "stage": mv.stage,
+                "preset": mv.preset,
+                "status": mv.status,
+                "created_at": mv.created_at,
+                "train_seconds": mv.train_seconds,
+                "metrics": dict(mv.metrics or {}),
+                "snapshot": dict(mv.snapshot or {}),
+                "job_id": mv.job_id,
+            }
+            for mv in rows
+        ]
+
+
+def search_transcripts(
+    store_: Store,
+    *,
+    project_id: int,
+    text: str = "",
+    source: str | None = None,
+    sample_ids: list[int] | None = None,
+    offset: int = 0,
+    limit: int = 20,
+) -> tuple[list[dict[str, Any]], int]:
+    """A page of transcripts whose utterance id or text contains ``text``; and the total."""
+    cond = [Sample.project_id == project_id]
+    if text:
+        like = f"%{text}%"
+        cond.append(or_(Transcript.text.like(like), Sample.utt_id.like(like)))
+    if source:
+        cond.append(Transcript.source == source)
+    if sample_ids is not None:
+        cond.append(Sample.id.in_(sample_ids))
+    base = select(Sample.id).join(Transcript, Transcript.sample_id == Sample.id).where(*cond)
+    with store_.read() as s:
+        total = s.scalar(select(func.count()).select_from(base.subquery())) or 0
+        rows = s.execute(
+            select(
+                Sample.id,
+                Sample.utt_id,
+                Sample.split,
+                Transcript.text,
+                Transcript.source,
+                Transcript.version,
+                Transcript.updated_at,
+            )
+            .join(Transcript, Transcript.sample_id == Sample.id)
+            .where(*cond)
+            .order_by(Sample.utt_id)
+            .offset(offset)
+            .limit(limit)
+        ).all()
+    return [dict(r._mapping) for r in rows], total
+
+
+def all_transcript_texts(store_: Store, *, project_id: int) -> dict[int, str]:
+    """{sample id: current text} of the project (for flag counts)."""
+    with store_.read() as s:
+        return dict(
+            s.execute(
+                select(Transcript.sample_id, Transcript.text)
+                .join(Sample, Sample.id == Transcript.sample_id)
+                .where(Sample.project_id == project_id)
+            ).all()
+        )
+
+
+def transcript(store_: Store, *, sample_id: int) -> dict[str, Any] | None:
+    """One sample's transcript with its media paths, as a plain dict."""
+    with store_.read() as s:
+        row = s.execute(
+            select(Sample, Transcript)
+            .join(Transcript, Transcript.sample_id == Sample.id)
+            .where(Sample.id == sample_id)
+        ).first()
+        if row is None:
+            return None
+        sample, tr = row
+        return {
+            "sample_id": sample.id,
+            "utt_id": sample.utt_id,
+            "split": sample.split,
+            "video_path": sample.video_path,
+            "audio_path": sample.audio_path,
+            "start_s": sample.start_s,
+            "transcript_id": tr.id,
+            "text": tr.text,
+            "original_text": tr.original_text,
+            "source": tr.source,
+            "version": tr.version,
+            "updated_at": tr.updated_at,
+        }
+
+
+def transcript_edits(
+    store_: Store, *, project_id: int, sample_id: int | None = None, limit: int = 10
+) -> list[dict[str, Any]]:
+    """The latest saved edits (of one sample, or of the project), newest first, with editor."""
+    q = (
+        select(TranscriptEdit, User.name, Sample.utt_id)
+        .join(Transcript, Transcript.id == TranscriptEdit.transcript_id)
+        .join(Sample, Sample.id == Transcript.sample_id)
+        .outerjoin(User, User.id == TranscriptEdit.editor_id)
+        .where(Sample.project_id == project_id)
+    )
+    if sample_id is not None:
+        q = q.where(Sample.id == sample_id)
+    with store_.read() as s:
+        rows = s.execute(q.order_by(TranscriptEdit.id.desc()).limit(limit)).all()
+        return [
+            {
+                "utt_id": utt,
+                "before": e.before,
+                "after": e.after,
+                "kind": e.kind,
+                "editor": name or "–",
+                "at": e.created_at,
+            }
+            for e, name, utt in rows
+        ]
+
+
+def job(store_: Store, *, job_id: int) -> dict[str, Any] | None:
+    """One job row as a plain dict."""
+    with store_.read() as s:
+        j = s.get(Job, job_id)
+        if j is None:
+            return None
+        return {
+            "id": j.id,
+            "kind": j.kind,
+            "params": dict(j.params or {}),
+            "status": j.status,
+            "progress": j.progress or 0.0,
+            "detail": dict(j.detail or {}),
+            "log": j.log or "",
+            "result": j.result,
+            "error": j.error,
+            "cancel_requested": j.cancel_requested,
+            "created_at": j.created_at,
+            "started_at": j.started_at,
+            "finished_at": j.finished_at,
+            "heartbeat_at": j.heartbeat_at,
+        }

@@ -1,0 +1,228 @@
+"""Training: retrain (admins), follow the job live, compare model versions, promote one.
+
+A retrain is a ``train`` job (stage 2: gold + the accepted pseudo-labels of the open round) written
+by ``jobs.submit``; the worker runs it in its own process. This page only reads the job row: a
+fragment polls it every two seconds while a job is queued or running, and reruns the whole page
+when it finishes so the new model version appears in the table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from db import queries as q
+from meiju_core import jobs
+from meiju_core.errors import MeijuError
+from pages import _common as common
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+STATUS_ICON = {
+    "queued": ":material/schedule:",
+    "running": ":material/sync:",
+    "succeeded": ":material/check_circle:",
+    "failed": ":material/error:",
+    "cancelled": ":material/cancel:",
+}
+S = st.session_state
+
+
+def _latest_job_id(store, project_id: int) -> int | None:
+    with store.read() as s:
+        active = q.active_job(s, kind="train", project_id=project_id)
+        if active is not None:
+            return active.id
+        latest = q.latest_jobs(s, project_id=project_id, limit=1)
+        return latest[0].id if latest else None
+
+
+def retrain_ui(store, settings, project: dict[str, Any], user: dict[str, Any]) -> None:
+    with store.read() as s:
+        busy = q.active_job(s, kind="train", project_id=project["id"])
+        rnd = q.active_round(s, project_id=project["id"])
+        round_id = rnd.id if rnd else None
+        accepted = (
+            sum(sum(c.values()) for c in q.accepted_counts(s, round_id=round_id).values())
+            if round_id
+            else 0
+        )
+    admin = common.is_admin(user)
+    row = st.container(horizontal=True, vertical_alignment="center")
+    clicked = row.button(
+        "Retrain (stage 2)",
+        key="tr_retrain",
+        type="primary",
+        icon=":material/model_training:",
+        disabled=not admin or busy is not None,
+        help=None if admin else "Only admins can retrain.",
+    )
+    if busy is not None:
+        row.caption(f"Job #{busy.id} is {busy.status}; one retrain at a time.")
+    elif round_id is None:
+        row.caption("No open round: stage 2 trains on gold labels only.")
+    else:
+        row.caption(
+            f"Gold train labels + **{accepted}** accepted pseudo-labels of round #{round_id}."
+        )
+    if clicked and admin:
+        try:
+            job_id = jobs.submit(
+                store,
+                settings,
+                kind="train",
+                params={"stage": 2, "round_id": round_id},
+                project_id=project["id"],
+                user=user,
+            )
+        except MeijuError as e:
+            st.error(str(e))
+            return
+        common.flash("success", f"Retrain queued as job #{job_id}.", key="tr_flash")
+        st.rerun()
+
+
+def _cancel(job_id: int) -> None:
+    jobs.cancel(common.store(), job_id=job_id, user=common.user())
+    common.flash("info", f"Cancel requested for job #{job_id}.", key="tr_flash")
+
+
+def job_panel(job: dict[str, Any], *, admin: bool) -> None:
+    """One job: status, progress, live figures, error, log tail, cancel."""
+    status = job["status"]
+    head = st.container(horizontal=True, vertical_alignment="center")
+    head.markdown(
+        f"{STATUS_ICON.get(status, '')} **Job #{job['id']}** · {job['kind']} · **{status}** · "
+        f"queued {common.ago(job['created_at'])}"
+        + (f" · heartbeat {common.ago(job['heartbeat_at'])}" if job["heartbeat_at"] else "")
+    )
+    if status not in TERMINAL and admin:
+        head.button(
+            "Cancel",
+            key=f"tr_cancel_{job['id']}",
+            icon=":material/stop_circle:",
+            disabled=job["cancel_requested"],
+            on_click=_cancel,
+            args=(job["id"],),
+        )
+    detail = job["detail"]
+    st.progress(min(1.0, max(0.0, job["progress"])), text=detail.get("message") or status)
+    figures = {}
+    if "epoch" in detail:
+        figures["epoch"] = f"{detail['epoch']} / {detail.get('epochs', '?')}"
+    if "stage" in detail:
+        figures["stage"] = str(detail["stage"])
+    for key, value in detail.items():
+        if _is_score(key) and _num(value) is not None:
+            figures[key.replace("_", " ")] = _num(value)
+    if figures:
+        cols = st.columns(min(6, len(figures)))
+        for k, (name, value) in enumerate(figures.items()):
+            cols[k % len(cols)].metric(name, value)
+    if job["error"]:
+        st.error(job["error"])
+    if job["result"]:
+        st.caption(f"Result: {job['result']}")
+    if job["log"]:
+        tail = "\n".join(job["log"].splitlines()[-15:])
+        st.code(tail, language=None)
+
+
+def _is_score(key: str) -> bool:
+    """Live figures worth a metric tile: loss, F1 and joint scores, learning rate."""
+    return any(w in key for w in ("loss", "f1", "joint", "valid", "lr"))
+
+
+def _num(x: Any) -> str | None:
+    return f"{x:.4f}" if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def live_status(job_id: int | None, *, admin: bool) -> None:
+    """The newest train job, polled every 2 s while it is queued or running."""
+    store = common.store()
+    job = common.job(store, job_id=job_id) if job_id else None
+    active = job is not None and job["status"] not in TERMINAL
+
+    @st.fragment(run_every="2s" if active else None)
+    def panel() -> None:
+        current = common.job(common.store(), job_id=job_id) if job_id else None
+        if current is None:
+            st.caption("No job yet.")
+            return
+        job_panel(current, admin=admin)
+        if active and current["status"] in TERMINAL:
+            st.rerun()  # the job finished: refresh the page (new model version, button state)
+
+    panel()
+
+
+def versions_table(versions: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for v in versions:
+        m = v["metrics"]
+        row = {
+            "id": v["id"],
+            "name": v["name"],
+            "stage": v["stage"],
+            "status": v["status"],
+            "created": v["created_at"].strftime("%m-%d %H:%M") if v["created_at"] else "",
+        }
+        for split in ("valid", "test"):
+            sm = m.get(split, {})
+            row[f"{split} emo F1"] = sm.get("emotion_f1")
+            row[f"{split} int F1"] = sm.get("intent_f1")
+            row[f"{split} joint"] = sm.get("joint")
+        row["train s"] = v["train_seconds"]
+        snap = v["snapshot"]
+        row["train samples"] = snap.get("n_samples")
+        labels = snap.get("labels") or {}
+        row["labels"] = ", ".join(f"{h} {sum(c.values())}" for h, c in labels.items())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def promote_ui(store, versions: list[dict[str, Any]], user: dict[str, Any]) -> None:
+    choices = [v["id"] for v in versions if v["status"] != "promoted"]
+    if not choices:
+        return
+    names = {v["id"]: f"#{v['id']} {v['name']}" for v in versions}
+    row = st.container(horizontal=True, vertical_alignment="bottom")
+    mv_id = row.selectbox(
+        "Model version to promote", choices, format_func=names.get, key="tr_promote_pick"
+    )
+    if row.button("Promote", key="tr_promote", icon=":material/verified:"):
+        with store.write() as s:
+            q.promote(s, model_version_id=mv_id, user_id=user["id"])
+        common.flash("success", f"Model version #{mv_id} is now promoted.", key="tr_flash")
+        st.rerun()
+
+
+def main() -> None:
+    user, store, settings = common.require_user(), common.store(), common.settings()
+    project = common.project()
+    admin = common.is_admin(user)
+    st.title("Training")
+    common.show_flash(key="tr_flash")
+    retrain_ui(store, settings, project, user)
+    st.subheader("Job")
+    live_status(_latest_job_id(store, project["id"]), admin=admin)
+    st.subheader("Model versions")
+    versions = common.model_versions(store, project_id=project["id"])
+    if not versions:
+        st.info("No model version yet.")
+        return
+    table = versions_table(versions)
+    config = {
+        c: st.column_config.NumberColumn(format="%.4f")
+        for c in table.columns
+        if c.endswith("F1") or c.endswith("joint")
+    }
+    config["train s"] = st.column_config.NumberColumn(format="%.1f")
+    st.dataframe(table, hide_index=True, width="stretch", column_config=config)
+    st.caption("Scores come from `pipeline.evaluate` on the valid and test splits.")
+    if admin:
+        promote_ui(store, versions, user)
+
+
+main()

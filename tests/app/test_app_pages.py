@@ -1,0 +1,513 @@
+"""Every page of the app, driven headless with ``streamlit.testing.v1.AppTest``.
+
+Each test builds the fixture project (``db.fixtures.build_fixture``) in a temporary SQLite store,
+points ``MEIJU_*`` at it and clears Streamlit's process-wide caches, so tests never share a store.
+Decisions, jobs and edits are checked in the database, not only on screen. No test trains a
+model: the retrain test only checks that a queued ``train`` job row is written.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import streamlit as st
+from sqlalchemy import select
+from streamlit.testing.v1 import AppTest
+
+from db import Store
+from db import queries as q
+from db.fixtures import build_fixture
+from db.models import (
+    Decision,
+    Job,
+    ModelVersion,
+    Prediction,
+    PseudoLabel,
+    ReviewRound,
+    Sample,
+    Transcript,
+    TranscriptEdit,
+)
+from meiju_core import pipeline
+from meiju_core.schema import EMOTIONS, INTENTS
+
+REPO = Path(__file__).resolve().parents[2]
+APP = str(REPO / "app.py")
+PASSWORD_HASH = pipeline.hash_password("pw")
+TIMEOUT = 30
+
+
+@pytest.fixture
+def fx(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'meiju.db'}"
+    store = Store(url)
+    store.upgrade()
+    ids = build_fixture(store, n_pool=40, password_hash=PASSWORD_HASH)
+    monkeypatch.setenv("MEIJU_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("MEIJU_DATABASE_URL", url)
+    monkeypatch.setenv("MEIJU_PROJECT", "fixture")
+    monkeypatch.syspath_prepend(str(REPO))
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    yield store, ids
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    store.dispose()
+
+
+def signed_in(ids, role: str = "admin", page: str | None = None) -> AppTest:
+    """The app with a user already signed in (the login form has its own test)."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    uid, name = (ids.admin_id, "admin") if role == "admin" else (ids.annotator_id, "ann")
+    at.session_state["user"] = {"id": uid, "name": name, "role": role}
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def card_id(at: AppTest) -> int:
+    return at.session_state["rv_card"]
+
+
+def decisions(store: Store, sample_id: int) -> list[tuple[str | None, str]]:
+    with store.read() as s:
+        rows = s.scalars(
+            select(Decision).where(Decision.sample_id == sample_id).order_by(Decision.id)
+        )
+        return [(d.head, d.action) for d in rows]
+
+
+def pseudo(store: Store, sample_id: int) -> dict[str, str]:
+    with store.read() as s:
+        rows = s.scalars(select(PseudoLabel).where(PseudoLabel.sample_id == sample_id))
+        return {p.head: p.state for p in rows}
+
+
+def texts(at: AppTest) -> str:
+    return "\n".join(m.value for m in at.markdown) + "\n".join(c.value for c in at.caption)
+
+
+# --------------------------------------------------------------------------- login
+
+
+def test_login_refuses_a_wrong_password_and_admits_the_right_one(fx):
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert "user" not in at.session_state
+    at.text_input(key="login_name").input("admin")
+    at.text_input(key="login_password").input("nope")
+    at.button[0].click().run()
+    assert "Wrong name or password." in [e.value for e in at.error]
+    assert "user" not in at.session_state
+
+    at.text_input(key="login_password").input("pw")
+    at.button[0].click().run()
+    assert not at.exception
+    assert at.session_state["user"]["name"] == "admin"
+    assert at.title[0].value == "Review"
+    assert "Project **fixture**" in [c.value for c in at.sidebar.caption]
+
+
+def test_sign_out_returns_to_the_login_form(fx):
+    store, ids = fx
+    at = signed_in(ids)
+    at.sidebar.button(key="logout").click().run()
+    assert not at.exception
+    assert "user" not in at.session_state
+    assert "rv_card" not in at.session_state
+    # AppTest keeps the old page's hash, so the login form itself is checked in the browser test
+
+
+def test_a_missing_project_is_explained(fx, monkeypatch):
+    store, ids = fx
+    monkeypatch.setenv("MEIJU_PROJECT", "nope")
+    at = signed_in(ids)
+    assert any("Project **nope** is not in the store" in e.value for e in at.error)
+    assert at.sidebar.button(key="logout")
+
+
+# --------------------------------------------------------------------------- review
+
+
+def test_review_shows_a_pool_card_with_predictions_and_quota(fx):
+    store, ids = fx
+    at = signed_in(ids)
+    sid = card_id(at)
+    assert sid in ids.pool_ids  # only unlabelled samples are pseudo-label candidates
+    assert any("meiju-transcript" in m.value for m in at.markdown)
+    bars = [p.proto.text for p in at.get("progress")]
+    assert sum(t.startswith("quota ") for t in bars) == 2  # one meter per head
+    assert len(bars) == 2 * 3 + 2  # top three classes of both heads + the meters
+    assert "left in the queue" in texts(at)
+
+
+def test_the_queue_holds_only_pool_samples(fx):
+    store, ids = fx
+    with store.read() as s:
+        queued = q.queue(s, round_id=ids.round_id, limit=10_000)
+        size = q.queue_size(s, round_id=ids.round_id)
+    assert queued and set(queued) <= set(ids.pool_ids)
+    assert size == len(queued)
+
+
+def test_filter_narrows_the_queue_to_one_class(fx):
+    store, ids = fx
+    at = signed_in(ids)
+    at.selectbox(key="rv_f_head").set_value("intent").run()
+    label = at.selectbox(key="rv_f_label_intent").options[1]
+    at.selectbox(key="rv_f_label_intent").set_value(label).run()
+    assert not at.exception
+    for _ in range(3):
+        sid = card_id(at)
+        with store.read() as s:
+            got = s.scalars(
+                select(Prediction.label).where(
+                    Prediction.sample_id == sid,
+                    Prediction.head == "intent",
+                    Prediction.model_version_id == ids.model_version_id,
+                )
+            ).one()
+        assert got == label
+        at.button(key="rv_skip").click().run()
+        if "rv_card" not in at.session_state:
+            break
+
+
+def test_accept_records_decisions_and_pseudo_labels_and_shows_another_card(fx):
+    store, ids = fx
+    at = signed_in(ids)
+    first = card_id(at)
+    at.button(key="rv_accept").click().run()
+    assert not at.exception
+    assert decisions(store, first) == [("emotion", "accept"), ("intent", "accept")]
+    assert pseudo(store, first) == {"emotion": "accepted", "intent": "accepted"}
+    with store.read() as s:
+        spent = s.scalars(select(Decision.ms_spent).where(Decision.sample_id == first)).all()
+    assert all(ms is not None and ms >= 0 for ms in spent)
+    assert card_id(at) != first
+    hist = [m.value for m in at.markdown if "**accept**" in m.value]
+    assert len(hist) == 1
+
+
+def test_accept_one_head_only(fx):
+    store, ids = fx
+    at = signed_in(ids)
+    first = card_id(at)
+    at.button(key="rv_accept_intent").click().run()
+    assert decisions(store, first) == [("intent", "accept")]
+    assert pseudo(store, first) == {"intent": "accepted"}
+    assert card_id(at) != first
+
+
+def test_reject_and_skip(fx):
+    store, ids = fx
+    at = signed_in(ids)
+    first = card_id(at)
+    at.button(key="rv_reject").click().run()
+    assert decisions(store, first) == [("emotion", "reject"), ("intent", "reject")]
+    assert pseudo(store, first) == {"emotion": "rejected", "intent": "rejected"}
+    second = card_id(at)
+    assert second != first
+    at.button(key="rv_skip").click().run()
+    assert decisions(store, second) == [(None, "skip")]
+    assert pseudo(store, second) == {"*": "skipped"}
+    assert card_id(at) not in (first, second)
+
+
+def test_undo_brings_the_card_back_and_appends_an_undo_decision(fx):
+    store, ids = fx
+    at = signed_in(ids)
+    first = card_id(at)
+    at.button(key="rv_accept").click().run()
+    assert card_id(at) != first
+    at.button(key="rv_undo").click().run()
+    assert not at.exception
+    assert card_id(at) == first
+    assert decisions(store, first) == [
+        ("emotion", "accept"),
+        ("intent", "accept"),
+        ("emotion", "undo"),
+        ("intent", "undo"),
+    ]
+    assert pseudo(store, first) == {}
+    assert any("~~" in m.value and "(undone)" in m.value for m in at.markdown)
+
+
+def test_undo_from_the_history(fx):
+    store, ids = fx
+    at = signed_in(ids)
+    first = card_id(at)
+    at.button(key="rv_reject").click().run()
+    at.button(key="rv_skip").click().run()
+    with store.read() as s:
+        entry = q.history(s, round_id=ids.round_id, user_id=ids.admin_id)[-1]
+    assert entry["sample_id"] == first
+    at.button(key=f"rv_undo_{entry['decision_id']}").click().run()
+    assert not at.exception
+    assert card_id(at) == first
+    assert pseudo(store, first) == {}
+
+
+def test_full_quota_warns_and_keeps_the_card(fx):
+    store, ids = fx
+    at = signed_in(ids)
+    first = card_id(at)
+    with store.read() as s:
+        label = s.scalars(
+            select(Prediction.label).where(
+                Prediction.sample_id == first, Prediction.head == "emotion"
+            )
+        ).one()
+    with store.write() as s:
+        rnd = s.get(ReviewRound, ids.round_id)
+        quotas = json.loads(json.dumps(rnd.quotas))
+        quotas["emotion"][label] = 0
+        rnd.quotas = quotas
+    at.button(key="rv_accept").click().run()
+    assert not at.exception
+    warnings = [w.value for w in at.warning]
+    assert any("Quota full" in w and "emotion" in w and label in w for w in warnings), warnings
+    assert card_id(at) == first
+    assert decisions(store, first) == []
+    at.button(key="rv_accept_intent").click().run()  # the other head still goes through
+    assert decisions(store, first) == [("intent", "accept")]
+
+
+def test_empty_queue_says_so(fx):
+    store, ids = fx
+    with store.write() as s:
+        s.get(ReviewRound, ids.round_id).thresholds = {"emotion": 1.01, "intent": 1.01}
+    at = signed_in(ids)
+    assert any("Nothing left to review" in x.value for x in at.success)
+    assert "rv_card" not in at.session_state
+    assert at.button(key="rv_accept").disabled
+
+
+def test_admin_opens_a_round(fx):
+    store, ids = fx
+    at = signed_in(ids)
+    assert "Open a new round" in [e.label for e in at.expander]
+    table = at.dataframe[0].value
+    assert list(table.columns)[-1] == "≥ 0.99"
+    assert list(table.index) == ["emotion", "intent"]
+    at.number_input(key=f"rv_new_th_{ids.model_version_id}_emotion").set_value(0.6)
+    at.radio(key="rv_new_strategy").set_value("proportional")
+    at.number_input(key="rv_new_budget").set_value(100)
+    at.button(key="rv_open_round").click().run()
+    assert not at.exception
+    with store.read() as s:
+        rounds = s.scalars(select(ReviewRound).order_by(ReviewRound.id)).all()
+    assert [r.status for r in rounds] == ["closed", "open"]
+    assert rounds[-1].thresholds["emotion"] == pytest.approx(0.6)
+    assert sum(rounds[-1].quotas["emotion"].values()) <= 100
+    assert at.session_state["rv_round"] == rounds[-1].id
+    assert any(f"Round #{rounds[-1].id} is open." in x.value for x in at.success)
+
+
+def test_annotator_cannot_open_rounds_or_retrain(fx):
+    store, ids = fx
+    at = signed_in(ids, role="annotator")
+    assert "Open a new round" not in [e.label for e in at.expander]
+    assert not [b for b in at.button if b.key == "rv_open_round"]
+    at.button(key="rv_accept").click().run()  # annotators do review
+    assert not at.exception
+    at.switch_page("pages/training.py").run()
+    assert not at.exception
+    assert at.button(key="tr_retrain").disabled
+    assert not [b for b in at.button if b.key == "tr_promote"]
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_retrain_writes_one_queued_train_job(fx):
+    store, ids = fx
+    at = signed_in(ids, page="pages/training.py")
+    assert not at.button(key="tr_retrain").disabled
+    at.button(key="tr_retrain").click().run()
+    assert not at.exception
+    with store.read() as s:
+        jobs = s.scalars(select(Job)).all()
+    assert [(j.kind, j.status, j.params) for j in jobs] == [
+        ("train", "queued", {"stage": 2, "round_id": ids.round_id})
+    ]
+    assert jobs[0].created_by == ids.admin_id
+    assert at.button(key="tr_retrain").disabled  # one retrain at a time
+    assert any(f"Job #{jobs[0].id}" in m.value for m in at.markdown)
+    at.button(key=f"tr_cancel_{jobs[0].id}").click().run()
+    with store.read() as s:
+        assert s.get(Job, jobs[0].id).status == "cancelled"
+
+
+def test_training_shows_live_job_figures_and_promotes(fx):
+    store, ids = fx
+    with store.write() as s:
+        s.add(
+            Job(
+                project_id=ids.project_id,
+                kind="train",
+                status="running",
+                progress=0.4,
+                detail={"epoch": 4, "epochs": 10, "loss": 0.731, "valid_joint": 0.41},
+                log="line one\nline two\n",
+            )
+        )
+        s.add(ModelVersion(project_id=ids.project_id, name="stage2-test", stage=2))
+    at = signed_in(ids, page="pages/training.py")
+    assert at.button(key="tr_retrain").disabled
+    assert [p.value for p in at.get("progress")] == [40]
+    tiles = {m.label: m.value for m in at.metric}
+    assert tiles["epoch"] == "4 / 10" and tiles["loss"] == "0.7310"
+    assert "line two" in at.code[0].value
+    names = list(at.dataframe[0].value["name"])
+    assert names == ["stage2-test", "fixture-model"]
+    at.button(key="tr_promote").click().run()
+    with store.read() as s:
+        status = {mv.name: mv.status for mv in s.scalars(select(ModelVersion))}
+    assert status == {"stage2-test": "promoted", "fixture-model": "archived"}
+
+
+# --------------------------------------------------------------------------- dashboard
+
+
+def _metrics() -> dict:
+    from meiju_core.metrics import evaluate
+
+    rng = np.random.default_rng(0)
+    heads = {"emotion": list(EMOTIONS), "intent": list(INTENTS)}
+    report = {}
+    for split in ("valid", "test"):
+        y_true = {h: rng.integers(0, len(c) - 1, 30) for h, c in heads.items()}  # last: no support
+        y_pred = {h: rng.integers(0, len(c), 30) for h, c in heads.items()}
+        report[split] = {**evaluate(y_true, y_pred, heads), "n": 30}
+    return report
+
+
+def test_dashboard_renders_metrics_with_a_class_of_no_support(fx):
+    store, ids = fx
+    metrics = _metrics()
+    with store.write() as s:
+        s.get(ModelVersion, ids.model_version_id).metrics = metrics
+    at = signed_in(ids, page="pages/dashboard.py")
+    assert at.title[0].value == "Dashboard"
+    tiles = {m.label: m.value for m in at.metric}
+    assert tiles["joint"] == f"{metrics['valid']['joint']:.4f}"
+    tables = [d.value for d in at.dataframe]
+    emotion = tables[0]
+    assert list(emotion["class"]) == list(EMOTIONS)
+    assert emotion["support"].iloc[-1] == 0
+    assert len(at.get("plotly_chart")) == 2 * 2 + 2  # two heatmaps per head + quota bars
+    at.segmented_control(key="db_split").set_value("test").run()
+    assert not at.exception
+    tiles = {m.label: m.value for m in at.metric}
+    assert tiles["joint"] == f"{metrics['test']['joint']:.4f}"
+
+
+def test_dashboard_without_metrics(fx):
+    store, ids = fx
+    at = signed_in(ids, page="pages/dashboard.py")
+    assert any("no valid metrics" in i.value for i in at.info)
+
+
+# --------------------------------------------------------------------------- transcripts
+
+
+def _open_transcript(ids, utt: str) -> AppTest:
+    at = signed_in(ids, page="pages/transcripts.py")
+    at.text_input(key="ts_q").input(utt).run()
+    assert not at.exception
+    return at
+
+
+def test_transcript_save_records_an_edit_with_its_editor(fx):
+    store, ids = fx
+    with store.read() as s:
+        sid, before = s.execute(
+            select(Sample.id, Transcript.text)
+            .join(Transcript, Transcript.sample_id == Sample.id)
+            .where(Sample.utt_id == "pool_000002")
+        ).one()
+    at = _open_transcript(ids, "pool_000002")
+    assert at.subheader[0].value == "pool_000002"
+    assert any("space_as_punct" in m.value for m in at.markdown)  # "我这堵着车 你倒睡着了"
+    at.button(key="ts_suggest").click().run()
+    after = at.text_area(key=f"ts_text_{sid}").value
+    assert after == "我这堵着车，你倒睡着了。"
+    at.button(key="ts_save").click().run()
+    assert not at.exception
+    with store.read() as s:
+        edit = s.scalars(select(TranscriptEdit)).one()
+        tr = s.scalars(select(Transcript).where(Transcript.sample_id == sid)).one()
+    assert (edit.before, edit.after, edit.kind, edit.editor_id) == (
+        before,
+        after,
+        "punctuation",
+        ids.admin_id,
+    )
+    assert (tr.text, tr.version) == (after, 2)
+    assert any("Saved (punctuation edit), version 2." in x.value for x in at.success)
+    recent = at.dataframe[-1].value
+    assert list(recent["editor"]) == ["admin"]
+
+
+def test_transcript_stale_edit_and_html_are_refused(fx):
+    store, ids = fx
+    at = _open_transcript(ids, "pool_000001")
+    with store.read() as s:
+        sid = s.scalars(select(Sample.id).where(Sample.utt_id == "pool_000001")).one()
+    at.text_area(key=f"ts_text_{sid}").input("撞车了<b>吗</b>").run()
+    at.button(key="ts_save").click().run()
+    assert any("plain text" in e.value for e in at.error)
+    at.text_area(key=f"ts_text_{sid}").input("撞车了吗?")
+    # someone else saves between the render and the click
+    pipeline.save_transcript(store, sample_id=sid, text="撞车了吗？", expected_version=1, user=None)
+    at.button(key="ts_save").click().run()
+    assert not at.exception
+    assert any("saved by someone else" in e.value for e in at.error)
+    assert at.text_area(key=f"ts_text_{sid}").value == "撞车了吗?"  # the edit is kept
+    assert any("overwrite" in w.value for w in at.warning)
+    at.button(key="ts_reload").click().run()
+    assert at.text_area(key=f"ts_text_{sid}").value == "撞车了吗？"
+    with store.read() as s:
+        assert s.scalars(select(Transcript.version).where(Transcript.sample_id == sid)).one() == 2
+
+
+# --------------------------------------------------------------------------- layers
+
+
+PAGES_SCRIPT = """
+import json, sys
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file(sys.argv[1], default_timeout=60)
+at.session_state["user"] = {"id": int(sys.argv[2]), "name": "admin", "role": "admin"}
+at.run()
+errors = [str(e.value) for e in at.exception]
+for page in ("pages/transcripts.py", "pages/training.py", "pages/dashboard.py", "pages/review.py"):
+    at.switch_page(page).run()
+    errors += [f"{page}: {e.value}" for e in at.exception]
+at.button(key="rv_accept").click().run()
+errors += [str(e.value) for e in at.exception]
+print(json.dumps({"torch": "torch" in sys.modules, "errors": errors}))
+"""
+
+
+def test_no_page_imports_torch(fx):
+    """Every page in a fresh process: the app process never loads torch (DESIGN.md, Layers)."""
+    store, ids = fx
+    out = subprocess.run(
+        [sys.executable, "-c", PAGES_SCRIPT, APP, str(ids.admin_id)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        check=True,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"torch": False, "errors": []}

@@ -1,0 +1,200 @@
+"""The whole loop on the real demo data: import, features, stage 1, predict, round, automatic
+pseudo-labels, stage 2, evaluate, export. Epochs are cut to keep the suite fast; the benchmarks
+run the full presets."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from sqlalchemy import func, select
+
+from db import queries as q
+from db.models import FeatureFile, ModelVersion, Prediction, PseudoLabel, Sample, TranscriptEdit
+from meiju_core import jobs, pipeline
+from meiju_core.errors import InputError, StaleEdit
+from meiju_core.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("demo")
+    settings = Settings.load(data_dir=str(data_dir), database_url="", project="demo")
+    store = pipeline.open_store(settings)
+    summary = pipeline.build_demo(store, settings, epochs=2)
+    yield settings, store, summary
+    store.dispose()
+
+
+def test_demo_has_real_utterances_features_and_a_model(demo):
+    settings, store, summary = demo
+    pid = summary["project_id"]
+    with store.read() as s:
+        n_samples = s.scalar(select(func.count()).select_from(Sample))
+        n_text = s.scalar(
+            select(func.count()).select_from(FeatureFile).where(FeatureFile.modality == "text")
+        )
+        n_audio = s.scalar(
+            select(func.count()).select_from(FeatureFile).where(FeatureFile.modality == "audio")
+        )
+        mv = q.current_model(s, project_id=pid)
+        n_pred = s.scalar(
+            select(func.count()).select_from(Prediction).where(Prediction.model_version_id == mv.id)
+        )
+    assert n_samples == 11_137 + 11 + 5
+    assert n_text == n_samples
+    assert n_audio == 16  # every GRID clip and Mandarin recording has audio features
+    assert n_pred == 2 * n_samples
+    for split in ("valid", "test"):
+        m = mv.metrics[split]
+        assert 0.0 <= m["emotion_f1"] <= 1.0 and 0.0 <= m["intent_f1"] <= 1.0
+        assert m["joint"] == pytest.approx(
+            2 * m["emotion_f1"] * m["intent_f1"] / (m["emotion_f1"] + m["intent_f1"] + 1e-6)
+        )
+        # encouraging and wishing have no samples in the demo: they must not break the report
+        per_class = {r["class"]: r for r in m["per_class"]["intent"]}
+        assert per_class["encouraging"]["support"] == 0
+
+
+def test_round_auto_pseudo_labels_respect_quotas(demo):
+    settings, store, summary = demo
+    pid, mv_id = summary["project_id"], summary["model_version_id"]
+    rid = pipeline.open_round(
+        store,
+        settings,
+        project_id=pid,
+        model_version_id=mv_id,
+        thresholds=0.3,
+        strategy="proportional",
+        budget=300,
+    )
+    accepted = pipeline.auto_pseudo_label(store, round_id=rid)
+    assert sum(accepted.values()) > 0
+    with store.read() as s:
+        status = q.quota_status(s, round_id=rid)
+        pool_only = s.scalar(
+            select(func.count())
+            .select_from(PseudoLabel)
+            .join(Sample, Sample.id == PseudoLabel.sample_id)
+            .where(PseudoLabel.round_id == rid, Sample.split != "pool")
+        )
+    assert pool_only == 0
+    for head, per_class in status.items():
+        assert sum(quota for _, quota in per_class.values()) <= 300
+        for label, (n, quota) in per_class.items():
+            assert n <= quota, (head, label)
+
+
+def test_stage2_trains_on_gold_plus_pseudo_labels_and_exports(demo, tmp_path):
+    settings, store, summary = demo
+    pid = summary["project_id"]
+    with store.read() as s:
+        rnd = q.active_round(s, project_id=pid)
+        n_pseudo = s.scalar(
+            select(func.count())
+            .select_from(PseudoLabel)
+            .where(PseudoLabel.round_id == rnd.id, PseudoLabel.state == "accepted")
+        )
+    mv2 = pipeline.train(store, settings, project_id=pid, stage=2, round_id=rnd.id, epochs=2)
+    with store.read() as s:
+        mv = s.get(ModelVersion, mv2)
+    assert mv.stage == 2 and mv.snapshot["round_id"] == rnd.id
+    gold_train = sum(
+        pipeline.load_split(
+            store,
+            project_id=pid,
+            split="train",
+            feature_set_id=mv.config["feature_set_id"],
+            schema=pipeline.schema_of(store, pid),
+        ).data.labels["emotion"]
+        >= 0
+    )
+    n_emotion = sum(mv.snapshot["labels"]["emotion"].values())
+    assert gold_train < n_emotion <= gold_train + n_pseudo
+    out = tmp_path / "submission.csv"
+    n = pipeline.export_submission(store, project_id=pid, path=out, model_version_id=mv2)
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert n == len(rows) > 600
+    assert set(rows[0]) == {"filename", "emo_pred", "int_pred"}
+    assert {r["emo_pred"] for r in rows} <= {
+        "happy",
+        "surprise",
+        "sad",
+        "disgust",
+        "anger",
+        "fear",
+        "neutral",
+    }
+
+
+def test_retrain_runs_as_a_job(demo):
+    settings, store, summary = demo
+    pid = summary["project_id"]
+    jid = jobs.submit(
+        store,
+        settings,
+        kind="train",
+        params={"stage": 1, "epochs": 1},
+        project_id=pid,
+        enqueue=False,
+    )
+    result = jobs.execute(store, settings, jid)
+    with store.read() as s:
+        job = s.get(jobs.Job, jid)
+        mv = s.get(ModelVersion, result["model_version_id"])
+    assert job.status == "succeeded", job.error
+    assert (
+        job.detail.get("epoch") == 1 and "valid_joint" in job.detail or "joint" in str(job.detail)
+    )
+    assert mv.job_id == jid and mv.metrics["valid"]["n"] > 0
+
+
+def test_transcript_fix_is_recorded_and_reaches_the_features(demo):
+    settings, store, summary = demo
+    pid = summary["project_id"]
+    with store.read() as s:
+        sample = s.scalars(
+            select(Sample).where(
+                Sample.project_id == pid, Sample.split == "pool", Sample.source == "cped"
+            )
+        ).first()
+        tr = sample.transcript
+        before_hash = (
+            s.scalars(
+                select(FeatureFile).where(
+                    FeatureFile.sample_id == sample.id, FeatureFile.modality == "text"
+                )
+            )
+            .one()
+            .content_hash
+        )
+    fixed = tr.text.replace(" ", "，") + "。"
+    version = pipeline.save_transcript(
+        store, sample_id=sample.id, text=fixed, expected_version=tr.version, user=None
+    )
+    assert version == tr.version + 1
+    with pytest.raises(StaleEdit):
+        pipeline.save_transcript(
+            store, sample_id=sample.id, text="x", expected_version=tr.version, user=None
+        )
+    with pytest.raises(InputError, match="HTML"):
+        pipeline.save_transcript(
+            store, sample_id=sample.id, text="<b>好</b>", expected_version=version, user=None
+        )
+    with store.read() as s:
+        edit = s.scalars(select(TranscriptEdit).order_by(TranscriptEdit.id.desc())).first()
+    assert (edit.before, edit.after, edit.kind) == (tr.text, fixed, "punctuation")
+    pipeline.extract_features(store, settings, project_id=pid)
+    with store.read() as s:
+        after_hash = (
+            s.scalars(
+                select(FeatureFile).where(
+                    FeatureFile.sample_id == sample.id, FeatureFile.modality == "text"
+                )
+            )
+            .one()
+            .content_hash
+        )
+    assert after_hash != before_hash
