@@ -16,9 +16,11 @@ Every failure (missing, empty, unreadable or corrupt file, or a needed stream ab
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -281,3 +283,55 @@ def load_audio(path: PathLike, sr: int = 16000) -> np.ndarray:
     if not chunks or sum(len(x) for x in chunks) == 0:
         raise MediaError("no audio samples could be decoded (zero length)", path=str(path))
     return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
+def transcode_mp4(src: PathLike, dst: PathLike, *, crf: int = 23) -> Path:
+    """Re-encode a clip as H.264 + AAC in MP4, the format every browser plays.
+
+    Used for clips in containers browsers cannot play (GRID's MPEG-1 ``.mpg``), so the review
+    card can show them. Frame size is rounded down to even numbers (a 4:2:0 requirement); audio is
+    resampled to 16 kHz mono (the rate the features use). Written atomically; returns ``dst``.
+
+    Raises:
+        MediaError: ``src`` cannot be decoded (missing, corrupt, or without a video stream).
+    """
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp.mp4")
+    try:
+        with _open(src) as inp, av.open(str(tmp), "w") as out:
+            vin = _video_stream(inp, src)
+            ain = inp.streams.audio[0] if inp.streams.audio else None
+            width, height = vin.codec_context.width // 2 * 2, vin.codec_context.height // 2 * 2
+            fps = round(_fps(vin) or 25)
+            vout = out.add_stream("libx264", rate=fps)
+            vout.width, vout.height, vout.pix_fmt = width, height, "yuv420p"
+            vout.options = {"crf": str(crf), "preset": "veryfast"}
+            aout = out.add_stream("aac", rate=16000, layout="mono") if ain is not None else None
+            resampler = av.AudioResampler(format="fltp", layout="mono", rate=16000)
+            streams = [vin] + ([ain] if ain is not None else [])
+            n_frames = 0
+            for frame in inp.decode(*streams):
+                if isinstance(frame, av.VideoFrame):
+                    frame = frame.reformat(width=width, height=height, format="yuv420p")
+                    frame.pts, frame.time_base = n_frames, Fraction(1, fps)  # constant rate
+                    n_frames += 1
+                    out.mux(vout.encode(frame))
+                elif aout is not None:
+                    for f in resampler.resample(frame):
+                        f.pts = None
+                        out.mux(aout.encode(f))
+            out.mux(vout.encode(None))
+            if aout is not None:
+                for f in resampler.resample(None):
+                    f.pts = None
+                    out.mux(aout.encode(f))
+                out.mux(aout.encode(None))
+    except MediaError:
+        tmp.unlink(missing_ok=True)
+        raise
+    except (av.FFmpegError, OSError, ValueError) as e:
+        tmp.unlink(missing_ok=True)
+        raise MediaError(f"cannot transcode: {_reason(e)}", path=str(src)) from e
+    os.replace(tmp, dst)
+    return dst

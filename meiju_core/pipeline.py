@@ -906,6 +906,7 @@ def build_demo(
     summary = import_demo(store, project_name=settings.project, seed=settings.seed)
     info = project_info(store, name=settings.project)
     pid = info["id"]
+    make_media_playable(store, settings, project_id=pid)
     progress({"progress": 0.1, "message": "extracting features"})
     extract_features(store, settings, project_id=pid)
     with store.read() as s:
@@ -928,6 +929,38 @@ def build_demo(
             thresholds=demo_threshold(store, mv_id),
         )
     return {"project_id": pid, "model_version_id": mv_id, **summary}
+
+
+BROWSER_VIDEO = (".mp4", ".webm")
+
+
+def make_media_playable(store: Store, settings: Settings, *, project_id: int) -> int:
+    """Give every video a browser can't play (e.g. MPEG-1 ``.mpg``) an H.264/AAC MP4 copy under
+    ``<data_dir>/media`` and point the sample at it, so the review card can show it. Features are
+    extracted from the same copy. Returns the number of clips transcoded; a clip that cannot be
+    decoded is left as it is (its features will be marked missing)."""
+    from meiju_core.errors import MediaError
+    from meiju_core.media import transcode_mp4
+
+    with store.read() as s:
+        rows = s.execute(
+            select(Sample.id, Sample.utt_id, Sample.video_path).where(
+                Sample.project_id == project_id, Sample.video_path.is_not(None)
+            )
+        ).all()
+    done = {}
+    for sid, utt, path in rows:
+        if Path(path).suffix.lower() in BROWSER_VIDEO:
+            continue
+        try:
+            done[sid] = str(transcode_mp4(path, settings.data_dir / "media" / f"{utt}.mp4"))
+        except MediaError:
+            continue
+    if done:
+        with store.write() as s:
+            for sid, path in done.items():
+                s.get(Sample, sid).video_path = path
+    return len(done)
 
 
 def demo_threshold(store: Store, model_version_id: int) -> float:

@@ -11,6 +11,7 @@ import av
 import numpy as np
 import pytest
 
+from meiju_core import media
 from meiju_core.errors import MediaError
 from meiju_core.media import load_audio, probe, sample_frames
 
@@ -220,3 +221,23 @@ def test_zero_length_wav(tmp_path):
         w.writeframes(b"")
     raises_media_error(probe, wav, "zero length")
     raises_media_error(load_audio, wav, "zero length")
+
+
+def test_transcode_mp4_makes_a_browser_playable_copy(tmp_path):
+    src = DATA / "grid_samples" / "bbaf2n.mpg"
+    out = media.transcode_mp4(src, tmp_path / "clip.mp4")
+    info = media.probe(out)
+    assert info.has_video and info.has_audio and info.sample_rate == 16000
+    assert abs(info.duration - media.probe(src).duration) < 0.2
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].codec_context.name == "h264"
+    frames, times = media.sample_frames(out, 30)
+    assert frames.shape[0] == 3 and list(times) == pytest.approx([0.0, 1.2, 2.4])
+
+
+def test_transcode_of_a_broken_file_names_it(tmp_path):
+    bad = tmp_path / "bad.mpg"
+    bad.write_bytes(b"not a video at all" * 100)
+    with pytest.raises(MediaError, match="bad.mpg"):
+        media.transcode_mp4(bad, tmp_path / "out.mp4")
+    assert not (tmp_path / "out.mp4").exists()
