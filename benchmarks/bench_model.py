@@ -36,23 +36,29 @@ def _metrics(store, mv_id: int) -> dict:
     with store.read() as s:
         mv = s.get(ModelVersion, mv_id)
         m = mv.metrics["test"]
-        return {"emotion_f1": m["emotion_f1"], "intent_f1": m["intent_f1"], "joint": m["joint"],
-                "seconds": mv.train_seconds,
-                "samples_per_second": mv.config.get("samples_per_second")}
+        return {
+            "emotion_f1": m["emotion_f1"],
+            "intent_f1": m["intent_f1"],
+            "joint": m["joint"],
+            "seconds": mv.train_seconds,
+            "samples_per_second": mv.config.get("samples_per_second"),
+        }
 
 
 def _precision(store, round_id: int) -> dict:
     """Accepted pseudo-labels vs the withheld CPED labels, per head and class."""
     with store.read() as s:
-        rows = s.execute(select(PseudoLabel.head, PseudoLabel.label, Sample.withheld)
-                         .join(Sample, Sample.id == PseudoLabel.sample_id)
-                         .where(PseudoLabel.round_id == round_id,
-                                PseudoLabel.state == "accepted")).all()
+        rows = s.execute(
+            select(PseudoLabel.head, PseudoLabel.label, Sample.withheld)
+            .join(Sample, Sample.id == PseudoLabel.sample_id)
+            .where(PseudoLabel.round_id == round_id, PseudoLabel.state == "accepted")
+        ).all()
     out: dict = {}
     for head, label, withheld in rows:
         truth = (withheld or {}).get(head)
-        cell = out.setdefault(head, {}).setdefault(label, {"accepted": 0, "checked": 0,
-                                                           "correct": 0})
+        cell = out.setdefault(head, {}).setdefault(
+            label, {"accepted": 0, "checked": 0, "correct": 0}
+        )
         cell["accepted"] += 1
         if truth:
             cell["checked"] += 1
@@ -77,24 +83,37 @@ def run(seeds: list[int], epochs: int | None, threshold: float | None, budget: i
     for seed in seeds:
         s_settings = settings.with_(seed=seed)
         row: dict = {"seed": seed}
-        base = pipeline.train(store, s_settings, project_id=pid, stage=1, preset="baseline",
-                              epochs=epochs)
+        base = pipeline.train(
+            store, s_settings, project_id=pid, stage=1, preset="baseline", epochs=epochs
+        )
         row["baseline"] = _metrics(store, base)
         print(f"seed {seed} baseline stage 1: {row['baseline']}", flush=True)
-        paper = pipeline.train(store, s_settings, project_id=pid, stage=1, preset="paper",
-                               epochs=epochs)
+        paper = pipeline.train(
+            store, s_settings, project_id=pid, stage=1, preset="paper", epochs=epochs
+        )
         row["paper_stage1"] = _metrics(store, paper)
         print(f"seed {seed} paper stage 1:    {row['paper_stage1']}", flush=True)
         t = threshold if threshold is not None else pipeline.demo_threshold(store, paper)
-        rid = pipeline.open_round(store, s_settings, project_id=pid, model_version_id=paper,
-                                  thresholds=t, strategy="balanced", budget=budget)
+        rid = pipeline.open_round(
+            store,
+            s_settings,
+            project_id=pid,
+            model_version_id=paper,
+            thresholds=t,
+            strategy="balanced",
+            budget=budget,
+        )
         accepted = pipeline.auto_pseudo_label(store, round_id=rid)
         row["round"] = {"threshold": t, "accepted": accepted, "precision": _precision(store, rid)}
-        stage2 = pipeline.train(store, s_settings, project_id=pid, stage=2, preset="paper",
-                                round_id=rid, epochs=epochs)
+        stage2 = pipeline.train(
+            store, s_settings, project_id=pid, stage=2, preset="paper", round_id=rid, epochs=epochs
+        )
         row["paper_stage2"] = _metrics(store, stage2)
-        print(f"seed {seed} paper stage 2:    {row['paper_stage2']} "
-              f"(threshold {t}, accepted {accepted})", flush=True)
+        print(
+            f"seed {seed} paper stage 2:    {row['paper_stage2']} "
+            f"(threshold {t}, accepted {accepted})",
+            flush=True,
+        )
         runs.append(row)
     return {"runs": runs, "data_dir": str(tmp)}
 
@@ -106,16 +125,27 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 def summarise(result: dict, args: argparse.Namespace) -> dict:
     runs = result["runs"]
     table = {}
-    for key, label in (("baseline", "baseline preset, stage 1"), ("paper_stage1",
-                       "paper model, stage 1"), ("paper_stage2", "paper model, stage 2")):
-        table[label] = {m: _mean_sd([r[key][m] for r in runs])
-                        for m in ("emotion_f1", "intent_f1", "joint", "samples_per_second")}
-    print(f"\n{'test split, mean ± sd over ' + str(len(runs)) + ' seeds':44s} "
-          f"{'emotion F1':>16s} {'intent F1':>16s} {'joint':>16s} {'samples/s':>12s}")
+    for key, label in (
+        ("baseline", "baseline preset, stage 1"),
+        ("paper_stage1", "paper model, stage 1"),
+        ("paper_stage2", "paper model, stage 2"),
+    ):
+        table[label] = {
+            m: _mean_sd([r[key][m] for r in runs])
+            for m in ("emotion_f1", "intent_f1", "joint", "samples_per_second")
+        }
+    print(
+        f"\n{'test split, mean ± sd over ' + str(len(runs)) + ' seeds':44s} "
+        f"{'emotion F1':>16s} {'intent F1':>16s} {'joint':>16s} {'samples/s':>12s}"
+    )
     for label, m in table.items():
-        print(f"{label:44s} " + " ".join(f"{m[k][0]:8.4f} ± {m[k][1]:.4f}"
-                                         for k in ("emotion_f1", "intent_f1", "joint"))
-              + f" {m['samples_per_second'][0]:12.0f}")
+        print(
+            f"{label:44s} "
+            + " ".join(
+                f"{m[k][0]:8.4f} ± {m[k][1]:.4f}" for k in ("emotion_f1", "intent_f1", "joint")
+            )
+            + f" {m['samples_per_second'][0]:12.0f}"
+        )
     precision = {}
     for head in ("emotion", "intent"):
         merged: dict = {}
@@ -124,14 +154,16 @@ def summarise(result: dict, args: argparse.Namespace) -> dict:
                 m = merged.setdefault(label, {"accepted": 0, "checked": 0, "correct": 0})
                 for k in m:
                     m[k] += cell[k]
-        precision[head] = {c: {**v, "precision": (v["correct"] / v["checked"]
-                                                  if v["checked"] else None)}
-                           for c, v in merged.items()}
+        precision[head] = {
+            c: {**v, "precision": (v["correct"] / v["checked"] if v["checked"] else None)}
+            for c, v in merged.items()
+        }
         print(f"\npseudo-label precision vs withheld labels, {head} (all seeds):")
         for c, v in sorted(precision[head].items()):
             p = "n/a" if v["precision"] is None else f"{v['precision']:.3f}"
-            print(f"  {c:14s} accepted {v['accepted']:5d}  checked {v['checked']:5d}  "
-                  f"precision {p}")
+            print(
+                f"  {c:14s} accepted {v['accepted']:5d}  checked {v['checked']:5d}  precision {p}"
+            )
 
     def fmt(label: str, key: str) -> str:
         mean, sd = table[label][key]
@@ -140,32 +172,61 @@ def summarise(result: dict, args: argparse.Namespace) -> dict:
     b, p1, p2 = "baseline preset, stage 1", "paper model, stage 1", "paper model, stage 2"
     sched = f"{args.epochs} epochs" if args.epochs else "preset schedules"
     summary = [
-        {"figure": "Joint score, baseline preset (test, demo)", "value": fmt(b, "joint"),
-         "goal": "", "note": f"{len(runs)} seeds, {sched}, builtin features, CPU"},
-        {"figure": "Joint score, paper model stage 1", "value": fmt(p1, "joint"),
-         "goal": "> baseline by more than the spread", "note": ""},
-        {"figure": "Joint score, paper model stage 2 (auto pseudo-labels)",
-         "value": fmt(p2, "joint"), "goal": "> stage 1 by more than the spread",
-         "note": f"threshold {sorted({r['round']['threshold'] for r in runs})}, balanced quotas"},
-        {"figure": "Training throughput, paper model (CPU)",
-         "value": f"{table[p1]['samples_per_second'][0]:.0f} samples/s", "goal": "",
-         "note": "2 cores"},
+        {
+            "figure": "Joint score, baseline preset (test, demo)",
+            "value": fmt(b, "joint"),
+            "goal": "",
+            "note": f"{len(runs)} seeds, {sched}, builtin features, CPU",
+        },
+        {
+            "figure": "Joint score, paper model stage 1",
+            "value": fmt(p1, "joint"),
+            "goal": "> baseline by more than the spread",
+            "note": "",
+        },
+        {
+            "figure": "Joint score, paper model stage 2 (auto pseudo-labels)",
+            "value": fmt(p2, "joint"),
+            "goal": "> stage 1 by more than the spread",
+            "note": f"threshold {sorted({r['round']['threshold'] for r in runs})}, balanced quotas",
+        },
+        {
+            "figure": "Training throughput, paper model (CPU)",
+            "value": f"{table[p1]['samples_per_second'][0]:.0f} samples/s",
+            "goal": "",
+            "note": "2 cores",
+        },
     ]
-    return {"benchmark": "model", "summary": summary, "table": {k: {m: list(v) for m, v in t.items()}
-                                                                for k, t in table.items()},
-            "pseudo_label_precision": precision, "runs": runs,
-            "config": {"seeds": args.seeds, "epochs": args.epochs, "threshold": args.threshold,
-                       "budget": args.budget},
-            "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform(),
-                        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}
+    return {
+        "benchmark": "model",
+        "summary": summary,
+        "table": {k: {m: list(v) for m, v in t.items()} for k, t in table.items()},
+        "pseudo_label_precision": precision,
+        "runs": runs,
+        "config": {
+            "seeds": args.seeds,
+            "epochs": args.epochs,
+            "threshold": args.threshold,
+            "budget": args.budget,
+        },
+        "machine": {
+            "cpus": __import__("os").cpu_count(),
+            "platform": platform.platform(),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        },
+    }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[336, 337, 338])
     ap.add_argument("--epochs", type=int, default=None, help="shorten every schedule to N epochs")
-    ap.add_argument("--threshold", type=float, default=None,
-                    help="pseudo-label threshold (default: 0.99 if reached, else the demo rule)")
+    ap.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="pseudo-label threshold (default: 0.99 if reached, else the demo rule)",
+    )
     ap.add_argument("--budget", type=int, default=2000)
     args = ap.parse_args()
     t0 = time.perf_counter()

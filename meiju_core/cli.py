@@ -225,7 +225,9 @@ def train(
     stage: Annotated[
         int, typer.Option(help="1: gold labels; 2: gold + accepted pseudo-labels.")
     ] = 1,
-    preset: Annotated[str, typer.Option(help="paper or baseline.")] = "paper",
+    preset: Annotated[
+        str | None, typer.Option(help="paper, baseline or fast (default: the project's).")
+    ] = None,
     epochs: Annotated[
         int | None, typer.Option(help="Total epochs (default: the preset's).")
     ] = None,

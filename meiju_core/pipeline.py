@@ -354,7 +354,7 @@ def train(
     *,
     project_id: int,
     stage: int = 1,
-    preset: str = "paper",
+    preset: str | None = None,
     round_id: int | None = None,
     job_id: int | None = None,
     epochs: int | None = None,
@@ -370,6 +370,9 @@ def train(
     from meiju_core import train as tr
 
     schema = schema_of(store, project_id)
+    if preset is None:  # the project's own choice (the CPU demo uses "fast"), else the paper's
+        with store.read() as s:
+            preset = (s.get(Project, project_id).settings or {}).get("preset", "paper")
     fs_id = _feature_set_id(store, project_id, settings.feature_set)
     if stage == 2 and round_id is None:
         with store.read() as s:
@@ -906,6 +909,9 @@ def build_demo(
     summary = import_demo(store, project_name=settings.project, seed=settings.seed)
     info = project_info(store, name=settings.project)
     pid = info["id"]
+    with store.write() as s:  # train the demo on the short schedule: stage 1 in about a minute
+        project = s.get(Project, pid)
+        project.settings = {"preset": "fast", **(project.settings or {})}
     make_media_playable(store, settings, project_id=pid)
     progress({"progress": 0.1, "message": "extracting features"})
     extract_features(store, settings, project_id=pid)
@@ -970,7 +976,7 @@ def demo_threshold(store: Store, model_version_id: int) -> float:
     with store.read() as s:
         for t in (0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5):
             counts = candidate_counts_session(s, model_version_id, [t])
-            if all(c[t] >= 200 for c in counts.values()):
+            if counts and all(c[t] >= 200 for c in counts.values()):
                 return t
     return 0.5
 
@@ -984,9 +990,14 @@ def candidate_counts(
 
 
 def candidate_counts_session(s, model_version_id: int, thresholds: list[float]):
+    """``candidate_counts`` inside an open session; every head of the model version appears, with
+    0 where no pool sample reaches a threshold."""
     from sqlalchemy import func
 
-    out: dict[str, dict[float, int]] = {}
+    heads = s.scalars(
+        select(Prediction.head).where(Prediction.model_version_id == model_version_id).distinct()
+    ).all()
+    out: dict[str, dict[float, int]] = {h: dict.fromkeys(thresholds, 0) for h in heads}
     for t in thresholds:
         for head, n in s.execute(
             select(Prediction.head, func.count())
@@ -998,8 +1009,5 @@ def candidate_counts_session(s, model_version_id: int, thresholds: list[float]):
             )
             .group_by(Prediction.head)
         ):
-            out.setdefault(head, {})[t] = n
-    for head in out:
-        for t in thresholds:
-            out[head].setdefault(t, 0)
+            out[head][t] = n
     return out

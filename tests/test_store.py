@@ -209,3 +209,36 @@ def test_filters_by_head_class_and_confidence(store, fx):
     for c in cards:
         p = c.predictions["intent"]
         assert p["label"] == "questioning" and 0.4 <= p["confidence"] <= 0.9
+
+
+def test_candidate_counts_and_demo_threshold(store, fx):
+    from meiju_core import pipeline
+
+    counts = pipeline.candidate_counts(
+        store, model_version_id=fx.model_version_id, thresholds=[0.3, 0.999999]
+    )
+    assert set(counts) == {"emotion", "intent"}
+    assert all(c[0.999999] == 0 for c in counts.values())  # nobody reaches it, still reported
+    assert all(0 < c[0.3] <= 60 for c in counts.values())  # pool samples only (60 in the fixture)
+    # the fixture's Dirichlet confidences reach 0.5 on far fewer than 200 pool samples per head
+    assert pipeline.demo_threshold(store, fx.model_version_id) == 0.5
+
+
+def test_queue_offers_only_pool_samples(store, fx):
+    with store.read() as s:
+        ids = q.queue(s, round_id=fx.round_id, limit=1000)
+    assert ids and set(ids) <= set(fx.pool_ids)
+
+
+def test_undo_by_decision_id_restores_the_whole_card(store, fx):
+    with store.read() as s:
+        sid = q.queue(s, round_id=fx.round_id, limit=1)[0]
+    with store.write() as s:
+        emotion, _intent = q.decide(
+            s, round_id=fx.round_id, sample_id=sid, action="accept", user_id=fx.admin_id
+        )
+    with store.write() as s:
+        assert q.undo(s, round_id=fx.round_id, user_id=fx.admin_id, decision_id=emotion.id) == sid
+    with store.read() as s:
+        assert s.scalar(select(func.count()).select_from(PseudoLabel)) == 0
+        assert sid in q.queue(s, round_id=fx.round_id, limit=5)
