@@ -211,6 +211,7 @@ def summarise(result: dict, args: argparse.Namespace) -> dict:
         },
         "machine": {
             "cpus": __import__("os").cpu_count(),
+            "load_average_1min_at_end": __import__("os").getloadavg()[0],
             "platform": platform.platform(),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         },
