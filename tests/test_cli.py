@@ -76,3 +76,52 @@ def test_commands_need_a_project(tmp_path):
     result = runner.invoke(app, ["--data-dir", str(tmp_path), "--project", "nope", "train"])
     assert result.exit_code == 1
     assert "no project 'nope'" in result.output
+
+
+def test_run_serves_the_app_and_ctrl_c_stops_app_and_worker(tmp_path):
+    """`meiju run` (what `make run` ends with) starts the app and its worker; Ctrl-C, a SIGINT
+    to the terminal's process group, stops both."""
+    import os
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "meiju_core.cli",
+            "--data-dir",
+            str(tmp_path),
+            "run",
+            "--port",
+            str(port),
+        ],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline, status = time.monotonic() + 60, None
+        while time.monotonic() < deadline and status != 200:
+            try:
+                status = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).status
+            except OSError:
+                time.sleep(0.5)
+        assert status == 200
+        children = subprocess.run(
+            ["pgrep", "-g", str(proc.pid)], capture_output=True, text=True
+        ).stdout.split()
+        assert len(children) >= 3  # `meiju run`, the worker, streamlit
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=30)
+        time.sleep(1)
+        left = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True)
+        assert left.stdout.split() == []
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
