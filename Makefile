@@ -49,6 +49,7 @@ test: install browser lint
 	$(BIN)/pytest
 
 bench: install
+	command -v ffmpeg >/dev/null || { apt-get update -qq && apt-get install -y -qq ffmpeg; }
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
 
 clean:

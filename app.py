@@ -2,7 +2,7 @@
 
 ``streamlit run app.py`` (or ``meiju run``). Everything reads its settings from ``MEIJU_*``
 environment variables (``meiju_core.settings``). Until someone signs in, only the login form is
-routed; after that ``st.navigation`` serves the four pages in ``pages/`` and the sidebar shows who
+routed; after that ``st.navigation`` serves the five pages in ``pages/`` and the sidebar shows who
 is signed in, the project and the current model version with its validation joint score.
 """
 
@@ -79,5 +79,7 @@ else:
         st.Page("pages/transcripts.py", title="Transcripts", icon=":material/edit_note:"),
         st.Page("pages/training.py", title="Training", icon=":material/model_training:"),
         st.Page("pages/dashboard.py", title="Dashboard", icon=":material/monitoring:"),
+        # every role: admins import and export, annotators only export (pages/data.py)
+        st.Page("pages/data.py", title="Data", icon=":material/database:"),
     ]
     st.navigation(pages).run()

@@ -202,13 +202,25 @@ class Prediction(Base):
     """One head's prediction for one sample by one model version.
 
     ``probs`` holds K floats in the schema's class order; ``label`` is the argmax class name and
-    ``confidence`` its probability (0..1).
+    ``confidence`` its probability (0..1). ``paths`` holds, for a head with several interaction
+    paths (the intent ensemble of a one-head and a two-head path), each path's argmax class name in
+    path order, e.g. ``["questioning", "neutral"]``; NULL for a head with one path. The review
+    queue's "disagreement" filter compares them.
+
+    Indexes serve the review queue: ``ix_prediction_queue`` is scanned per head from the most
+    confident row down (it carries ``sample_id`` and ``label``, so the scan never reads the row),
+    ``ix_prediction_class`` does the same within one predicted class.
     """
 
     __tablename__ = "prediction"
     __table_args__ = (
         UniqueConstraint("model_version_id", "sample_id", "head"),
-        Index("ix_prediction_queue", "model_version_id", "head", "confidence"),
+        Index(
+            "ix_prediction_queue", "model_version_id", "head", "confidence", "sample_id", "label"
+        ),
+        Index(
+            "ix_prediction_class", "model_version_id", "head", "label", "confidence", "sample_id"
+        ),
         Index("ix_prediction_sample", "sample_id"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -220,6 +232,7 @@ class Prediction(Base):
     label: Mapped[str] = mapped_column(String(64))
     confidence: Mapped[float] = mapped_column(Float)
     probs: Mapped[list[Any]] = mapped_column(JSON)
+    paths: Mapped[list[Any] | None] = mapped_column(JSON(none_as_null=True))
 
 
 class ReviewRound(Base):
@@ -251,6 +264,8 @@ class Decision(Base):
     __table_args__ = (
         Index("ix_decision_round_sample", "round_id", "sample_id"),
         Index("ix_decision_user_time", "user_id", "created_at"),
+        Index("ix_decision_round_user", "round_id", "user_id"),  # a user's history, newest first
+        Index("ix_decision_undoes", "undoes_id"),  # which decisions are undone
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     round_id: Mapped[int] = mapped_column(ForeignKey("review_round.id", ondelete="CASCADE"))

@@ -14,12 +14,24 @@ decisions and removes the derived rows; decisions are never deleted.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    and_,
+    bindparam,
+    delete,
+    exists,
+    false,
+    func,
+    literal,
+    or_,
+    select,
+    union,
+    update,
+)
+from sqlalchemy.orm import Session, aliased
 
 from db.models import (
     AuditEvent,
@@ -195,14 +207,29 @@ def gold_counts(s: Session, *, project_id: int, split: str = "train") -> dict[st
 
 @dataclass(frozen=True)
 class QueueFilter:
-    """What the review queue shows. ``head`` narrows thresholds, class and confidence to one head;
-    None means a card qualifies when any head reaches its threshold."""
+    """What the review queue shows.
+
+    ``head`` narrows thresholds, class and confidence to one head; None means a card qualifies
+    when any head reaches its threshold (and the class / confidence conditions). The other fields
+    are conditions on the whole card:
+
+    - ``model_version_id``: whose predictions rank and label the cards (None: the round's model);
+    - ``unseen_pairs``: (row-head class, column-head class) pairs of ``pair_heads``; a card
+      qualifies when its predicted pair is one of them (the zero cells of the gold co-occurrence,
+      :func:`unseen_pairs`). None: no condition; an empty tuple matches nothing;
+    - ``disagree``: some head's interaction paths predict different classes (``prediction.paths``);
+    - ``sample_ids``: only these samples.
+    """
 
     head: str | None = None
     label: str | None = None
     min_confidence: float | None = None
     max_confidence: float | None = None
     sample_ids: tuple[int, ...] | None = None
+    model_version_id: int | None = None
+    unseen_pairs: tuple[tuple[str, str], ...] | None = None
+    pair_heads: tuple[str, str] = ("emotion", "intent")
+    disagree: bool = False
 
 
 @dataclass
@@ -220,45 +247,196 @@ class Card:
     transcript_source: str
     predictions: dict[str, dict[str, Any]] = field(
         default_factory=dict
-    )  # head -> label, conf, probs
+    )  # head -> label, conf, probs, paths
 
 
-def _candidate_query(rnd: ReviewRound, flt: QueueFilter, *, user_id: int | None, now: datetime):
-    heads = [flt.head] if flt.head else list(rnd.thresholds)
-    conds = []
-    for head in heads:
-        c = [Prediction.head == head, Prediction.confidence >= float(rnd.thresholds[head])]
-        if flt.label:
-            c.append(Prediction.label == flt.label)
-        if flt.min_confidence is not None:
-            c.append(Prediction.confidence >= flt.min_confidence)
-        if flt.max_confidence is not None:
-            c.append(Prediction.confidence <= flt.max_confidence)
-        conds.append(and_(*c))
-    decided = exists().where(
-        PseudoLabel.round_id == rnd.id, PseudoLabel.sample_id == Prediction.sample_id
+MAX_PATHS = 4  # interaction paths compared by the disagreement filter
+PAIR_SEP = "\x1f"  # joins a (row class, column class) pair into one string for an IN list
+# Aliases built once: building one per query costs more than running the query.
+_PAIR_A = aliased(Prediction, name="pair_a")
+_PAIR_B = aliased(Prediction, name="pair_b")
+_PATHS = aliased(Prediction, name="paths_p")
+_ANY = aliased(Prediction, name="any_p")
+
+
+def unseen_pairs(
+    s: Session,
+    *,
+    project_id: int,
+    heads: tuple[str, str] = ("emotion", "intent"),
+    split: str = "train",
+) -> tuple[tuple[str, str], ...]:
+    """The zero cells of the project's gold co-occurrence matrix of ``heads`` in ``split``: every
+    (row class, column class) pair of the label schema that no gold-labelled sample has.
+
+    Returns an empty tuple when the schema lacks one of the heads.
+    """
+    schema = s.scalar(select(Project.label_schema).where(Project.id == project_id)) or {}
+    a_head, b_head = heads
+    if a_head not in schema or b_head not in schema:
+        return ()
+    a, b = aliased(GoldLabel), aliased(GoldLabel)
+    seen = set(
+        s.execute(
+            select(a.label, b.label)
+            .join(b, and_(b.sample_id == a.sample_id, b.head == b_head))
+            .join(Sample, Sample.id == a.sample_id)
+            .where(a.head == a_head, Sample.project_id == project_id, Sample.split == split)
+            .distinct()
+        ).all()
     )
+    return tuple((x, y) for x in schema[a_head] for y in schema[b_head] if (x, y) not in seen)
+
+
+def paths_disagree(pred=Prediction):
+    """SQL condition: the row's interaction paths do not all predict the same class."""
+    first = pred.paths[0].as_string()
+    return or_(*(pred.paths[k].as_string() != first for k in range(1, MAX_PATHS)))
+
+
+def _card_conditions(
+    rnd: ReviewRound,
+    flt: QueueFilter,
+    mv_id: int,
+    sample_col,
+    *,
+    bind_ids: bool = False,
+) -> list:
+    """Conditions on the whole card (the sample in ``sample_col``), whichever head qualifies.
+    ``bind_ids``: the sample ids come as the expanding parameter ``sample_ids``."""
+    conds = []
+    if flt.sample_ids is not None:
+        ids = bindparam("sample_ids", expanding=True) if bind_ids else flt.sample_ids
+        conds.append(sample_col.in_(ids))
+    if flt.unseen_pairs is not None:
+        if not flt.unseen_pairs:
+            conds.append(false())
+        else:
+            a, b = _PAIR_A, _PAIR_B
+            row_head, col_head = flt.pair_heads
+            conds.append(
+                exists()
+                .where(
+                    a.model_version_id == mv_id,
+                    a.sample_id == sample_col,
+                    a.head == row_head,
+                    b.model_version_id == mv_id,
+                    b.sample_id == sample_col,
+                    b.head == col_head,
+                    (a.label + PAIR_SEP + b.label).in_(
+                        [f"{x}{PAIR_SEP}{y}" for x, y in flt.unseen_pairs]
+                    ),
+                )
+                .correlate_except(a, b)
+            )
+    if flt.disagree:
+        d = _PATHS
+        conds.append(
+            exists()
+            .where(
+                d.model_version_id == mv_id,
+                d.sample_id == sample_col,
+                d.paths.is_not(None),
+                paths_disagree(d),
+            )
+            .correlate_except(d)
+        )
+    return conds
+
+
+def _head_conditions(rnd: ReviewRound, flt: QueueFilter, head: str, pred=Prediction) -> list:
+    """Conditions on one head's prediction row: its threshold, class and confidence range."""
+    lo = float(rnd.thresholds[head])
+    if flt.min_confidence is not None:
+        lo = max(lo, float(flt.min_confidence))
+    c = [pred.head == head, pred.confidence >= lo]
+    if flt.label:
+        c.append(pred.label == flt.label)
+    if flt.max_confidence is not None:
+        c.append(pred.confidence <= float(flt.max_confidence))
+    return c
+
+
+def _queue_heads(rnd: ReviewRound, flt: QueueFilter) -> list[str]:
+    if flt.head:
+        return [flt.head] if flt.head in rnd.thresholds else []
+    return list(rnd.thresholds)
+
+
+def _head_query(
+    rnd: ReviewRound,
+    flt: QueueFilter,
+    head: str,
+    *,
+    user_id: int | None,
+    now: datetime | None,
+    open_only: bool = True,
+    bind_ids: bool = False,
+):
+    """Sample id and confidence of the cards whose ``head`` qualifies: one head's rows of the
+    prediction index, the pool samples among them, undecided and not leased by another user when
+    ``open_only``."""
+    mv_id = flt.model_version_id or rnd.model_version_id
+    # cheap conditions first: SQLite tests them in this order, so a decided card costs one
+    # probe of pseudo_label, not the pair or path lookups of the card conditions
+    conds = [Prediction.model_version_id == mv_id, *_head_conditions(rnd, flt, head)]
+    if flt.sample_ids is not None:
+        # a few named cards: ``model + 0`` and ``head || ''`` hide those columns from the index
+        # chooser, so SQLite looks the cards up by ``ix_prediction_sample`` with the id list
+        # instead of scanning a model + head index (which, without statistics, it takes for
+        # selective)
+        conds[0] = (Prediction.model_version_id + 0) == mv_id
+        conds[1] = (Prediction.head + literal("")) == head
+    if open_only:
+        conds += _open_conditions(rnd, Prediction.sample_id, user_id=user_id, now=now)
+    conds += _card_conditions(rnd, flt, mv_id, Prediction.sample_id, bind_ids=bind_ids)
+    q = (
+        select(Prediction.sample_id, Prediction.confidence)
+        .join(Sample, Sample.id == Prediction.sample_id)
+        .where(*conds, Sample.split == "pool")  # only unlabelled samples are candidates
+    )
+    return q
+
+
+def _open_conditions(rnd: ReviewRound, sample_col, *, user_id: int | None, now: datetime) -> list:
+    decided = exists().where(PseudoLabel.round_id == rnd.id, PseudoLabel.sample_id == sample_col)
     leased = exists().where(
         ReviewLease.round_id == rnd.id,
-        ReviewLease.sample_id == Prediction.sample_id,
+        ReviewLease.sample_id == sample_col,
         ReviewLease.expires_at > now,
         ReviewLease.user_id != user_id,
     )
-    q = (
-        select(Prediction.sample_id, func.max(Prediction.confidence).label("conf"))
-        .join(Sample, Sample.id == Prediction.sample_id)
-        .where(
-            Prediction.model_version_id == rnd.model_version_id,
-            Sample.split == "pool",  # only unlabelled samples are pseudo-label candidates
-            or_(*conds),
-            ~decided,
-            ~leased,
-        )
-        .group_by(Prediction.sample_id)
+    return [~decided, ~leased]
+
+
+_STATEMENTS: dict[tuple, Any] = {}  # built queue statements; ``now`` and ``exclude`` are bound
+
+
+def _queue_statement(rnd: ReviewRound, flt: QueueFilter, head: str, user_id, exclude: bool):
+    key = (
+        rnd.id,
+        rnd.model_version_id,
+        tuple(sorted((h, float(t)) for h, t in rnd.thresholds.items())),
+        replace(flt, sample_ids=() if flt.sample_ids is not None else None),
+        head,
+        user_id,
+        exclude,
     )
-    if flt.sample_ids is not None:
-        q = q.where(Prediction.sample_id.in_(flt.sample_ids))
-    return q
+    stmt = _STATEMENTS.get(key)
+    if stmt is None:
+        stmt = _head_query(rnd, flt, head, user_id=user_id, now=bindparam("now"), bind_ids=True)
+        if exclude:
+            stmt = stmt.where(Prediction.sample_id.not_in(bindparam("exclude", expanding=True)))
+        if flt.sample_ids is None:
+            stmt = stmt.order_by(Prediction.confidence.desc(), Prediction.sample_id).limit(
+                bindparam("limit")
+            )
+        # else a few named cards, sorted by the caller: without ORDER BY the planner looks them
+        # up by id instead of scanning the confidence index
+        if len(_STATEMENTS) > 256:
+            _STATEMENTS.clear()
+        _STATEMENTS[key] = stmt
+    return stmt
 
 
 def queue(
@@ -270,20 +448,113 @@ def queue(
     limit: int = 2,
     exclude: Iterable[int] = (),
 ) -> list[int]:
-    """Sample ids of the next undecided cards, most confident first, not leased by others."""
+    """Sample ids of the next undecided cards, most confident first, not leased by others.
+
+    A card's rank is its highest confidence among the heads that qualify (ties: lower sample id
+    first). Each head is read from its own index scan, most confident row down, stopping after
+    ``limit`` rows, and the lists are merged: a card in the overall top ``limit`` is in the top
+    ``limit`` of the head that ranks it, so no GROUP BY over all predictions is needed.
+    """
     rnd = s.get(ReviewRound, round_id)
-    q = _candidate_query(rnd, flt, user_id=user_id, now=utcnow())
+    params: dict[str, Any] = {"now": utcnow(), "limit": int(limit)}
     exclude = tuple(exclude)
     if exclude:
-        q = q.where(Prediction.sample_id.not_in(exclude))
-    q = q.order_by(func.max(Prediction.confidence).desc(), Prediction.sample_id).limit(limit)
-    return [row.sample_id for row in s.execute(q)]
+        params["exclude"] = list(exclude)
+    if flt.sample_ids is not None:
+        params["sample_ids"] = list(flt.sample_ids)
+    best: dict[int, float] = {}
+    for head in _queue_heads(rnd, flt):
+        stmt = _queue_statement(rnd, flt, head, user_id, bool(exclude))
+        for sid, conf in s.execute(stmt, params):
+            if conf > best.get(sid, -1.0):
+                best[sid] = conf
+    return sorted(best, key=lambda i: (-best[i], i))[:limit]
 
 
-def queue_size(s: Session, *, round_id: int, flt: QueueFilter = QueueFilter()) -> int:
+def _card_query(rnd: ReviewRound, flt: QueueFilter, sample_col, *, now, user_id, open_only):
+    """Conditions: the sample in ``sample_col`` is a card of the queue (any head qualifies)."""
+    mv_id = flt.model_version_id or rnd.model_version_id
+    p = _ANY
+    per_head = [and_(*_head_conditions(rnd, flt, h, p)) for h in _queue_heads(rnd, flt)]
+    if not per_head:
+        return [false()]
+    conds = [
+        exists()
+        .where(p.model_version_id == mv_id, p.sample_id == sample_col, or_(*per_head))
+        .correlate_except(p),
+        *_card_conditions(rnd, flt, mv_id, sample_col),
+    ]
+    if open_only:
+        conds += _open_conditions(rnd, sample_col, user_id=user_id, now=now)
+    return conds
+
+
+def candidate_count(s: Session, *, round_id: int, flt: QueueFilter = QueueFilter()) -> int:
+    """Cards that match ``flt`` whatever their state (decided, leased or open).
+
+    It changes only with the round, the filter or the predictions, so a page may cache it and
+    pass it to :func:`queue_size` as ``base``: the full count reads every pool sample (tens of
+    milliseconds per 100,000), the correction only the decided and leased ones.
+    """
     rnd = s.get(ReviewRound, round_id)
-    sub = _candidate_query(rnd, flt, user_id=None, now=utcnow()).subquery()
-    return s.scalar(select(func.count()).select_from(sub)) or 0
+    q = (
+        select(func.count())
+        .select_from(Sample)
+        .where(
+            Sample.project_id == rnd.project_id,
+            Sample.split == "pool",
+            *_card_query(rnd, flt, Sample.id, now=None, user_id=None, open_only=False),
+        )
+    )
+    return s.scalar(q) or 0
+
+
+def queue_size(
+    s: Session, *, round_id: int, flt: QueueFilter = QueueFilter(), base: int | None = None
+) -> int:
+    """Open cards that match ``flt`` (undecided, not leased by anyone): ``base`` (or
+    :func:`candidate_count`) less the matching cards that are decided or leased."""
+    rnd = s.get(ReviewRound, round_id)
+    if base is None:
+        base = candidate_count(s, round_id=round_id, flt=flt)
+    now = utcnow()
+    taken = union(
+        select(PseudoLabel.sample_id.label("sid")).where(PseudoLabel.round_id == round_id),
+        select(ReviewLease.sample_id.label("sid")).where(
+            ReviewLease.round_id == round_id, ReviewLease.expires_at > now
+        ),
+    ).subquery()
+    q = (
+        select(func.count())
+        .select_from(taken)
+        .join(Sample, Sample.id == taken.c.sid)
+        .where(
+            Sample.split == "pool",
+            *_card_query(rnd, flt, taken.c.sid, now=None, user_id=None, open_only=False),
+        )
+    )
+    return max(0, base - (s.scalar(q) or 0))
+
+
+def filtered_candidates(
+    s: Session, *, round_id: int, flt: QueueFilter = QueueFilter(), user_id: int | None = None
+) -> dict[str, list[tuple[int, list[float]]]]:
+    """Bulk accept's input: head -> [(sample id, probs)] of every open card of the filtered set
+    whose ``head`` row qualifies (threshold, class, confidence range), most confident first."""
+    rnd = s.get(ReviewRound, round_id)
+    now = utcnow()
+    mv_id = flt.model_version_id or rnd.model_version_id
+    out: dict[str, list[tuple[int, list[float]]]] = {}
+    for head in _queue_heads(rnd, flt):
+        sub = _head_query(rnd, flt, head, user_id=user_id, now=now).subquery()
+        rows = s.execute(
+            select(Prediction.sample_id, Prediction.probs)
+            .join(sub, sub.c.sample_id == Prediction.sample_id)
+            .where(Prediction.model_version_id == mv_id, Prediction.head == head)
+            .order_by(Prediction.confidence.desc(), Prediction.sample_id)
+        ).all()
+        out[head] = [(sid, list(probs)) for sid, probs in rows]
+    return out
 
 
 def load_cards(s: Session, *, model_version_id: int, sample_ids: Sequence[int]) -> list[Card]:
@@ -316,6 +587,7 @@ def load_cards(s: Session, *, model_version_id: int, sample_ids: Sequence[int]) 
             "label": p.label,
             "confidence": p.confidence,
             "probs": p.probs,
+            "paths": p.paths,
         }
     return [cards[i] for i in sample_ids if i in cards]
 
@@ -376,6 +648,7 @@ def decide(
     labels: dict[str, str] | None = None,
     heads: Sequence[str] | None = None,
     ms_spent: int | None = None,
+    model_version_id: int | None = None,
 ) -> list[Decision]:
     """Record one card decision and update the derived pseudo-label state, quota checked.
 
@@ -383,6 +656,8 @@ def decide(
         action: ``accept`` / ``reject`` for ``heads`` (default: every head of the round), or
             ``skip`` for the whole card.
         labels: head -> class to accept instead of the prediction (an override).
+        model_version_id: whose prediction is decided on (label when no override, confidence,
+            provenance); default the round's model.
     Raises:
         QuotaFull: accepting would pass a class quota; nothing is written.
         QueueError: unknown action, closed round, or no prediction to accept.
@@ -406,11 +681,12 @@ def decide(
         _set_state(s, rnd, sample_id, SKIP_HEAD, "", "skipped", None, d.id)
         return [d]
     heads = list(heads or rnd.thresholds)
+    mv_id = model_version_id or rnd.model_version_id
     preds = {
         p.head: p
         for p in s.scalars(
             select(Prediction).where(
-                Prediction.model_version_id == rnd.model_version_id,
+                Prediction.model_version_id == mv_id,
                 Prediction.sample_id == sample_id,
             )
         )
@@ -436,7 +712,8 @@ def decide(
         s.add(d)
         s.flush()
         state = "accepted" if action == "accept" else "rejected"
-        _set_state(s, rnd, sample_id, head, label, state, pred.confidence if pred else None, d.id)
+        conf = pred.confidence if pred else None
+        _set_state(s, rnd, sample_id, head, label, state, conf, d.id, mv_id)
         out.append(d)
     s.execute(
         delete(ReviewLease).where(
@@ -475,6 +752,7 @@ def _set_state(
     state: str,
     confidence: float | None,
     decision_id: int,
+    model_version_id: int | None = None,
 ) -> None:
     row = s.scalars(
         select(PseudoLabel).where(
@@ -485,10 +763,123 @@ def _set_state(
     ).first()
     if row is None:
         row = PseudoLabel(
-            round_id=rnd.id, sample_id=sample_id, head=head, model_version_id=rnd.model_version_id
+            round_id=rnd.id,
+            sample_id=sample_id,
+            head=head,
+            model_version_id=model_version_id or rnd.model_version_id,
         )
         s.add(row)
     row.label, row.state, row.confidence, row.decision_id = label, state, confidence, decision_id
+
+
+def bulk_accept(
+    s: Session,
+    *,
+    round_id: int,
+    items: Sequence[tuple[int, str, str]],
+    user_id: int | None,
+    model_version_id: int | None = None,
+) -> int:
+    """Accept many (sample id, head, class) pseudo-labels in the caller's one write transaction.
+
+    Every quota is re-checked here, against the counts inside this transaction (``BEGIN
+    IMMEDIATE`` on SQLite, the round row locked on PostgreSQL), so nothing decided since a preview
+    can push a class past its quota: an item whose class is full, whose (sample, head) is already
+    decided in the round, or whose sample is not a pool sample of the model is skipped. Items are
+    taken in the given order (a preview lists them most confident first). Each accepted item
+    writes one ``accept`` decision and its pseudo-label; the cards' leases are released.
+
+    Returns:
+        The number of pseudo-labels accepted (at most ``len(items)``).
+    """
+    rnd = _lock_round(s, round_id)
+    mv_id = model_version_id or rnd.model_version_id
+    items = list(dict.fromkeys((int(i), str(h), str(c)) for i, h, c in items))
+    if not items:
+        return 0
+    counts = accepted_counts(s, round_id=round_id)
+    remaining = {
+        h: {c: int(n) - counts.get(h, {}).get(c, 0) for c, n in per.items()}
+        for h, per in rnd.quotas.items()
+    }
+    ids = sorted({i for i, _, _ in items})
+    taken: set[tuple[int, str]] = set()
+    conf: dict[tuple[int, str], float] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        for sid, head in s.execute(
+            select(PseudoLabel.sample_id, PseudoLabel.head).where(
+                PseudoLabel.round_id == round_id, PseudoLabel.sample_id.in_(chunk)
+            )
+        ):
+            taken.add((sid, head))
+        for sid, head, c in s.execute(
+            select(Prediction.sample_id, Prediction.head, Prediction.confidence)
+            .join(Sample, Sample.id == Prediction.sample_id)
+            .where(
+                Prediction.model_version_id == mv_id,
+                Prediction.sample_id.in_(chunk),
+                Sample.split == "pool",
+            )
+        ):
+            conf[(sid, head)] = c
+    skipped_cards = {sid for sid, head in taken if head == SKIP_HEAD}
+    now = utcnow()
+    chosen: list[tuple[int, str, str]] = []
+    for sid, head, label in items:
+        if (sid, head) in taken or sid in skipped_cards or (sid, head) not in conf:
+            continue
+        left = remaining.get(head, {}).get(label, 0)
+        if left <= 0:
+            continue
+        remaining[head][label] = left - 1
+        taken.add((sid, head))
+        chosen.append((sid, head, label))
+    decisions = [
+        Decision(
+            round_id=round_id,
+            sample_id=sid,
+            head=head,
+            label=label,
+            action="accept",
+            user_id=user_id,
+            created_at=now,
+        )
+        for sid, head, label in chosen
+    ]
+    s.add_all(decisions)
+    s.flush()
+    s.add_all(
+        PseudoLabel(
+            round_id=round_id,
+            sample_id=d.sample_id,
+            head=d.head,
+            label=d.label,
+            state="accepted",
+            confidence=conf[(d.sample_id, d.head)],
+            decision_id=d.id,
+            model_version_id=mv_id,
+        )
+        for d in decisions
+    )
+    done = sorted({sid for sid, _, _ in chosen})
+    for start in range(0, len(done), 500):
+        s.execute(
+            delete(ReviewLease).where(
+                ReviewLease.round_id == round_id,
+                ReviewLease.sample_id.in_(done[start : start + 500]),
+            )
+        )
+    audit(
+        s,
+        user_id=user_id,
+        action="bulk_accept",
+        entity="review_round",
+        entity_id=round_id,
+        payload={"asked": len(items), "accepted": len(chosen), "model_version_id": mv_id},
+    )
+    s.flush()
+    return len(chosen)
 
 
 def undo(
@@ -540,14 +931,12 @@ def undo(
 def history(
     s: Session, *, round_id: int, user_id: int | None = None, limit: int = 10
 ) -> list[dict[str, Any]]:
-    """The user's last ``limit`` card decisions, newest first, each with ``undone`` set."""
-    undone = set(
-        s.scalars(
-            select(Decision.undoes_id).where(
-                Decision.round_id == round_id, Decision.undoes_id.is_not(None)
-            )
-        )
-    )
+    """The user's last ``limit`` card decisions, newest first, each with ``undone`` set.
+
+    Reads only the newest rows (``ix_decision_round_user`` is in id order per round and user) and
+    the undo decisions that name them (``ix_decision_undoes``), so it does not grow with the
+    round's history.
+    """
     q = (
         select(Decision, Sample.utt_id)
         .join(Sample, Sample.id == Decision.sample_id)
@@ -556,6 +945,9 @@ def history(
     if user_id is not None:
         q = q.where(Decision.user_id == user_id)
     rows = s.execute(q.order_by(Decision.id.desc()).limit(limit * 4)).all()
+    undone = set(
+        s.scalars(select(Decision.undoes_id).where(Decision.undoes_id.in_([d.id for d, _ in rows])))
+    )
     cards: dict[tuple[int, datetime], dict[str, Any]] = {}
     for d, utt in rows:
         key = (d.sample_id, d.created_at)

@@ -207,15 +207,29 @@ def run(
 
 @app.command()
 def extract(
-    set_name: Annotated[str, typer.Option("--set", help="Feature set: builtin.")] = "builtin",
+    set_name: Annotated[
+        str, typer.Option("--set", help="Feature set: builtin or pretrained.")
+    ] = "builtin",
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Processes for the media part (default: MEIJU_EXTRACT_WORKERS, else the CPUs).",
+        ),
+    ] = None,
 ) -> None:
-    """Extract features for every sample (re-runs skip what is up to date)."""
+    """Extract features for every sample: resumable, parallel; re-runs skip what is up to date."""
     from meiju_core import pipeline
 
     settings, store, info = _store_and_project()
-    with _friendly(), _bar("extracting features") as update:
+    with _friendly(), _bar(f"extracting {set_name} features") as update:
         fs = pipeline.extract_features(
-            store, settings, project_id=info["id"], set_name=set_name, progress=update
+            store,
+            settings,
+            project_id=info["id"],
+            set_name=set_name,
+            progress=update,
+            workers=workers,
         )
     typer.echo(f"feature set #{fs} ready")
 

@@ -33,7 +33,7 @@ from meiju_core.settings import Settings
 
 PROGRESS_EVERY_S = 1.0
 LOG_TAIL_CHARS = 20_000
-KINDS = ("train", "extract", "predict", "auto_pseudo_label", "demo")
+KINDS = ("train", "extract", "predict", "auto_pseudo_label", "demo", "import", "export")
 SINGLETON_KINDS = ("train", "demo")  # at most one queued or running per project
 
 
@@ -339,12 +339,65 @@ def _run_demo(store, settings, project_id, params, user, reporter) -> dict[str, 
     return pipeline.build_demo(store, settings, epochs=params.get("epochs"), progress=reporter)
 
 
+def _run_import(store, settings, project_id, params, user, reporter) -> dict[str, Any]:
+    """``params``: ``{"source": "csv", "path", "default_split"?}`` into the job's project, or
+    ``{"source": "release", "path", "project_name", "lang"?, "probe_media"?}`` (a new project).
+    Admins only, checked again here. All or nothing, as the import functions are."""
+    import dataclasses
+    import json
+
+    from meiju_core import pipeline
+
+    pipeline.require_admin(user, "import data")
+    path = params["path"]
+    reporter({"progress": 0.05, "message": f"importing {path}"})
+    if params.get("source") == "release":
+        from meiju_core.io.meiju import import_release
+
+        summary = import_release(
+            store,
+            path,
+            project_name=params["project_name"],
+            lang=params.get("lang", "Mandarin"),
+            probe_media=bool(params.get("probe_media", True)),
+        )
+    else:
+        from meiju_core.io.tables import import_csv
+
+        summary = import_csv(
+            store, path, project_id=project_id, default_split=params.get("default_split")
+        )
+    reporter({"progress": 1.0, "message": f"imported {path}"})
+    return json.loads(json.dumps(dataclasses.asdict(summary), default=str))
+
+
+def _run_export(store, settings, project_id, params, user, reporter) -> dict[str, Any]:
+    """``params``: ``{"what": [export names], "model_version_id"?, "split"?, "round_id"?}``;
+    files go to ``<data_dir>/exports/job<id>/``. Returns ``{"files": {name: {path, rows}}}``."""
+    from meiju_core.io.export import export_dir, export_files
+
+    files = export_files(
+        store,
+        settings,
+        project_id=project_id,
+        what=params.get("what") or [],
+        folder=export_dir(settings) / f"job{reporter.job_id}",
+        model_version_id=params.get("model_version_id"),
+        split=params.get("split", "test"),
+        round_id=params.get("round_id"),
+        progress=reporter,
+    )
+    return {"files": files}
+
+
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
     "train": _run_train,
     "extract": _run_extract,
     "predict": _run_predict,
     "auto_pseudo_label": _run_auto,
     "demo": _run_demo,
+    "import": _run_import,
+    "export": _run_export,
 }
 
 

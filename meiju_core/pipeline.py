@@ -144,100 +144,21 @@ def extract_features(
     project_id: int,
     set_name: str = "builtin",
     progress: Progress = _noop,
+    workers: int | None = None,
 ) -> int:
-    """Builtin features for every sample of the project; returns the feature set id.
+    """Features of every sample of the project (``builtin`` or ``pretrained``); returns the
+    feature set id. Resumable, parallel over samples, skips what is up to date: see
+    :func:`meiju_core.extraction.extract_features`."""
+    from meiju_core import extraction
 
-    Text: per-token LSA vectors fitted on the project's current transcripts (DESIGN.md,
-    "Features"); audio: 80-bin log-mel; visual: HOG of face crops, one per sampled frame. A sample
-    whose media cannot be decoded gets that modality marked missing, never a crashed batch.
-    Only transcripts whose content hash changed are re-extracted on a re-run.
-    """
-    from meiju_core.features.builtin import BuiltinExtractor, TextLSA
-    from meiju_core.features.store import FeatureStore
-
-    root = settings.feature_dir / f"project{project_id}"
-    fstore = FeatureStore(root, set_name)
-    with store.read() as s:
-        rows = s.execute(
-            select(Sample.id, Sample.utt_id, Sample.video_path, Sample.audio_path, Transcript.text)
-            .outerjoin(Transcript, Transcript.sample_id == Sample.id)
-            .where(Sample.project_id == project_id)
-            .order_by(Sample.id)
-        ).all()
-        fs = s.scalars(
-            select(FeatureSet).where(
-                FeatureSet.project_id == project_id, FeatureSet.name == set_name
-            )
-        ).first()
-        known = (
-            {}
-            if fs is None
-            else {
-                (f.sample_id, f.modality): f.content_hash
-                for f in s.scalars(select(FeatureFile).where(FeatureFile.feature_set_id == fs.id))
-            }
-        )
-    stored = set(known)  # rows already in feature_file
-    texts = [r.text or "" for r in rows]
-    lsa_path = root / set_name / "text_lsa.npz"
-    if fs is not None and lsa_path.exists():
-        lsa = TextLSA.load(lsa_path)
-    else:  # first extraction: fit the text model on the project's transcripts
-        lsa = TextLSA(seed=settings.seed).fit(texts)
-        lsa.save(lsa_path)
-        known = {k: v for k, v in known.items() if k[1] != "text"}
-    extractor = BuiltinExtractor(lsa)
-    new_files: list[dict[str, Any]] = []
-    for i, r in enumerate(rows):
-        text_hash = _text_hash(r.text or "")
-        if known.get((r.id, "text")) != text_hash:
-            path, _ = fstore.save(r.utt_id, "text", lsa.transform(r.text or ""))
-            new_files.append(_feature_row(r.id, "text", path, text_hash, lsa.dim))
-        media_key = _text_hash(f"{r.video_path}|{r.audio_path}")
-        if (r.video_path or r.audio_path) and known.get((r.id, "audio")) != media_key:
-            feats = extractor.extract({"video_path": r.video_path, "audio_path": r.audio_path})
-            for modality, arr in feats.items():
-                path, _ = fstore.save(r.utt_id, modality, arr)
-                new_files.append(
-                    _feature_row(r.id, modality, path, media_key, arr.shape[1], steps=arr.shape[0])
-                )
-            for modality, reason in feats.missing.items():
-                if modality != "text" and reason != "not in sample":
-                    progress({"message": f"{r.utt_id}: {modality} missing: {reason}"})
-        if i % 500 == 0:
-            progress({"progress": i / max(1, len(rows)), "message": f"features {i}/{len(rows)}"})
-    with store.write() as s:
-        fs_row = s.scalars(
-            select(FeatureSet).where(
-                FeatureSet.project_id == project_id, FeatureSet.name == set_name
-            )
-        ).first()
-        if fs_row is None:
-            fs_row = FeatureSet(
-                project_id=project_id, name=set_name, extractor="builtin", path=str(root / set_name)
-            )
-            s.add(fs_row)
-            s.flush()
-        fs_row.dims = extractor.dims
-        fs_row.settings = {"text_dim": lsa.dim, "frame_every": 30, "audio_hz": 16000}
-        by_modality: dict[str, list[int]] = {}
-        for f in new_files:
-            if (f["sample_id"], f["modality"]) in stored:  # replaces an older file's row
-                by_modality.setdefault(f["modality"], []).append(f["sample_id"])
-        for modality, ids in by_modality.items():
-            for start in range(0, len(ids), 500):
-                s.execute(
-                    delete(FeatureFile).where(
-                        FeatureFile.feature_set_id == fs_row.id,
-                        FeatureFile.modality == modality,
-                        FeatureFile.sample_id.in_(ids[start : start + 500]),
-                    )
-                )
-        if new_files:
-            s.execute(insert(FeatureFile), [{**f, "feature_set_id": fs_row.id} for f in new_files])
-        fs_id = fs_row.id
-    progress({"progress": 1.0, "message": f"features: {len(new_files)} files written"})
-    return fs_id
+    return extraction.extract_features(
+        store,
+        settings,
+        project_id=project_id,
+        set_name=set_name,
+        progress=progress,
+        workers=workers,
+    )
 
 
 def _feature_row(
@@ -573,7 +494,9 @@ def predict(
     splits: tuple[str, ...] = ("train", "valid", "test", "pool"),
 ) -> int:
     """Write every sample's per-head probabilities, argmax label and confidence for one model
-    version (replacing any it had). Returns the number of prediction rows written."""
+    version (replacing any it had), and for a head with several interaction paths (the intent
+    ensemble) each path's argmax class (``prediction.paths``, the review queue's disagreement
+    filter). Returns the number of prediction rows written."""
     from meiju_core import train as tr
 
     with store.read() as s:
@@ -589,14 +512,19 @@ def predict(
         schema=schema,
         with_gold=False,
     )
-    probs = tr.predict(
-        result if result is not None else checkpoint, split.data, device=settings.device
+    probs, path_probs = tr.predict(
+        result if result is not None else checkpoint,
+        split.data,
+        device=settings.device,
+        return_paths=True,
     )
     rows = []
     for head in schema.head_names:
         p = np.asarray(probs[head], dtype=np.float64)
         arg = p.argmax(axis=1)
         classes = schema.classes(head)
+        # a head with several interaction paths (the intent ensemble): each path's argmax class
+        path_args = [np.asarray(pp).argmax(axis=1) for pp in path_probs.get(head, [])]
         for i, sid in enumerate(split.sample_ids):
             rows.append(
                 {
@@ -606,6 +534,7 @@ def predict(
                     "label": classes[arg[i]],
                     "confidence": float(p[i, arg[i]]),
                     "probs": [round(float(v), 6) for v in p[i]],
+                    "paths": [classes[a[i]] for a in path_args] if len(path_args) > 1 else None,
                 }
             )
     with store.write() as s:
@@ -724,9 +653,12 @@ def decide(
     labels: dict[str, str] | None = None,
     heads: list[str] | None = None,
     ms_spent: int | None = None,
+    model_version_id: int | None = None,
 ) -> list[int]:
     """Commit one review decision (accept / reject / skip) with its quota check in the same
-    transaction. Raises QuotaExceeded (nothing written) or StoreError."""
+    transaction. ``labels`` overrides the predicted class per head; ``model_version_id`` names the
+    model whose predictions were shown (default: the round's). Raises QuotaExceeded (nothing
+    written) or StoreError."""
     try:
         with store.write() as s:
             ds = q.decide(
@@ -738,6 +670,7 @@ def decide(
                 labels=labels,
                 heads=heads,
                 ms_spent=ms_spent,
+                model_version_id=model_version_id,
             )
             return [d.id for d in ds]
     except q.QuotaFull as e:
@@ -801,6 +734,84 @@ def auto_pseudo_label(
         out[head] = len(idx)
         progress({"message": f"{head}: {len(idx)} pseudo-labels accepted"})
     return out
+
+
+def bulk_preview(
+    store: Store,
+    *,
+    round_id: int,
+    flt: q.QueueFilter | None = None,
+    user: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What bulk accept would take from the filtered queue: per head, ``pseudo.select`` (the rule
+    of automatic mode) on the filtered open cards' probabilities, with the round's threshold and
+    the quotas that remain.
+
+    Returns:
+        ``{"items": [(sample id, head, class, confidence)], most confident first per head;
+        "counts": {head: {class: n}}; "candidates": {head: n}; "remaining": {head: {class: n}}}``.
+    """
+    from meiju_core.pseudo import select as select_rows
+
+    flt = flt or q.QueueFilter()
+    with store.read() as s:
+        rnd = s.get(ReviewRound, round_id)
+        schema = LabelSchema.from_dict(
+            s.scalar(select(Project.label_schema).where(Project.id == rnd.project_id))
+        )
+        cands = q.filtered_candidates(s, round_id=round_id, flt=flt, user_id=(user or {}).get("id"))
+        accepted = q.accepted_counts(s, round_id=round_id)
+        thresholds, quotas = dict(rnd.thresholds), dict(rnd.quotas)
+    out: dict[str, Any] = {"items": [], "counts": {}, "candidates": {}, "remaining": {}}
+    for head, rows in cands.items():
+        classes = schema.classes(head)
+        quota = np.array([quotas.get(head, {}).get(c, 0) for c in classes], dtype=np.int64)
+        already = np.array([accepted.get(head, {}).get(c, 0) for c in classes], dtype=np.int64)
+        out["candidates"][head] = len(rows)
+        out["remaining"][head] = {
+            c: int(max(0, n - a)) for c, n, a in zip(classes, quota, already, strict=True)
+        }
+        counts = dict.fromkeys(classes, 0)
+        if rows:
+            probs = np.array([r[1] for r in rows], dtype=np.float64)
+            probs /= probs.sum(axis=1, keepdims=True)
+            idx = select_rows(
+                probs,
+                threshold=min(1.0, max(float(thresholds[head]), 1e-9)),
+                quotas=quota,
+                already_accepted=already,
+            )
+            for i in idx:
+                k = int(probs[i].argmax())
+                out["items"].append((rows[i][0], head, classes[k], float(probs[i, k])))
+                counts[classes[k]] += 1
+        out["counts"][head] = counts
+    return out
+
+
+def bulk_accept(
+    store: Store,
+    *,
+    round_id: int,
+    items: list[tuple[int, str, str]] | list[tuple[int, str, str, float]],
+    user: dict[str, Any] | None,
+    model_version_id: int | None = None,
+) -> int:
+    """Accept a previewed set (admins only) in one transaction that re-checks every quota
+    (``db.queries.bulk_accept``). Returns the number accepted; items that would pass a quota or
+    were decided since the preview are skipped."""
+    require_admin(user, "bulk accept pseudo-labels")
+    try:
+        with store.write() as s:
+            return q.bulk_accept(
+                s,
+                round_id=round_id,
+                items=[tuple(it[:3]) for it in items],
+                user_id=(user or {}).get("id"),
+                model_version_id=model_version_id,
+            )
+    except q.QueueError as e:
+        raise StoreError(str(e)) from e
 
 
 # --------------------------------------------------------------------------- transcripts

@@ -580,7 +580,8 @@ def predict(
     *,
     device: str = "auto",
     batch_size: int = 256,
-) -> dict[str, np.ndarray]:
+    return_paths: bool = False,
+) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], dict[str, list[np.ndarray]]]:
     """Class probabilities for every utterance of ``data``.
 
     Args:
@@ -589,9 +590,13 @@ def predict(
             mapping head -> checkpoint path.
         data: a :class:`TrainData` (labels ignored) or just modality -> N feature arrays.
         device: "auto", "cpu" or "cuda".
+        return_paths: also return each head's per-path probabilities
+            (:attr:`meiju_core.model.JointOutput.path_probs`).
     Returns:
         head -> float32 (N, K), rows sum to 1 (intent fused over its paths with the weights stored
-        in the checkpoint's model config).
+        in the checkpoint's model config). With ``return_paths``: ``(probs, paths)``, where
+        ``paths`` maps head -> one float32 (N, K) per interaction path, before fusion (a single
+        path for a head without an ensemble).
     Raises:
         FeatureError: features of the wrong dim or non-finite.
         ValueError: a checkpoint without one of the heads asked for; see :func:`load_checkpoint`.
@@ -606,6 +611,7 @@ def predict(
     features = data.features if isinstance(data, TrainData) else data
     dev = resolve_device(device)
     probs: dict[str, np.ndarray] = {}
+    per_path: dict[str, list[np.ndarray]] = {}
     for path in dict.fromkeys(paths.values()):
         model, _ckpt = load_checkpoint(path, device=dev)
         cfg = model.config
@@ -616,10 +622,11 @@ def predict(
         for head in cfg.tasks:
             if paths.get(head) == path or "*" in paths:
                 probs[head] = _fuse(result[head], model.path_weights(head))
+                per_path[head] = list(result[head])
     missing = [h for h in paths if h != "*" and h not in probs]
     if missing:
         raise ValueError(f"checkpoints have no head {missing}")
-    return probs
+    return (probs, per_path) if return_paths else probs
 
 
 def build_model(

@@ -33,6 +33,10 @@ CSS = """
   border-left: 0.3rem solid #ff4b4b; background: rgba(127, 127, 127, 0.07); border-radius: 0.3rem;
 }
 .meiju-transcript.empty { color: #999; font-size: 1.2rem; font-style: italic; }
+.meiju-transcript.words { display: flex; flex-wrap: wrap; gap: 0.25rem 0.45rem; }
+.meiju-word {
+  border-bottom: 0.16rem solid rgba(61, 127, 217, 0.55); padding: 0 0.08rem; border-radius: 0.1rem;
+}
 .meiju-utt { font-family: ui-monospace, monospace; font-size: 0.95rem; }
 .meiju-diff del { background: #ffd7d5; color: #a0111f; text-decoration: line-through; }
 .meiju-diff ins { background: #d3f5d9; color: #116329; text-decoration: none; }

@@ -1,38 +1,57 @@
 """Review: one card at a time, one key per decision, the next card already chosen.
 
-The round panel (and, for admins, the form that opens a new round) runs with the page; the card
-runs in an ``st.fragment``, so a decision reruns only the card. Each button calls
-``pipeline.decide`` / ``pipeline.undo`` in its ``on_click`` callback (the decision and its quota
-check commit in that call, before the card re-renders), then the fragment reruns once and shows
-the next card.
+The round panel (and, for admins, the form that opens a new round), the filters and bulk accept
+run with the page; the card runs in an ``st.fragment``, so a decision reruns only the card. Each
+button calls ``pipeline.decide`` / ``pipeline.undo`` in its ``on_click`` callback (the decision and
+its quota check commit in that call, before the card re-renders), then the fragment reruns once
+and shows the next card.
 
 Keeping the rerun short: the page keeps the ids of the next few cards (``rv_ahead``), and each
 rerun re-checks only those ids against the queue (an indexed lookup), loads one card, the quota
-counts and the history in one read session, and leases the card in one short write. The full
-queue query and the queue count run only when the ids run out.
+counts and the history in one read session, and leases the card in one short write. The queue
+query (per-head index scans) and the queue count run only when the ids run out; the count's
+expensive part (cards matching the filter, whatever their state) is cached per filter.
+
+Filters live in the URL (``?head=intent&label=questioning&min=0.6&unseen=1&disagree=1&model=3``,
+and ``samples=1,2,3`` from a link of another page), so a link opens the same queue; the page
+reads them on load and writes them back when a filter changes.
+
+Keys (native ``st.button(shortcut=...)``, which never fire while typing in a text box): A accept
+both, E / I accept one head, X reject, S skip, U undo, 1-8 override the predicted class of the
+head shown (H switches the head, 0 clears), then A / E / I accept with the override.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pandas as pd
 import streamlit as st
+from sqlalchemy import exists, select
 
 from db import queries as q
-from db.models import ModelVersion, ReviewRound
+from db.models import ModelVersion, Prediction, ReviewRound, Sample
 from meiju_core import pipeline
 from meiju_core.errors import MeijuError, QuotaExceeded
 from pages import _common as common
 
 PREFETCH = 8  # card ids fetched ahead in one queue query
+# The queue count is recounted with the queue at most this often; in between, this page's own
+# decisions and undos adjust it (another annotator's show at the next recount).
+COUNT_EVERY_S = 15.0
 THRESHOLD_STEPS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
-RESERVED_KEYS = {"A", "X", "S", "U", "C", "R"}  # C and R are Streamlit's own
+DIGITS = "123456789"
+# A E I X S U H and the digits are the page's; C and R are Streamlit's own
+RESERVED_KEYS = {"A", "X", "S", "U", "H", "C", "R", "0", *DIGITS}
 BROWSER_VIDEO = {".mp4", ".m4v", ".webm", ".ogv", ".mov"}
+FILTER_KEYS = ("head", "label", "min", "max", "unseen", "disagree", "model", "samples")
+TRANSCRIPTS_PAGE = "pages/transcripts.py"
 S = st.session_state
 
 
@@ -41,7 +60,7 @@ S = st.session_state
 
 def _reset_cards() -> None:
     """Forget the card ids kept for the queue (after a new round or a filter change)."""
-    for key in ("rv_card", "rv_ahead", "rv_left", "rv_focus", "rv_leased", "rv_shown"):
+    for key in ("rv_card", "rv_ahead", "rv_left", "rv_focus", "rv_leased", "rv_shown", "rv_bulk"):
         S.pop(key, None)
 
 
@@ -168,24 +187,252 @@ def open_round_ui(store, settings, project: dict[str, Any], user: dict[str, Any]
             st.rerun()
 
 
-def queue_filter_ui(heads: dict[str, list[str]]) -> q.QueueFilter:
-    """Narrow the queue to one head, one predicted class or a confidence range."""
+# --------------------------------------------------------------------------- filters
+
+
+@st.cache_data(ttl=300, show_spinner=False)
+def _unseen_pairs(url: str, project_id: int, heads: tuple[str, str]) -> tuple:
+    with common.store_at(url).read() as s:
+        return q.unseen_pairs(s, project_id=project_id, heads=heads)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _predicted_versions(url: str, project_id: int) -> dict[int, str]:
+    """{model version id: label} of the project's versions that have predictions, newest first."""
+    with common.store_at(url).read() as s:
+        rows = s.execute(
+            select(ModelVersion.id, ModelVersion.name, ModelVersion.status)
+            .where(
+                ModelVersion.project_id == project_id,
+                exists().where(Prediction.model_version_id == ModelVersion.id),
+            )
+            .order_by(ModelVersion.id.desc())
+        ).all()
+    return {i: f"#{i} {name} ({status})" for i, name, status in rows}
+
+
+@st.cache_data(ttl=600, show_spinner=False, hash_funcs={q.QueueFilter: repr})
+def _candidate_count(url: str, round_id: int, flt: q.QueueFilter) -> int:
+    """Cards matching the filter whatever their state: the costly part of the queue count, which
+    changes only with the round, the filter or the predictions (``q.queue_size(base=...)``)."""
+    with common.store_at(url).read() as s:
+        return q.candidate_count(s, round_id=round_id, flt=flt)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _linked_splits(url: str, sample_ids: tuple[int, ...]) -> dict[str, int]:
+    """{split: samples} of the samples a link names (the dashboard links valid / test ones)."""
+    with common.store_at(url).read() as s:
+        out: dict[str, int] = {}
+        for split in s.scalars(select(Sample.split).where(Sample.id.in_(sample_ids))):
+            out[split] = out.get(split, 0) + 1
+        return out
+
+
+def _pair_heads(heads: dict[str, list[str]]) -> tuple[str, str] | None:
+    names = list(heads)
+    if "emotion" in heads and "intent" in heads:
+        return ("emotion", "intent")
+    return (names[0], names[1]) if len(names) >= 2 else None
+
+
+def _clean_params(
+    raw: dict[str, str], heads: dict[str, list[str]], versions: dict[int, str]
+) -> dict[str, str]:
+    """Valid filter parameters from a URL (anything else is dropped); ``pred`` (the dashboard's
+    name for the predicted class) is read as ``label``."""
+    out: dict[str, str] = {}
+    head = raw.get("head", "")
+    if head in heads:
+        out["head"] = head
+        label = raw.get("label") or raw.get("pred") or ""
+        if label in heads[head]:
+            out["label"] = label
+    for key in ("min", "max"):
+        try:
+            v = float(raw.get(key, ""))
+        except ValueError:
+            continue
+        if 0.0 <= v <= 1.0:
+            out[key] = f"{v:g}"
+    for key in ("unseen", "disagree"):
+        if raw.get(key, "").lower() in ("1", "true", "yes", "on"):
+            out[key] = "1"
+    model = raw.get("model", "")
+    if model.isdigit() and int(model) in versions:
+        out["model"] = model
+    ids = [i for i in raw.get("samples", "").split(",") if i.strip().isdigit()]
+    if ids:
+        out["samples"] = ",".join(str(int(i)) for i in ids)
+    return out
+
+
+def _url_params() -> dict[str, str]:
+    qp = st.query_params
+    return {k: qp.get(k, "") for k in (*FILTER_KEYS, "pred") if k in qp}
+
+
+def _to_widgets(params: dict[str, str], heads: dict[str, list[str]], round_mv: int) -> None:
+    """Set the filter widgets' state from filter parameters."""
+    head = params.get("head", "any")
+    S["rv_f_head"] = head
+    for h in heads:
+        S[f"rv_f_label_{h}"] = params.get("label", "any") if h == head else "any"
+    S["rv_f_conf"] = (float(params.get("min", 0.0)), float(params.get("max", 1.0)))
+    S["rv_f_unseen"] = params.get("unseen") == "1"
+    S["rv_f_disagree"] = params.get("disagree") == "1"
+    S["rv_f_model"] = int(params.get("model", round_mv))
+    S["rv_f_samples"] = params.get("samples", "")
+
+
+def _from_widgets(heads: dict[str, list[str]], round_mv: int) -> dict[str, str]:
+    out: dict[str, str] = {}
+    head = S.get("rv_f_head", "any")
+    if head in heads:
+        out["head"] = head
+        label = S.get(f"rv_f_label_{head}", "any")
+        if label in heads[head]:
+            out["label"] = label
+    lo, hi = S.get("rv_f_conf", (0.0, 1.0))
+    if lo > 0:
+        out["min"] = f"{lo:g}"
+    if hi < 1:
+        out["max"] = f"{hi:g}"
+    if S.get("rv_f_unseen"):
+        out["unseen"] = "1"
+    if S.get("rv_f_disagree"):
+        out["disagree"] = "1"
+    if S.get("rv_f_model", round_mv) != round_mv:
+        out["model"] = str(S["rv_f_model"])
+    if S.get("rv_f_samples"):
+        out["samples"] = S["rv_f_samples"]
+    return out
+
+
+def _write_url(params: dict[str, str]) -> None:
+    current = _url_params()
+    if current == params:
+        return
+    for key in (*FILTER_KEYS, "pred"):
+        if key in current and key not in params:
+            del st.query_params[key]
+    st.query_params.update({k: v for k, v in params.items() if current.get(k) != v})
+
+
+def _clear_filters() -> None:
+    S["rv_clear"] = True
+
+
+def sync_filters(heads: dict[str, list[str]], versions: dict[int, str], round_mv: int) -> None:
+    """Before the filter widgets: a changed URL (a link was opened, or the address edited) sets
+    them; coming back from another page without parameters restores the last filters."""
+    url = _url_params()
+    if S.pop("rv_clear", False):
+        S["rv_params"] = {}
+        _to_widgets({}, heads, round_mv)
+    elif url != S.get("rv_url_seen"):
+        if url or "rv_params" not in S:
+            S["rv_params"] = _clean_params(url, heads, versions)
+        _to_widgets(S["rv_params"], heads, round_mv)
+    elif "rv_f_head" not in S:  # widget state is dropped while another page is shown
+        _to_widgets(S.get("rv_params", {}), heads, round_mv)
+    if S.get("rv_f_model") not in versions:
+        S["rv_f_model"] = round_mv
+
+
+def queue_filter_ui(
+    project: dict[str, Any], rnd: dict[str, Any], versions: dict[int, str]
+) -> q.QueueFilter:
+    """Filters (head, predicted class, confidence range, model version, unseen emotion x intent
+    pair, path disagreement), kept in the URL; returns the queue filter."""
+    heads, url = project["heads"], common.settings().database_url
+    round_mv = rnd["model_version_id"]
+    if round_mv not in versions:
+        versions = {round_mv: f"#{round_mv} {rnd['model_name']}", **versions}
+    sync_filters(heads, versions, round_mv)
+    pair_heads = _pair_heads(heads)
+    pairs = _unseen_pairs(url, project["id"], pair_heads) if pair_heads else ()
+    # a constant label: a popover whose label changes is a new element, and would close
     with st.popover("Filter", icon=":material/filter_list:"):
         head = st.selectbox("Head", ["any", *heads], key="rv_f_head")
-        label = "any"
         if head != "any":
-            label = st.selectbox("Predicted class", ["any", *heads[head]], key=f"rv_f_label_{head}")
-        lo, hi = st.slider("Confidence", 0.0, 1.0, (0.0, 1.0), step=0.01, key="rv_f_conf")
+            st.selectbox("Predicted class", ["any", *heads[head]], key=f"rv_f_label_{head}")
+        st.slider("Confidence", 0.0, 1.0, step=0.01, key="rv_f_conf")
+        st.selectbox(
+            "Model version",
+            list(versions),
+            format_func=lambda i: (
+                versions[i].replace(")", ", round's)") if i == round_mv else versions[i]
+            ),
+            key="rv_f_model",
+            help="Whose predictions rank and label the cards; any version with predictions. "
+            "An accept records the class shown.",
+        )
+        if pair_heads:
+            a, b = pair_heads
+            n_cells = len(heads[a]) * len(heads[b])
+            st.toggle(
+                f"Unseen {a} × {b} pair",
+                key="rv_f_unseen",
+                help=f"Cards whose predicted ({a}, {b}) pair never occurs together in the gold "
+                f"train labels: {len(pairs)} of {n_cells} cells of the co-occurrence are zero.",
+            )
+        st.toggle(
+            "Paths disagree",
+            key="rv_f_disagree",
+            help="Cards whose one-head and two-head intent paths predict different classes "
+            "(stored with predictions made from this version of the app on).",
+        )
+        st.button("Clear filters", key="rv_f_clear", on_click=_clear_filters, type="tertiary")
+    params = _from_widgets(heads, round_mv)
+    S["rv_params"] = S["rv_url_seen"] = params
+    _write_url(params)
+    ids = tuple(int(i) for i in params["samples"].split(",")) if "samples" in params else None
     flt = q.QueueFilter(
-        head=None if head == "any" else head,
-        label=None if label == "any" else label,
-        min_confidence=lo if lo > 0 else None,
-        max_confidence=hi if hi < 1 else None,
+        head=params.get("head"),
+        label=params.get("label"),
+        min_confidence=float(params["min"]) if "min" in params else None,
+        max_confidence=float(params["max"]) if "max" in params else None,
+        sample_ids=ids,
+        model_version_id=int(params["model"]) if "model" in params else None,
+        unseen_pairs=tuple(pairs) if "unseen" in params and pair_heads else None,
+        pair_heads=pair_heads or ("emotion", "intent"),
+        disagree="disagree" in params,
     )
     if S.get("rv_filter") != flt:
         S["rv_filter"] = flt
         _reset_cards()
     return flt
+
+
+def filter_summary(flt: q.QueueFilter, params: dict[str, str]) -> None:
+    """The active filters in words, the link that opens this queue, and a note on linked
+    samples that cannot be reviewed here (not in the pool)."""
+    if not params:
+        return
+    parts = []
+    if flt.head:
+        parts.append(f"{flt.head}" + (f" = **{flt.label}**" if flt.label else ""))
+    if flt.min_confidence is not None or flt.max_confidence is not None:
+        parts.append(f"confidence {flt.min_confidence or 0:.2f}–{flt.max_confidence or 1:.2f}")
+    if flt.model_version_id:
+        parts.append(f"model #{flt.model_version_id}")
+    if flt.unseen_pairs is not None:
+        parts.append(f"unseen {flt.pair_heads[0]} × {flt.pair_heads[1]} pair")
+    if flt.disagree:
+        parts.append("paths disagree")
+    if flt.sample_ids is not None:
+        parts.append(f"{len(flt.sample_ids)} linked samples")
+    st.caption("Filtered: " + " · ".join(parts) + f" · link: `?{urlencode(params, safe=',')}`")
+    if flt.sample_ids:
+        splits = _linked_splits(common.settings().database_url, flt.sample_ids)
+        other = {k: n for k, n in splits.items() if k != "pool"}
+        if other:
+            where = ", ".join(f"{n} {k}" for k, n in sorted(other.items()))
+            st.info(
+                f"{where} of the linked samples are not in the pool: they have gold labels and "
+                "are not pseudo-labelled here. Open them on the Transcripts page."
+            )
 
 
 # --------------------------------------------------------------------------- the card
@@ -212,15 +459,21 @@ def _load_view(store, round_id: int, user_id: int, flt: q.QueueFilter) -> dict[s
             ids += q.queue(
                 s, round_id=round_id, flt=flt, user_id=user_id, limit=PREFETCH, exclude=ids
             )
-            # queue_size leaves out leased cards; the one on this screen still counts here
-            held = S.get("rv_leased")
-            mine = 1 if held and held[0] in ids else 0
-            S["rv_left"] = q.queue_size(s, round_id=round_id, flt=flt) + mine
+            if "rv_left" not in S or time.monotonic() - S.get("rv_left_at", 0) > COUNT_EVERY_S:
+                # queue_size leaves out leased cards; the one on this screen still counts here
+                held = S.get("rv_leased")
+                mine = 1 if held and held[0] in ids else 0
+                base = _candidate_count(common.settings().database_url, round_id, flt)
+                S["rv_left"] = q.queue_size(s, round_id=round_id, flt=flt, base=base) + mine
+                S["rv_left_at"] = time.monotonic()
         rnd = s.get(ReviewRound, round_id)
-        cards = q.load_cards(s, model_version_id=rnd.model_version_id, sample_ids=ids[:1])
+        mv_id = flt.model_version_id or rnd.model_version_id
+        cards = q.load_cards(s, model_version_id=mv_id, sample_ids=ids[:1])
         return {
             "ids": ids,
             "card": cards[0] if cards else None,
+            "model_version_id": mv_id,
+            "round_model": rnd.model_version_id,
             "quotas": q.quota_status(s, round_id=round_id),
             "history": q.history(s, round_id=round_id, user_id=user_id, limit=10),
         }
@@ -242,12 +495,52 @@ def _lease(store, settings, round_id: int, user_id: int, sample_id: int) -> bool
     return ok
 
 
+# --------------------------------------------------------------------------- overrides
+
+
+def _overrides(sample_id: int) -> dict[str, str]:
+    """head -> class set by the digit keys for this card (empty for another card)."""
+    o = S.get("rv_override")
+    return dict(o["labels"]) if o and o["sample"] == sample_id else {}
+
+
+def _set_override(sample_id: int, head: str, label: str) -> None:
+    """Digit key callback: set ``head``'s class on this card; the same key again, or the
+    predicted class, clears it."""
+    labels = _overrides(sample_id)
+    predicted = (S.get("rv_card_labels") or {}).get(head)
+    if labels.get(head) == label or label == predicted:
+        labels.pop(head, None)
+    else:
+        labels[head] = label
+    S["rv_override"] = {"sample": sample_id, "labels": labels}
+
+
+def _clear_override(sample_id: int) -> None:
+    S["rv_override"] = {"sample": sample_id, "labels": {}}
+
+
+def _next_digit_head(heads: list[str]) -> None:
+    """H: the digits override the next head."""
+    now = S.get("rv_digit_head", heads[0])
+    S["rv_digit_head"] = heads[(heads.index(now) + 1) % len(heads)] if now in heads else heads[0]
+
+
+# --------------------------------------------------------------------------- decisions
+
+
 def _decide(action: str, sample_id: int, heads: list[str] | None = None) -> None:
-    """Button callback: commit one decision on the card the button was drawn for."""
+    """Button callback: commit one decision on the card the button was drawn for (accepting with
+    the digit overrides, and the classes shown when another model's predictions are shown)."""
     decided = S.setdefault("rv_decided", [])
     if sample_id in decided:  # a second key press that reached the old card
         return
     ms = int((time.monotonic() - S.get("rv_shown", time.monotonic())) * 1000)
+    labels: dict[str, str] | None = None
+    mv_id = S.get("rv_card_model")
+    if action == "accept":
+        shown = dict(S.get("rv_card_labels") or {}) if mv_id else {}
+        labels = {**shown, **_overrides(sample_id)} or None
     try:
         pipeline.decide(
             common.store(),
@@ -256,13 +549,15 @@ def _decide(action: str, sample_id: int, heads: list[str] | None = None) -> None
             action=action,
             user=common.user(),
             heads=heads,
+            labels=labels,
             ms_spent=ms,
+            model_version_id=mv_id,
         )
     except QuotaExceeded as e:
         common.flash(
             "warning",
             f"Quota full for **{e.head} · {e.label}**: {e.accepted} of {e.quota} accepted. "
-            "Accept the other head only, reject or skip.",
+            "Override the class, accept the other head only, reject or skip.",
             key="rv_flash",
         )
         return
@@ -273,6 +568,7 @@ def _decide(action: str, sample_id: int, heads: list[str] | None = None) -> None
     del decided[:-50]
     S["rv_left"] = max(0, S.get("rv_left", 1) - 1)
     S.pop("rv_focus", None)
+    S.pop("rv_override", None)
 
 
 def _undo(decision_id: int | None = None) -> None:
@@ -284,15 +580,47 @@ def _undo(decision_id: int | None = None) -> None:
         common.flash("info", "Nothing to undo.", key="rv_flash")
         return
     S["rv_focus"] = sample_id
+    if "rv_left" in S:
+        S["rv_left"] += 1
     decided = S.get("rv_decided", [])
     if sample_id in decided:
         decided.remove(sample_id)
     common.flash("info", "Undone: the card is back.", key="rv_flash")
 
 
+# --------------------------------------------------------------------------- the card
+
+
 def _top3(probs: list[float], classes: list[str]) -> list[tuple[str, float]]:
     order = sorted(range(len(probs)), key=lambda k: -probs[k])[:3]
     return [(classes[k] if k < len(classes) else str(k), float(probs[k])) for k in order]
+
+
+@functools.lru_cache(maxsize=512)
+def _words(text: str) -> tuple[str, ...]:
+    from meiju_core.text import segment
+
+    return tuple(segment(text))
+
+
+def _transcript(card: q.Card) -> None:
+    utt = html.escape(card.utt_id)
+    if not card.text:
+        st.markdown(
+            f"<div class='meiju-transcript empty' data-utt='{utt}'>(no transcript)</div>",
+            unsafe_allow_html=True,
+        )
+        return
+    if S.get("rv_words"):
+        body = "".join(
+            f"<span class='meiju-word'>{html.escape(w)}</span>"
+            for w in _words(card.text)
+            if w.strip()
+        )
+        cls = "meiju-transcript words"
+    else:
+        body, cls = html.escape(card.text), "meiju-transcript"
+    st.markdown(f"<div class='{cls}' data-utt='{utt}'>{body}</div>", unsafe_allow_html=True)
 
 
 def _media(card: q.Card) -> None:
@@ -312,7 +640,9 @@ def _media(card: q.Card) -> None:
             st.caption(f"Audio not found: `{card.audio_path}`")
 
 
-def _predictions(card: q.Card, heads: dict[str, list[str]], quotas: dict) -> None:
+def _predictions(
+    card: q.Card, heads: dict[str, list[str]], quotas: dict, overrides: dict[str, str]
+) -> None:
     cols = st.columns(len(heads))
     for col, (head, classes) in zip(cols, heads.items(), strict=False):
         pred = card.predictions.get(head)
@@ -321,12 +651,29 @@ def _predictions(card: q.Card, heads: dict[str, list[str]], quotas: dict) -> Non
                 st.markdown(f"**{head.capitalize()}**")
                 st.caption("no prediction")
                 continue
-            st.markdown(f"**{head.capitalize()}** · :red[**{pred['label']}**]")
+            chosen = overrides.get(head)
+            if chosen:
+                st.markdown(
+                    f"**{head.capitalize()}** · ~~{pred['label']}~~ → :blue[**{chosen}**] "
+                    "(override)"
+                )
+            else:
+                st.markdown(f"**{head.capitalize()}** · :red[**{pred['label']}**]")
             for label, p in _top3(pred["probs"] or [], classes):
                 st.progress(min(1.0, max(0.0, p)), text=f"{label} · {p:.2f}")
-            accepted, quota = quotas.get(head, {}).get(pred["label"], (0, 0))
+            paths = pred.get("paths")
+            if paths and len(paths) > 1:
+                if len(set(paths)) == 1:
+                    st.caption(f"{len(paths)} interaction paths agree")
+                else:
+                    st.caption(
+                        ":orange[paths disagree]: "
+                        + " · ".join(f"{k + 1}-head {p}" for k, p in enumerate(paths))
+                    )
+            label = chosen or pred["label"]
+            accepted, quota = quotas.get(head, {}).get(label, (0, 0))
             value = min(1.0, accepted / quota) if quota else 1.0
-            st.progress(value, text=f"quota {pred['label']}: {accepted} / {quota}")
+            st.progress(value, text=f"quota {label}: {accepted} / {quota}")
 
 
 def _buttons(card_id: int, heads: list[str], has_card: bool) -> None:
@@ -373,6 +720,59 @@ def _buttons(card_id: int, heads: list[str], has_card: bool) -> None:
     row.button("Undo", key="rv_undo", shortcut="U", on_click=_undo, icon=":material/undo:")
 
 
+def _class_keys(card_id: int, heads: dict[str, list[str]], has_card: bool) -> str:
+    """One button per class of the head the digits override (keys 1..K), H to switch head, 0 to
+    clear; returns that head."""
+    names = list(heads)
+    head = S.get("rv_digit_head")
+    if head not in heads:
+        head = S["rv_digit_head"] = names[0]
+    chosen = _overrides(card_id).get(head)
+    row = st.container(
+        horizontal=True, gap="small", vertical_alignment="center", key="rv_class_keys"
+    )
+    row.button(
+        f"Digits: {head}",
+        key="rv_digit_head_btn",
+        shortcut="H",
+        on_click=_next_digit_head,
+        args=(names,),
+        icon=":material/swap_horiz:",
+        help="H switches the head whose class the digit keys set",
+        disabled=len(names) < 2,
+    )
+    for k, label in enumerate(heads[head][: len(DIGITS)]):
+        row.button(
+            label,  # the button shows its key beside the label
+            key=f"rv_digit_{k + 1}",
+            shortcut=DIGITS[k],
+            type="primary" if label == chosen else "tertiary",
+            disabled=not has_card,
+            on_click=_set_override,
+            args=(card_id, head, label),
+        )
+    row.button(
+        "clear",
+        key="rv_digit_0",
+        shortcut="0",
+        type="tertiary",
+        disabled=not has_card,
+        on_click=_clear_override,
+        args=(card_id,),
+    )
+    return head
+
+
+def _key_map(heads: list[str], digit_head: str, n_classes: int) -> None:
+    keys = _head_keys(heads)
+    one = " · ".join(f"**{k}** {h} only" for h, k in keys.items())
+    st.caption(
+        f"Keys: **A** accept both · {one} · **X** reject · **S** skip · **U** undo · "
+        f"**1–{n_classes}** set the {digit_head} class (**H** other head, **0** clear), then "
+        "A / E / I accept with it. No key fires while you type in a text box."
+    )
+
+
 def _history(rows: list[dict[str, Any]], heads: list[str]) -> None:
     st.markdown("##### Last decisions")
     if not rows:
@@ -416,37 +816,147 @@ def card_panel(round_id: int, heads: dict[str, list[str]], flt: q.QueueFilter) -
 
     common.show_flash(key="rv_flash")
     if card is None:
+        S.pop("rv_card_labels", None)
         st.success("Nothing left to review here: every card above the threshold is decided.")
         _buttons(-1, list(heads), has_card=False)
         _history(view["history"], list(heads))
         return
+    # what an accept records: the classes shown (another model's, when the filter names one)
+    S["rv_card_labels"] = {h: p["label"] for h, p in card.predictions.items()}
+    other_model = view["model_version_id"] != view["round_model"]
+    S["rv_card_model"] = view["model_version_id"] if other_model else None
+    overrides = _overrides(card.sample_id)
     left = S.get("rv_left", 0)
-    st.markdown(
+    top = st.container(horizontal=True, vertical_alignment="center", key="rv_card_top")
+    top.markdown(
         f"<span class='meiju-utt'>{html.escape(card.utt_id)}</span> · {html.escape(card.source)}"
         f" · transcript {html.escape(card.transcript_source or '–')}"
-        f" · **{left}** left in the queue",
+        f" · **{left}** left in the queue"
+        + (f" · predictions of model #{view['model_version_id']}" if other_model else ""),
         unsafe_allow_html=True,
+        width="stretch",
+    )
+    top.toggle("Words", key="rv_words", help="Show the transcript segmented by jieba")
+    top.page_link(
+        TRANSCRIPTS_PAGE,
+        label="Edit transcript",
+        icon=":material/edit_note:",
+        query_params={"sample": str(card.sample_id)},
     )
     main, side = st.columns([3, 2], gap="large")
     with main:
-        if card.text:
-            st.markdown(
-                f"<div class='meiju-transcript' data-utt='{html.escape(card.utt_id)}'>"
-                f"{html.escape(card.text)}</div>",
-                unsafe_allow_html=True,
-            )
-        else:
-            st.markdown(
-                f"<div class='meiju-transcript empty' data-utt='{html.escape(card.utt_id)}'>"
-                "(no transcript)</div>",
-                unsafe_allow_html=True,
-            )
+        _transcript(card)
         _media(card)
     with side:
-        _predictions(card, heads, view["quotas"])
+        _predictions(card, heads, view["quotas"], overrides)
     _buttons(card.sample_id, list(heads), has_card=True)
-    st.caption("Keys: A accept both · E / I accept one head · X reject · S skip · U undo")
+    digit_head = _class_keys(card.sample_id, heads, has_card=True)
+    _key_map(list(heads), digit_head, min(len(heads[digit_head]), len(DIGITS)))
     _history(view["history"], list(heads))
+
+
+# --------------------------------------------------------------------------- bulk accept
+
+
+def _bulk_key(round_id: int, flt: q.QueueFilter) -> str:
+    return f"{round_id}:{flt!r}"
+
+
+def _run_preview(round_id: int, flt: q.QueueFilter) -> None:
+    t = time.perf_counter()
+    result = pipeline.bulk_preview(common.store(), round_id=round_id, flt=flt, user=common.user())
+    result["seconds"] = time.perf_counter() - t
+    S["rv_bulk"] = {"key": _bulk_key(round_id, flt), "result": result}
+
+
+def _run_bulk_accept(round_id: int, flt: q.QueueFilter) -> None:
+    bulk = S.pop("rv_bulk", None)
+    if not bulk or bulk["key"] != _bulk_key(round_id, flt):
+        common.flash("warning", "The filter changed: preview again.", key="rv_page_flash")
+        return
+    items = bulk["result"]["items"]
+    try:
+        n = pipeline.bulk_accept(
+            common.store(),
+            round_id=round_id,
+            items=items,
+            user=common.user(),
+            model_version_id=flt.model_version_id,
+        )
+    except MeijuError as e:
+        common.flash("error", str(e), key="rv_page_flash")
+        return
+    skipped = len(items) - n
+    note = f" ({skipped} skipped: decided or quota filled since the preview)" if skipped else ""
+    common.flash("success", f"Bulk accepted {n} pseudo-labels{note}.", key="rv_page_flash")
+    _reset_cards()
+
+
+def bulk_ui(store, round_id: int, flt: q.QueueFilter, user: dict[str, Any]) -> None:
+    """Preview what bulk accept would take from the whole filtered queue under the quotas (the
+    rule of automatic mode), then accept it with one confirmation (admins only)."""
+    with st.expander("Bulk accept the filtered queue", icon=":material/library_add_check:"):
+        st.caption(
+            "Per head, the most confident open cards of the filtered queue above the round's "
+            "threshold, within the quota each class has left: the rule of automatic mode. "
+            "The accept re-checks every quota in one transaction."
+        )
+        st.button(
+            "Preview",
+            key="rv_bulk_preview",
+            icon=":material/preview:",
+            on_click=_run_preview,
+            args=(round_id, flt),
+        )
+        bulk = S.get("rv_bulk")
+        if not bulk or bulk["key"] != _bulk_key(round_id, flt):
+            return
+        res = bulk["result"]
+        items = res["items"]
+        for head, counts in res["counts"].items():
+            rem = res["remaining"][head]
+            table = pd.DataFrame(
+                {
+                    "accept": [counts[c] for c in counts],
+                    "quota left": [rem.get(c, 0) for c in counts],
+                },
+                index=list(counts),
+            ).T
+            st.markdown(
+                f"**{head.capitalize()}**: {sum(counts.values())} of "
+                f"{res['candidates'].get(head, 0)} filtered cards"
+            )
+            st.dataframe(table, width="stretch", key=f"rv_bulk_counts_{head}")
+        if items:
+            ids = sorted({i for i, *_ in items[:200]})
+            with store.read() as s:
+                utt = dict(
+                    s.execute(select(Sample.id, Sample.utt_id).where(Sample.id.in_(ids))).all()
+                )
+            st.dataframe(
+                pd.DataFrame(
+                    [(utt.get(i, i), h, c, round(p, 4)) for i, h, c, p in items[:200]],
+                    columns=["utterance", "head", "class", "confidence"],
+                ),
+                width="stretch",
+                height=220,
+                hide_index=True,
+                key="rv_bulk_items",
+            )
+            if len(items) > 200:
+                st.caption(f"First 200 of {len(items)} shown.")
+        if not common.is_admin(user):
+            st.caption("Only admins can bulk accept.")
+            return
+        st.button(
+            f"Accept {len(items)} pseudo-labels",
+            key="rv_bulk_confirm",
+            type="primary",
+            disabled=not items,
+            on_click=_run_bulk_accept,
+            args=(round_id, flt),
+            icon=":material/done_all:",
+        )
 
 
 # --------------------------------------------------------------------------- page
@@ -480,9 +990,12 @@ def main() -> None:
     if S.get("rv_round") != rnd["id"]:
         S["rv_round"] = rnd["id"]
         _reset_cards()
+    versions = _predicted_versions(settings.database_url, project["id"])
     with top:
-        flt = queue_filter_ui(project["heads"])
+        flt = queue_filter_ui(project, rnd, versions)
+    filter_summary(flt, S.get("rv_params", {}))
     card_panel(rnd["id"], project["heads"], flt)
+    bulk_ui(store, rnd["id"], flt, user)
 
 
 main()

@@ -1,39 +1,194 @@
-"""Transcripts: find a transcript, fix it, save it with a version check.
+"""Transcripts: flagged transcripts first, one key per suggestion, a diff of every change, and
+one rule applied to every match after a preview.
 
-Punctuation flags and the suggested fix come from ``meiju_core.text`` (rules, no model): doubled
-or half-width marks, no final mark, a question with no question mark, a space used as a clause
-break. Each save goes through ``pipeline.save_transcript``, which refuses a stale version (someone
-saved first) and HTML, and records the edit with its kind (punctuation-only or lexical), editor
-and time. Typing here never triggers the review shortcuts: Streamlit ignores shortcut keys while
-a text field has focus, IME composition included.
+Punctuation flags and suggestions come from ``meiju_core.text`` (rules, no model): doubled or
+half-width marks, no final mark, a question with no question mark, a space used as a clause
+break; ASR transcripts are flagged too (their words need a look). The list shows flagged
+transcripts first. In the editor each flag has an "Apply" button with a digit key (1-9), "Accept
+all & save" is ``A``, "Save" is ``S`` and "Next flagged" is ``N``; Streamlit ignores these keys
+while a text field has focus, IME composition included, so typing Chinese never triggers them.
+
+Each save goes through ``pipeline.save_transcript``, which refuses a stale version (someone saved
+first) and HTML, and records the edit with its kind (punctuation-only or lexical), editor and
+time. "Bulk fix" applies one rule (``meiju_core.transcript_rules``) to every matching transcript:
+a preview of the first changes, one confirmation, then one version-checked save per transcript;
+the ones someone saved in between are skipped and listed.
+
+``?sample=<id>`` opens that sample's transcript (the Review page links here that way); the URL
+follows the open transcript, and "Back to Review" returns with ``?samples=<id>``.
 """
 
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from meiju_core import pipeline, text
+from meiju_core import transcript_rules as TR
 from meiju_core.errors import MeijuError, StaleEdit
 from pages import _common as common
 
 PAGE_SIZE = 20
+PREVIEW_ROWS = 10
 SOURCES = ["any", "official", "asr", "manual"]
+REVIEW_PAGE = "pages/review.py"
 S = st.session_state
 
 
-@st.cache_data(ttl=120, show_spinner=False, max_entries=4)
-def _flag_counts(url: str, project_id: int, stamp: int) -> dict[int, int]:
-    """{sample id: number of punctuation flags} for the project (``stamp`` changes on save)."""
-    texts = common.all_transcript_texts(common.store_at(url), project_id=project_id)
-    return {sid: len(text.flags(t or "")) for sid, t in texts.items()}
+# --------------------------------------------------------------------------- the flag index
 
 
-def diff_html(before: str, after: str) -> str:
-    """Character diff as HTML: deletions struck through in red, insertions in green."""
+@dataclass(frozen=True)
+class Index:
+    """Every transcript of the project: flagged first, then by utterance id."""
+
+    order: tuple[int, ...]
+    utt: dict[int, str]
+    source: dict[int, str]
+    codes: dict[int, tuple[str, ...]]
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _flag_memo(url: str, project_id: int) -> dict[tuple[int, int, str], tuple[str, ...]]:
+    """Flag codes per (sample, version, source), kept across index rebuilds: after a save only
+    the saved transcript is checked again."""
+    return {}
+
+
+@st.cache_resource(show_spinner="Checking punctuation…", ttl=600, max_entries=4)
+def transcript_index(url: str, project_id: int, stamp: tuple[int, int, int]) -> Index:
+    """The index for the store's current transcripts (``stamp`` changes on every save)."""
+    rows = TR.transcript_rows(common.store_at(url), project_id=project_id)
+    memo = _flag_memo(url, project_id)
+    fresh = {}
+    for sid, _utt, source, version, t in rows:
+        key = (sid, version, source)
+        fresh[key] = memo.get(key) or TR.flag_codes(t or "", source=source)
+    memo.clear()
+    memo.update(fresh)
+    codes = {sid: fresh[(sid, version, source)] for sid, _, source, version, _ in rows}
+    utt = {sid: u for sid, u, *_ in rows}
+    order = sorted(codes, key=lambda sid: (not codes[sid], utt[sid]))
+    return Index(tuple(order), utt, {sid: src for sid, _, src, *_ in rows}, codes)
+
+
+def current_index(store, project_id: int) -> Index:
+    url = common.settings().database_url
+    return transcript_index(url, project_id, TR.transcripts_stamp(store))
+
+
+def flag_names(codes: tuple[str, ...]) -> str:
+    return ", ".join(TR.FLAG_LABELS.get(c, c) for c in codes)
+
+
+# --------------------------------------------------------------------------- the list
+
+
+def _close() -> None:
+    """A new search or filter: open its first row instead of the transcript picked before."""
+    S.pop("ts_open", None)
+
+
+def _pick(key: str, ids: list[int]) -> None:
+    state = S.get(key) or {}
+    rows = (state.get("selection") or {}).get("rows") or []
+    if rows and rows[0] < len(ids):
+        S["ts_open"] = ids[rows[0]]
+
+
+def list_ui(store, project_id: int, index: Index) -> list[int]:
+    """Search and filters, one page of transcripts; returns the ids listed (flagged first)."""
+    st.text_input(
+        "Search",
+        key="ts_q",
+        placeholder="utterance id or text",
+        icon=":material/search:",
+        on_change=_close,
+    )
+    needle = (S.get("ts_q") or "").strip()
+    row = st.container(horizontal=True, vertical_alignment="bottom")
+    source = row.selectbox("Source", SOURCES, key="ts_source", on_change=_close)
+    codes = ["any", *TR.FLAG_LABELS]
+    code = row.selectbox(
+        "Flag",
+        codes,
+        key="ts_code",
+        on_change=_close,
+        format_func=lambda c: TR.FLAG_LABELS.get(c, c),
+    )
+    row = st.container(horizontal=True, vertical_alignment="center")
+    flagged_only = row.toggle("Flagged only", key="ts_flagged", on_change=_close)
+    page_slot = row.container(width=110)
+    found = set(TR.matching_ids(store, project_id=project_id, needle=needle)) if needle else None
+    ids = [
+        sid
+        for sid in index.order
+        if (found is None or sid in found)
+        and (source == "any" or index.source[sid] == source)
+        and (code == "any" or code in index.codes[sid])
+        and (not flagged_only or index.codes[sid])
+    ]
+    pages = max(1, -(-len(ids) // PAGE_SIZE))
+    page = int(page_slot.number_input("Page", 1, pages, 1, key="ts_page"))
+    shown = ids[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+    flagged = sum(1 for c in index.codes.values() if c)
+    st.caption(
+        f"{len(ids)} match · {flagged} of {len(index.order)} flagged in the project · "
+        f"page {page} of {pages} · flagged first"
+    )
+    if not shown:
+        st.info("No transcript matches.")
+        return []
+    rows, _ = common.search_transcripts(
+        store, project_id=project_id, sample_ids=shown, limit=PAGE_SIZE
+    )
+    texts = {r["id"]: r["text"] for r in rows}
+    table = pd.DataFrame(
+        [
+            {"utterance": index.utt[i], "text": texts.get(i), "flags": flag_names(index.codes[i])}
+            for i in shown
+        ]
+    )
+    key = f"ts_table_{page}"
+    st.dataframe(
+        table,
+        hide_index=True,
+        width="stretch",
+        height=min(35 * (len(shown) + 1) + 3, 560),
+        on_select=lambda: _pick(key, shown),
+        selection_mode="single-row",
+        key=key,
+        column_config={"text": st.column_config.TextColumn(width="medium")},
+    )
+    return shown
+
+
+def open_sample(index: Index, shown: list[int]) -> int | None:
+    """The transcript to edit: ``?sample=`` when it changed, else the one picked, else the first
+    listed. The URL is kept pointing at it."""
+    asked = st.query_params.get("sample")
+    if asked and asked != S.get("ts_qp_seen"):
+        S["ts_qp_seen"] = asked
+        if asked.isdigit():
+            S["ts_open"] = int(asked)
+            S["ts_from_review"] = int(asked)
+    sid = S.get("ts_open") or (shown[0] if shown else None)
+    if sid is not None and st.query_params.get("sample") != str(sid):
+        S["ts_qp_seen"] = str(sid)
+        st.query_params["sample"] = str(sid)
+    return sid
+
+
+# --------------------------------------------------------------------------- the editor
+
+
+def diff_html(before: str, after: str, *, size: str | None = None) -> str:
+    """Character diff as HTML: deletions struck through in red, insertions in green; ``size``
+    overrides the CSS font size."""
     parts = []
     for op in text.char_diff(before, after):
         if op.op == "equal":
@@ -43,56 +198,8 @@ def diff_html(before: str, after: str) -> str:
             parts.append(f"<del>{html.escape(op.before)}</del>")
         if op.after:
             parts.append(f"<ins>{html.escape(op.after)}</ins>")
-    return f"<div class='meiju-diff'>{''.join(parts) or '&nbsp;'}</div>"
-
-
-def list_ui(store, project_id: int, url: str) -> int | None:
-    """Search box and filters over the page, one page of transcripts in the left column;
-    returns the picked sample id (the first row until another is selected)."""
-    needle = st.text_input(
-        "Search", key="ts_q", placeholder="utterance id or text", icon=":material/search:"
-    ).strip()
-    row = st.container(horizontal=True, vertical_alignment="bottom")
-    source = row.selectbox("Source", SOURCES, key="ts_source")
-    source = None if source == "any" else source
-    page_slot = row.container(width=110)
-    flagged_only = st.toggle("Flagged only", key="ts_flagged", help="Punctuation flags, see right")
-    counts = _flag_counts(url, project_id, S.get("ts_stamp", 0))
-    ids = sorted(i for i, n in counts.items() if n) if flagged_only else None
-    found = {"project_id": project_id, "text": needle, "source": source, "sample_ids": ids}
-    _, total = common.search_transcripts(store, **found, limit=0)
-    pages = max(1, -(-total // PAGE_SIZE))
-    page = int(page_slot.number_input("Page", 1, pages, 1, key="ts_page"))
-    rows, total = common.search_transcripts(
-        store, **found, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE
-    )
-    flagged = sum(1 for n in counts.values() if n)
-    st.caption(f"{total} match · {flagged} flagged in the project · page {page} of {pages}")
-    if not rows:
-        st.info("No transcript matches.")
-        return None
-    table = pd.DataFrame(
-        [
-            {
-                "utterance": r["utt_id"],
-                "flags": counts.get(r["id"], 0),
-                "text": r["text"],
-            }
-            for r in rows
-        ]
-    )
-    picked = st.dataframe(
-        table,
-        hide_index=True,
-        width="stretch",
-        height=min(35 * (len(rows) + 1) + 3, 560),
-        on_select="rerun",
-        selection_mode="single-row",
-        key=f"ts_table_{page}",
-        column_config={"flags": st.column_config.NumberColumn(width="small")},
-    )
-    chosen = picked.selection.rows if picked is not None else []
-    return rows[chosen[0]]["id"] if chosen and chosen[0] < len(rows) else rows[0]["id"]
+    style = f" style='font-size:{size}'" if size else ""
+    return f"<div class='meiju-diff'{style}>{''.join(parts) or '&nbsp;'}</div>"
 
 
 def _use(key: str, value: str) -> None:
@@ -122,87 +229,42 @@ def _reload(tr: dict) -> None:
     S[f"ts_text_{tr['sample_id']}"] = tr["text"]
 
 
-def editor_ui(store, project_id: int, sample_id: int, user: dict) -> None:
-    tr = common.transcript(store, sample_id=sample_id)
-    if tr is None:
-        st.warning("This sample has no transcript.")
+def _apply_flag(key: str, seen: str, span: tuple[int, int], suggestion: str) -> None:
+    """Put one flag's suggestion into the box (if the box still holds the text it was found in)."""
+    current = S.get(key, "")
+    if current != seen:
+        common.flash("warning", "The text changed; the flags are updated.", key="ts_flash")
         return
-    st.subheader(tr["utt_id"], anchor=False)
-    st.caption(
-        f"{tr['split']} · source **{tr['source']}** · version {tr['version']} · "
-        f"saved {common.ago(tr['updated_at'])}"
-    )
-    if tr["original_text"] != tr["text"]:
-        st.caption(f"Original: {tr['original_text']}")
-    _media(tr)
-    key, base = _editor_state(tr)
-    if base["version"] != tr["version"]:
-        st.warning(
-            f"Someone saved version {tr['version']} while you were editing version "
-            f"{base['version']}: saving now would overwrite it."
-        )
-        st.button(
-            "Load the saved version (drops your edit)",
-            key="ts_reload",
-            on_click=_reload,
-            args=(tr,),
-        )
-    edited = st.text_area("Transcript", key=key, height=100) or ""
-    suggestion = text.suggest(edited)
-    row = st.container(horizontal=True)
-    save = row.button("Save", type="primary", key="ts_save", icon=":material/save:")
-    row.button(
-        "Use suggestion",
-        key="ts_suggest",
-        disabled=suggestion == edited,
-        on_click=_use,
-        args=(key, suggestion),
-        icon=":material/auto_fix_high:",
-    )
-    row.button(
-        "Back to original",
-        key="ts_original",
-        disabled=tr["original_text"] == edited,
-        on_click=_use,
-        args=(key, tr["original_text"]),
-        icon=":material/history:",
-    )
-    if save:
-        _save(store, tr, base, edited, user)
-    common.show_flash(key="ts_flash")
-    if edited != base["text"]:
-        st.markdown("**Your change**")
-        st.markdown(diff_html(base["text"], edited), unsafe_allow_html=True)
-    flags = text.flags(edited)
-    left, right = st.columns(2)
-    with left:
-        st.markdown(f"**Punctuation flags** ({len(flags)})")
-        for f in flags:
-            st.markdown(f"- `{f.code}` {html.escape(f.message)}")
-        if not flags:
-            st.caption("None.")
-    with right:
-        if suggestion != edited:
-            st.markdown("**Suggestion**")
-            st.markdown(diff_html(edited, suggestion), unsafe_allow_html=True)
-    st.markdown("**Edits of this transcript**")
-    edits = common.transcript_edits(store, project_id=project_id, sample_id=sample_id)
-    if not edits:
-        st.caption("None yet.")
-    for e in edits:
-        st.markdown(
-            f"{html.escape(e['before'])} → {html.escape(e['after'])}  \n"
-            f"<small>{e['kind']} · {html.escape(e['editor'])} · {common.ago(e['at'])}</small>",
-            unsafe_allow_html=True,
-        )
+    start, end = span
+    S[key] = current[:start] + suggestion + current[end:]
 
 
-def _media(tr: dict) -> None:
-    start = int(tr["start_s"] or 0)
-    if tr["video_path"] and Path(tr["video_path"]).exists():
-        st.video(tr["video_path"], start_time=start)
-    elif tr["audio_path"] and Path(tr["audio_path"]).exists():
-        st.audio(tr["audio_path"], start_time=start)
+def _accept_all(tr: dict, key: str, user: dict) -> None:
+    """One key: the full suggestion into the box and saved (version-checked)."""
+    base = S[f"ts_base_{tr['sample_id']}"]
+    fixed = text.suggest(S.get(key, ""))
+    try:
+        version = pipeline.save_transcript(
+            common.store(),
+            sample_id=tr["sample_id"],
+            text=fixed,
+            expected_version=base["version"],
+            user=user,
+        )
+    except MeijuError as e:  # StaleEdit or refused text: the box keeps what it had
+        common.flash("error", str(e), key="ts_flash")
+        return
+    S[key] = fixed
+    _saved(tr["sample_id"], base, fixed, version)
+
+
+def _saved(sample_id: int, base: dict, new_text: str, version: int) -> None:
+    if version == base["version"]:
+        common.flash("info", "Nothing changed.", key="ts_flash")
+        return
+    kind = "punctuation" if text.is_punctuation_only_change(base["text"], new_text) else "lexical"
+    common.flash("success", f"Saved ({kind} edit), version {version}.", key="ts_flash")
+    S[f"ts_base_{sample_id}"] = {"version": version, "text": new_text}
 
 
 def _save(store, tr: dict, base: dict, new_text: str, user: dict) -> None:
@@ -220,15 +282,247 @@ def _save(store, tr: dict, base: dict, new_text: str, user: dict) -> None:
     except MeijuError as e:  # InputError: HTML in the text, and the like
         st.error(str(e))
         return
-    if version == base["version"]:
-        common.flash("info", "Nothing changed.", key="ts_flash")
-    else:
-        before = base["text"]
-        kind = "punctuation" if text.is_punctuation_only_change(before, new_text) else "lexical"
-        common.flash("success", f"Saved ({kind} edit), version {version}.", key="ts_flash")
-        S[f"ts_base_{tr['sample_id']}"] = {"version": version, "text": new_text}
-        S["ts_stamp"] = S.get("ts_stamp", 0) + 1
+    _saved(tr["sample_id"], base, new_text, version)
     st.rerun()
+
+
+def _next_flagged(index: Index, sample_id: int) -> int | None:
+    flagged = [i for i in index.order if index.codes[i]]
+    if sample_id in flagged:
+        k = flagged.index(sample_id) + 1
+        return flagged[k] if k < len(flagged) else None
+    return flagged[0] if flagged else None
+
+
+def _go(sample_id: int) -> None:
+    S["ts_open"] = sample_id
+
+
+def editor_ui(store, project_id: int, sample_id: int, user: dict, index: Index) -> None:
+    tr = common.transcript(store, sample_id=sample_id)
+    if tr is None or sample_id not in index.codes:
+        st.warning(f"Sample {sample_id} has no transcript in this project.")
+        return
+    head = st.container(horizontal=True, vertical_alignment="center")
+    head.subheader(tr["utt_id"], anchor=False)
+    back = {"samples": str(sample_id)} if tr["split"] == "pool" else None
+    head.page_link(
+        REVIEW_PAGE, label="Back to Review", icon=":material/arrow_back:", query_params=back
+    )
+    st.caption(
+        f"{tr['split']} · source **{tr['source']}** · version {tr['version']} · "
+        f"saved {common.ago(tr['updated_at'])}"
+    )
+    if tr["source"] == "asr":
+        st.caption("ASR transcript: check the words too, not only the punctuation.")
+    _media(tr)
+    key, base = _editor_state(tr)
+    if base["version"] != tr["version"]:
+        st.warning(
+            f"Someone saved version {tr['version']} while you were editing version "
+            f"{base['version']}: saving now would overwrite it."
+        )
+        st.button(
+            "Load the saved version (drops your edit)",
+            key="ts_reload",
+            on_click=_reload,
+            args=(tr,),
+        )
+    edited = st.text_area("Transcript", key=key, height=100) or ""
+    suggestion = text.suggest(edited)
+    nxt = _next_flagged(index, sample_id)
+    row = st.container(horizontal=True)
+    save = row.button("Save", type="primary", key="ts_save", icon=":material/save:", shortcut="S")
+    row.button(
+        "Accept all & save",
+        key="ts_accept",
+        disabled=suggestion == edited,
+        on_click=_accept_all,
+        args=(tr, key, user),
+        icon=":material/done_all:",
+        shortcut="A",
+    )
+    row.button(
+        "Use suggestion",
+        key="ts_suggest",
+        disabled=suggestion == edited,
+        on_click=_use,
+        args=(key, suggestion),
+        icon=":material/auto_fix_high:",
+    )
+    row.button(
+        "Back to original",
+        key="ts_original",
+        disabled=tr["original_text"] == edited,
+        on_click=_use,
+        args=(key, tr["original_text"]),
+        icon=":material/history:",
+    )
+    row.button(
+        "Next flagged",
+        key="ts_next",
+        disabled=nxt is None,
+        on_click=_go,
+        args=(nxt,),
+        icon=":material/skip_next:",
+        shortcut="N",
+    )
+    if save:
+        _save(store, tr, base, edited, user)
+    common.show_flash(key="ts_flash")
+    if edited != base["text"]:
+        st.markdown("**Your change** (not saved yet)")
+        st.markdown(diff_html(base["text"], edited), unsafe_allow_html=True)
+    if tr["original_text"] != edited:
+        st.markdown("**Original → current**")
+        st.markdown(diff_html(tr["original_text"], edited, size="1.15rem"), unsafe_allow_html=True)
+    if suggestion != edited:
+        st.markdown("**Full suggestion** (A accepts it and saves)")
+        st.markdown(diff_html(edited, suggestion), unsafe_allow_html=True)
+    flags_ui(key, edited)
+    st.markdown("**Edits of this transcript**")
+    edits = common.transcript_edits(store, project_id=project_id, sample_id=sample_id)
+    if not edits:
+        st.caption("None yet.")
+    for e in edits:
+        st.markdown(
+            f"{html.escape(e['before'])} → {html.escape(e['after'])}  \n"
+            f"<small>{e['kind']} · {html.escape(e['editor'])} · {common.ago(e['at'])}</small>",
+            unsafe_allow_html=True,
+        )
+
+
+def flags_ui(key: str, edited: str) -> None:
+    """One row per flag: what is wrong, the fix in context, and an Apply button (keys 1-9)."""
+    found = TR.unique_flags(edited)
+    st.markdown(f"**Punctuation flags** ({len(found)})")
+    if not found:
+        st.caption("None.")
+    for n, f in enumerate(found, 1):
+        start, end = f.span
+        context = (
+            html.escape(edited[max(0, start - 8) : start])
+            + (f"<del>{html.escape(edited[start:end])}</del>" if end > start else "")
+            + f"<ins>{html.escape(f.suggestion)}</ins>"
+            + html.escape(edited[end : end + 8])
+        )
+        row = st.container(horizontal=True, vertical_alignment="center", gap="small")
+        row.button(
+            f"Apply {n}" if n <= 9 else "Apply",
+            key=f"ts_flag_{n}",
+            on_click=_apply_flag,
+            args=(key, edited, f.span, f.suggestion),
+            shortcut=str(n) if n <= 9 else None,
+            type="tertiary",
+            icon=":material/check:",
+        )
+        row.markdown(
+            f"<span class='meiju-diff' style='font-size:1.15rem'>{context}</span> &nbsp; "
+            f"<small><code>{f.code}</code> {html.escape(f.message)}</small>",
+            unsafe_allow_html=True,
+            width="stretch",
+        )
+
+
+def _media(tr: dict) -> None:
+    start = int(tr["start_s"] or 0)
+    if tr["video_path"] and Path(tr["video_path"]).exists():
+        st.video(tr["video_path"], start_time=start)
+    elif tr["audio_path"] and Path(tr["audio_path"]).exists():
+        st.audio(tr["audio_path"], start_time=start)
+
+
+# --------------------------------------------------------------------------- bulk fix
+
+
+def preview_table(changes: list[TR.Change]) -> str:
+    """Before/after of each change as one compact HTML table (utterance id, character diff)."""
+    rows = "".join(
+        f"<tr><td class='meiju-utt'>{html.escape(c.utt_id)}</td>"
+        f"<td>{diff_html(c.before, c.after, size='1.15rem')}</td></tr>"
+        for c in changes
+    )
+    return f"<table style='width:100%'>{rows}</table>"
+
+
+def _preview(store, project_id: int, index: Index) -> None:
+    rule = TR.RULES[S["ts_rule"]]
+    ids = [i for i in index.order if TR.rule_matches(index.codes[i], rule)]
+    S["ts_bulk"] = {
+        "rule": rule.name,
+        "changes": TR.preview_rule(store, project_id=project_id, rule=rule, sample_ids=ids),
+    }
+
+
+def _cancel_bulk() -> None:
+    S.pop("ts_bulk", None)
+
+
+def bulk_ui(store, project_id: int, index: Index, user: dict) -> None:
+    """Pick a rule, preview the first changes, confirm once, save each version-checked."""
+    pending = S.get("ts_bulk")
+    with st.expander("Bulk fix: apply one rule to every match", expanded=pending is not None):
+        row = st.container(horizontal=True, vertical_alignment="bottom")
+        name = row.selectbox(
+            "Rule",
+            list(TR.RULES),
+            key="ts_rule",
+            format_func=lambda r: TR.RULES[r].label,
+            on_change=_cancel_bulk,
+            width=380,
+        )
+        matches = sum(1 for c in index.codes.values() if TR.rule_matches(c, TR.RULES[name]))
+        row.button(
+            f"Preview ({matches} flagged)",
+            key="ts_bulk_preview",
+            icon=":material/preview:",
+            disabled=matches == 0,
+            on_click=_preview,
+            args=(store, project_id, index),
+        )
+        if pending is None or pending["rule"] != name:
+            st.caption(
+                "Every save is checked against the version previewed; transcripts saved by "
+                "someone else in between are skipped and listed."
+            )
+            return
+        changes: list[TR.Change] = pending["changes"]
+        if not changes:
+            st.info("The rule changes no transcript.")
+            return
+        st.markdown(f"**{len(changes)} transcripts change**; the first {PREVIEW_ROWS}:")
+        st.markdown(preview_table(changes[:PREVIEW_ROWS]), unsafe_allow_html=True)
+        row = st.container(horizontal=True)
+        confirm = row.button(
+            f"Apply to all {len(changes)}",
+            key="ts_bulk_apply",
+            type="primary",
+            icon=":material/done_all:",
+        )
+        row.button("Cancel", key="ts_bulk_cancel", on_click=_cancel_bulk)
+        if confirm:
+            bar = st.progress(0.0, text="Saving…")
+
+            def progress(done: int, total: int) -> None:
+                if done % 50 == 0 or done == total:
+                    bar.progress(done / total, text=f"Saved {done} of {total}")
+
+            result = TR.apply_changes(store, changes, user=user, progress=progress)
+            S.pop("ts_bulk", None)
+            message = f"{TR.RULES[name].label}: {result.saved} saved"
+            if result.unchanged:
+                message += f", {result.unchanged} unchanged"
+            if result.stale:
+                shown = ", ".join(result.stale[:5]) + (" …" if len(result.stale) > 5 else "")
+                message += f"; {len(result.stale)} skipped (saved by someone else since): {shown}"
+            if result.failed:
+                message += f"; {len(result.failed)} refused: {result.failed[0][1]}"
+            kind = "warning" if result.stale or result.failed else "success"
+            common.flash(kind, message, key="ts_bulk_flash")
+            st.rerun()
+
+
+# --------------------------------------------------------------------------- page
 
 
 def recent_edits(store, project_id: int) -> None:
@@ -256,13 +550,17 @@ def recent_edits(store, project_id: int) -> None:
 def main() -> None:
     user, store, project = common.require_user(), common.store(), common.project()
     st.title("Transcripts")
-    listing, editor = st.columns([2, 3], gap="large")
+    index = current_index(store, project["id"])
+    listing, editor = st.columns([5, 6], gap="large")
     with listing:
-        sample_id = list_ui(store, project["id"], common.settings().database_url)
+        shown = list_ui(store, project["id"], index)
+        sample_id = open_sample(index, shown)
     with editor:
         if sample_id is not None:
-            editor_ui(store, project["id"], sample_id, user)
+            editor_ui(store, project["id"], sample_id, user, index)
     st.divider()
+    common.show_flash(key="ts_bulk_flash")
+    bulk_ui(store, project["id"], index, user)
     recent_edits(store, project["id"])
 
 

@@ -43,10 +43,21 @@ def test_demo_has_real_utterances_features_and_a_model(demo):
         n_pred = s.scalar(
             select(func.count()).select_from(Prediction).where(Prediction.model_version_id == mv.id)
         )
+        paths = {  # each interaction path's argmax, stored for the ensemble head only
+            head: s.scalars(
+                select(Prediction.paths)
+                .where(Prediction.model_version_id == mv.id, Prediction.head == head)
+                .limit(50)
+            ).all()
+            for head in ("emotion", "intent")
+        }
     assert n_samples == 11_137 + 11 + 5
     assert n_text == n_samples
     assert n_audio == 16  # every GRID clip and Mandarin recording has audio features
     assert n_pred == 2 * n_samples
+    assert all(p is None for p in paths["emotion"])
+    intents = set(pipeline.schema_of(store, pid).classes("intent"))
+    assert paths["intent"] and all(len(p) == 2 and set(p) <= intents for p in paths["intent"])
     for split in ("valid", "test"):
         m = mv.metrics[split]
         assert 0.0 <= m["emotion_f1"] <= 1.0 and 0.0 <= m["intent_f1"] <= 1.0

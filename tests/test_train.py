@@ -249,6 +249,17 @@ def test_predict_reproduces_the_validation_metrics(stage1, data):
     assert joint["joint"] == pytest.approx(stage1.joint_metrics["joint"])
 
 
+def test_predict_returns_each_interaction_path(stage1, data):
+    valid = data[1]
+    probs, paths = predict(stage1.best_joint_path, valid.features, return_paths=True)
+    assert len(paths["emotion"]) == 1 and len(paths["intent"]) == 2  # the intent ensemble
+    model, _ = load_checkpoint(stage1.best_joint_path)
+    for head, per_path in paths.items():
+        assert all(p.shape == probs[head].shape for p in per_path)
+        fused = sum(w * p for w, p in zip(model.path_weights(head), per_path, strict=True))
+        np.testing.assert_allclose(fused, probs[head], rtol=1e-5, atol=1e-6)
+
+
 def test_stage2_starts_from_the_stage1_encoders(stage1, data, tmp_path):
     state1 = torch.load(stage1.best_joint_path, weights_only=True)["model_state"]
     model = build_model(tiny_model(), stage=2, init_from=stage1)

@@ -127,15 +127,17 @@ def stop_server(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def app_server(tmp_path_factory) -> Iterator[AppServer]:
+def serve(tmp_path_factory, **fixture_kwargs) -> Iterator[AppServer]:
+    """A fixture store (``build_fixture(**fixture_kwargs)``, 60 pool samples by default) whose
+    pool cards all play a small clip from second 1, served by ``streamlit run``."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"Debian's Chromium is not at {CHROMIUM} (apt-get install chromium)")
     data_dir = tmp_path_factory.mktemp("app")
     url = f"sqlite:///{data_dir / 'meiju.db'}"
     store = Store(url)
     store.upgrade()
-    ids = build_fixture(store, n_pool=60, password_hash=pipeline.hash_password("pw"))
+    kwargs = {"n_pool": 60, "password_hash": pipeline.hash_password("pw"), **fixture_kwargs}
+    ids = build_fixture(store, **kwargs)
     pipeline.evaluate(store, model_version_id=ids.model_version_id)  # the dashboard's figures
     clip = make_clip(data_dir / "clip.mp4")
     with store.write() as s:  # every card plays the clip from second 1
@@ -150,6 +152,12 @@ def app_server(tmp_path_factory) -> Iterator[AppServer]:
     yield server
     stop_server(proc)
     store.dispose()
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory, request) -> Iterator[AppServer]:
+    """The app on the fixture store; a test module may set ``FIXTURE_KWARGS`` (e.g. quotas)."""
+    yield from serve(tmp_path_factory, **getattr(request.module, "FIXTURE_KWARGS", {}))
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,10 @@
 """The review flow in a real browser: sign in, decide with single keys, see the next card.
 
 Keyboard shortcuts, the fragment rerun and the page layout need a browser; AppTest covers the rest
-(``tests/app``). Screenshots land in ``tests/artifacts/`` (git-ignored) for a person to look at.
+(``tests/app``). Twenty cards are reviewed with the keyboard only (accept, one head, reject, skip,
+digit overrides of either head, undo), the database checked after every key; Chinese, pinyin
+letters and digits typed into the transcript editor decide nothing. Screenshots land in
+``tests/artifacts/review_*.png`` (git-ignored) for a person to look at.
 """
 
 from __future__ import annotations
@@ -9,15 +12,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from db.models import Decision, Sample
+from db.fixtures import EMOTIONS, INTENTS
+from db.models import Decision, Prediction, Sample
 
 pytestmark = pytest.mark.browser
 
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 CARD = ".meiju-transcript"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+
+FIXTURE_KWARGS = {"quota": 1000}  # this module reviews many cards: no quota fills
 
 
 def decisions(store, utt_id: str) -> list[tuple[str | None, str]]:
@@ -65,6 +72,11 @@ def screenshot(page, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path))
     return path
+
+
+def nav(page, name: str):
+    """The sidebar's link to a page (pages may link to each other too)."""
+    return page.get_by_test_id("stSidebarNavItems").get_by_role("link", name=name, exact=True)
 
 
 def no_exception(page) -> None:
@@ -118,7 +130,7 @@ def test_reject_skip_and_undo_keys(app_server, page):
 def test_every_page_renders(app_server, page):
     sign_in(page, app_server.url)
     for name in ("Transcripts", "Training", "Dashboard"):
-        page.get_by_role("link", name=name).click()
+        nav(page, name).click()
         page.get_by_role("heading", name=name).first.wait_for()
         wait_idle(page)
         if name == "Dashboard":
@@ -132,7 +144,7 @@ def test_every_page_renders(app_server, page):
 def test_typing_in_the_transcript_box_does_not_decide(app_server, page):
     sign_in(page, app_server.url)
     before = decisions(app_server.store, shown_utt(page))
-    page.get_by_role("link", name="Transcripts").click()
+    nav(page, "Transcripts").click()
     box = page.get_by_label("Transcript", exact=True)
     box.wait_for()
     box.click()
@@ -140,7 +152,159 @@ def test_typing_in_the_transcript_box_does_not_decide(app_server, page):
     assert box.input_value().endswith("asxu")
     page.keyboard.press("Tab")  # commit the text before leaving the page
     wait_idle(page)
-    page.get_by_role("link", name="Review").click()
+    nav(page, "Review").click()
     page.wait_for_selector(CARD)
     wait_idle(page)
     assert decisions(app_server.store, shown_utt(page)) == before == []
+
+
+# --------------------------------------------------------------------------- keyboard only
+
+
+def labelled(store, utt_id: str) -> list[tuple[str | None, str, str | None]]:
+    """(head, action, class) of every decision on the utterance, oldest first."""
+    with store.read() as s:
+        rows = s.execute(
+            select(Decision.head, Decision.action, Decision.label)
+            .join(Sample, Sample.id == Decision.sample_id)
+            .where(Sample.utt_id == utt_id)
+            .order_by(Decision.id)
+        ).all()
+    return [tuple(r) for r in rows]
+
+
+def predicted(store, ids, utt_id: str) -> dict[str, str]:
+    with store.read() as s:
+        rows = s.execute(
+            select(Prediction.head, Prediction.label)
+            .join(Sample, Sample.id == Prediction.sample_id)
+            .where(Sample.utt_id == utt_id, Prediction.model_version_id == ids.model_version_id)
+        ).all()
+    return dict(rows)
+
+
+def n_decisions(store) -> int:
+    with store.read() as s:
+        return s.scalar(select(func.count()).select_from(Decision))
+
+
+def press_and_wait(page, key: str, text: str) -> None:
+    """Press a key that changes the card without deciding, and wait until ``text`` shows."""
+    page.keyboard.press(key)
+    page.get_by_text(text, exact=False).first.wait_for(timeout=15_000)
+    wait_idle(page)
+
+
+def other_class(classes: list[str], label: str) -> int:
+    return next(k for k, c in enumerate(classes) if c != label)
+
+
+def test_twenty_cards_by_keyboard_only_then_undo(app_server, page):
+    """Each key is checked in the database before the next one is pressed."""
+    store, ids = app_server.store, app_server.ids
+    sign_in(page, app_server.url)
+    plan = ["a", "e", "i", "x", "s", "1a", "hi", "a", "x", "1e"] * 2
+    digit_head = "emotion"
+    before = n_decisions(store)
+    current = shown_utt(page)
+    done: list[str] = []
+    for step, keys in enumerate(plan):
+        pred = predicted(store, ids, current)
+        assert labelled(store, current) == [], f"step {step}: {current} was offered twice"
+        override: dict[str, str] = {}
+        if keys.startswith("h"):  # switch the digits to the other head
+            digit_head = "intent" if digit_head == "emotion" else "emotion"
+            press_and_wait(page, "h", f"Digits: {digit_head}")
+            keys = "1" + keys[1:]
+        if keys.startswith("1"):  # override the digit head's class with a digit key
+            classes = EMOTIONS if digit_head == "emotion" else INTENTS
+            k = other_class(classes, pred[digit_head])
+            override[digit_head] = classes[k]
+            press_and_wait(page, str(k + 1), "(override)")
+            if step == 5:
+                screenshot(page, "review_override")
+            keys = keys[1:]
+        key = keys
+        page.keyboard.press(key)
+        nxt = wait_for_next_card(page, current)
+        label = {**pred, **override}
+        want = {
+            "a": [("emotion", "accept", label["emotion"]), ("intent", "accept", label["intent"])],
+            "e": [("emotion", "accept", label["emotion"])],
+            "i": [("intent", "accept", label["intent"])],
+            "x": [("emotion", "reject", pred["emotion"]), ("intent", "reject", pred["intent"])],
+            "s": [(None, "skip", None)],
+        }[key]
+        assert labelled(store, current) == want, f"step {step} ({keys})"
+        done.append(current)
+        current = nxt
+    assert len(set(done)) == 20
+    assert n_decisions(store) - before == sum({"a": 2, "x": 2, "s": 1}.get(k[-1], 1) for k in plan)
+    wait_idle(page)
+    screenshot(page, "review_keyboard")
+    page.keyboard.press("u")  # undo the last card: it comes back, compensated in the log
+    back = wait_for_next_card(page, current)
+    assert back == done[-1]
+    last = labelled(store, back)
+    assert [a for _, a, _ in last] == ["accept", "undo"] and last[1][0] == "emotion"
+    wait_idle(page)
+    page.get_by_text("(undone)").first.wait_for()
+    no_exception(page)
+
+
+def test_words_toggle_link_and_chinese_typing_decide_nothing(app_server, page):
+    store = app_server.store
+    sign_in(page, app_server.url)
+    utt = shown_utt(page)
+    page.get_by_text("Words").first.click()
+    page.locator(".meiju-transcript.words .meiju-word").first.wait_for()
+    wait_idle(page)
+    assert shown_utt(page) == utt
+    screenshot(page, "review_words")
+    before = n_decisions(store)
+    page.get_by_role("link", name="Edit transcript").click()
+    box = page.get_by_label("Transcript", exact=True)
+    box.wait_for()
+    wait_idle(page)
+    with store.read() as s:
+        sid = s.scalar(select(Sample.id).where(Sample.utt_id == utt))
+    assert f"sample={sid}" in page.url
+    box.click()
+    page.keyboard.press("End")
+    typed = "你好吗 ni3hao3 axseiuh 1234567 0"
+    page.keyboard.type(typed)
+    page.keyboard.insert_text("（测试）")  # text committed the way an IME commits it
+    assert box.input_value().endswith(typed + "（测试）")
+    screenshot(page, "review_typing_in_editor")
+    assert n_decisions(store) == before  # no letter or digit reached a Review shortcut
+    no_exception(page)
+
+
+def test_a_link_with_filters_opens_the_same_queue_after_sign_in(app_server, page):
+    store, ids = app_server.store, app_server.ids
+    query = "head=intent&label=neutral&min=0.35"
+    page.goto(f"{app_server.url}?{query}")
+    wait_idle(page)
+    page.get_by_label("Name").fill("admin")
+    page.get_by_label("Password", exact=True).fill("pw")
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_selector(CARD, timeout=30_000)
+    wait_idle(page)
+    page.get_by_text(f"link: ?{query}").wait_for()
+    assert query in page.url  # the address still carries the filters
+    for step in range(2):
+        utt = shown_utt(page)
+        intent = predicted(store, ids, utt)["intent"]
+        assert intent == "neutral"
+        with store.read() as s:
+            conf = s.scalar(
+                select(Prediction.confidence)
+                .join(Sample, Sample.id == Prediction.sample_id)
+                .where(Sample.utt_id == utt, Prediction.head == "intent")
+            )
+        assert conf >= 0.35
+        if step == 0:
+            page.keyboard.press("s")
+            wait_for_next_card(page, utt)
+    screenshot(page, "review_filtered_link")
+    no_exception(page)

@@ -1,0 +1,657 @@
+"""Feature extraction as a resumable job: every sample of a project into the feature store.
+
+``extract_features`` is what ``meiju extract``, the ``extract`` background job and the demo
+build call. For each sample of the project it writes one float32 ``(T, D)`` file per modality
+under ``<data_dir>/features/project<id>/<set>/<modality>/<utt_id>.npy``
+(:class:`~meiju_core.features.store.FeatureStore`) and one ``feature_file`` row per file; the
+``feature_set`` row records the extractor, its settings and the width ``D`` per modality.
+
+Feature sets
+    ``builtin``: LSA text vectors fitted on the project's transcripts, 80-bin log-mel audio and
+    HOG faces (:mod:`meiju_core.features.builtin`); needs no download.
+    ``pretrained``: RoBERTa, HuBERT and CLIP from local model folders
+    (:mod:`meiju_core.features.pretrained`, configured by ``PretrainedSettings.from_env()``).
+    When a model is not on the machine, :class:`~meiju_core.errors.ModelUnavailable` is raised
+    before anything is written.
+
+What is up to date (skipped by a re-run)
+    - text: the row's ``content_hash`` is the SHA-256 of the transcript, so a corrected
+      transcript (e.g. a punctuation fix) is re-extracted at the next run and nothing else is;
+    - audio and visual: the ``content_hash`` is the SHA-256 of the media paths with their size
+      and modification time, so a replaced clip is re-extracted;
+    - in both cases the file must still exist; a sample whose media could not be decoded has no
+      media row and is tried again.
+
+Resumable
+    Rows are committed every ``chunk_size`` samples (default 200), each chunk one short write
+    transaction, after its files are written. An interrupted run (cancel, crash, kill) keeps every
+    chunk it finished, and the next run starts from there. A cancel (the progress callback returns
+    ``"cancel"``) commits the samples already done, then raises :class:`JobError`.
+
+Parallel
+    The media part (decoding, log-mel, face detection and HOG; for ``pretrained``, decoding and
+    face crops) runs in ``workers`` processes (``concurrent.futures.ProcessPoolExecutor``,
+    forkserver, each worker single-threaded). Default: ``MEIJU_EXTRACT_WORKERS``, else the number
+    of CPUs this process may use. With one worker, or a single clip, everything runs in-process.
+    Text (LSA transform, or RoBERTa batches) and the pretrained models run in the parent, which is
+    also the only writer of files and rows. Results are identical whatever the worker count.
+
+Progress
+    ``progress`` gets ``{"progress": 0..1, "message": str, "samples_done", "samples_total",
+    "samples_skipped", "samples_per_second"}`` at each committed chunk and at least every 0.25 s
+    while samples complete; a modality that could not be extracted is reported once as a message
+    naming the sample and the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import multiprocessing
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, insert, select
+
+from db import Store
+from db.models import FeatureFile, FeatureSet, Sample, Transcript
+from meiju_core.errors import FeatureError, InputError, JobError, MediaError
+from meiju_core.settings import Settings
+
+__all__ = [
+    "CHUNK_SIZE",
+    "FEATURE_SETS",
+    "default_workers",
+    "extract_features",
+    "media_key",
+    "text_key",
+]
+
+Progress = Callable[[dict[str, Any]], Any]
+
+FEATURE_SETS = ("builtin", "pretrained")
+CHUNK_SIZE = 200  # samples per committed chunk of feature_file rows
+PROGRESS_EVERY_S = 0.25
+MEDIA_MODALITIES = ("audio", "visual")
+LOOKAHEAD = 16  # media tasks queued per worker, so no worker waits for the parent
+# builtin settings (the paper and the baseline: 1 frame in 30, 16 kHz mono audio)
+BUILTIN_EVERY = 30
+BUILTIN_SR = 16000
+# pretrained settings whose change makes every stored feature of the set stale
+PRETRAINED_SIGNATURE = (
+    "text_model",
+    "audio_model",
+    "visual_model",
+    "layers",
+    "every",
+    "sr",
+    "max_text_tokens",
+)
+
+
+def _noop(_event: dict[str, Any]) -> None:
+    return None
+
+
+def default_workers() -> int:
+    """``MEIJU_EXTRACT_WORKERS`` if set, else the number of CPUs this process may run on."""
+    raw = os.environ.get("MEIJU_EXTRACT_WORKERS")
+    if raw:
+        try:
+            return max(1, int(raw))
+        except ValueError:
+            raise InputError(
+                f"MEIJU_EXTRACT_WORKERS must be a whole number, got {raw!r}", field="workers"
+            ) from None
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def text_key(text: str) -> str:
+    """``content_hash`` of a text feature: SHA-256 hex of the transcript's UTF-8 bytes."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def media_key(video_path: str | None, audio_path: str | None) -> str:
+    """``content_hash`` of audio/visual features: SHA-256 hex of each media path with its size
+    in bytes and modification time (ns); a file that is not there counts as ``missing``."""
+    parts = []
+    for p in (video_path, audio_path):
+        if not p:
+            parts.append("")
+            continue
+        try:
+            st = os.stat(p)
+            parts.append(f"{p}|{st.st_size}|{st.st_mtime_ns}")
+        except OSError:
+            parts.append(f"{p}|missing")
+    return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------- media workers
+
+
+@dataclass(frozen=True)
+class _MediaSpec:
+    """What a media worker needs (picklable): which set, and its settings."""
+
+    set_name: str
+    every: int
+    sr: int
+    modalities: tuple[str, ...]
+    lsa_path: str = ""  # builtin: the fitted text model (BuiltinExtractor requires one)
+
+
+class _MediaWorker:
+    """The per-sample media part. ``builtin``: features ``{modality: (T, D)}``; ``pretrained``:
+    model inputs, ``{"audio": wave (S,), "visual": [crops]}``. Returns ``(arrays, missing,
+    info)``; a file that cannot be decoded gives a reason in ``missing``, never an exception."""
+
+    def __init__(self, spec: _MediaSpec) -> None:
+        self.spec = spec
+        self.extractor = None
+        if spec.set_name == "builtin":
+            from meiju_core.features.builtin import BuiltinExtractor, TextLSA
+
+            self.extractor = BuiltinExtractor(
+                TextLSA.load(spec.lsa_path), every=spec.every, sr=spec.sr
+            )
+
+    def __call__(self, paths: Mapping[str, str | None]) -> tuple[dict, dict, dict]:
+        sample = {"video_path": paths.get("video_path"), "audio_path": paths.get("audio_path")}
+        if self.extractor is not None:
+            try:
+                res = self.extractor.extract(sample)
+            except FeatureError as e:  # e.g. audio holding NaN: mark both, keep the batch going
+                return {}, dict.fromkeys(MEDIA_MODALITIES, str(e)), {}
+            missing = {m: r for m, r in res.missing.items() if m in MEDIA_MODALITIES}
+            arrays = {m: a for m, a in res.items() if m in MEDIA_MODALITIES}
+            return arrays, missing, dict(res.info)
+        return self._pretrained_inputs(sample)
+
+    def _pretrained_inputs(self, sample: Mapping[str, Any]) -> tuple[dict, dict, dict]:
+        from meiju_core import media
+        from meiju_core.features.pretrained import face_crops
+
+        arrays: dict[str, Any] = {}
+        missing: dict[str, str] = {}
+        info: dict[str, Any] = {}
+        source = sample.get("audio_path") or sample.get("video_path")
+        if "audio" in self.spec.modalities:
+            if not source:
+                missing["audio"] = "not in sample"
+            else:
+                try:
+                    arrays["audio"] = media.load_audio(source, self.spec.sr)
+                except MediaError as e:
+                    missing["audio"] = str(e)
+        if "visual" in self.spec.modalities:
+            if not sample.get("video_path"):
+                missing["visual"] = "not in sample"
+            else:
+                try:
+                    frames, times = media.sample_frames(sample["video_path"], self.spec.every)
+                    crops, choices = face_crops(frames)
+                    arrays["visual"] = crops
+                    info["visual_choices"], info["visual_times"] = choices, times.tolist()
+                except MediaError as e:
+                    missing["visual"] = str(e)
+        return arrays, missing, info
+
+
+_worker: _MediaWorker | None = None
+_worker_limits: Any = None
+
+
+def _single_threaded() -> Any:
+    """Limit BLAS and OpenCV to one thread in this process (a worker is one core's share)."""
+    import cv2
+    from threadpoolctl import threadpool_limits
+
+    cv2.setNumThreads(1)
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _init_worker(spec: _MediaSpec) -> None:
+    global _worker, _worker_limits
+    _worker_limits = _single_threaded()
+    _worker = _MediaWorker(spec)
+
+
+def _run_worker(paths: Mapping[str, str | None]) -> tuple[dict, dict, dict]:
+    assert _worker is not None, "worker not initialised"
+    return _worker(paths)
+
+
+class _MediaPool:
+    """Media results of ``items``, one per ``next()``, in the order of ``items``.
+
+    With more than one worker, a ``ProcessPoolExecutor`` (fork) is started by
+    :meth:`start` and kept ``LOOKAHEAD`` tasks per worker ahead of the parent, so that worker
+    start-up and media work overlap the parent's own work (text features, writing files).
+    Otherwise each item is computed in this process when asked for, single-threaded as in a
+    worker, so that the arrays are the same bits whatever the worker count.
+    """
+
+    def __init__(self, items: Sequence[Mapping[str, str | None]], spec: _MediaSpec, workers: int):
+        self.items, self.spec = items, spec
+        self.workers = min(workers, len(items))
+        self._next = 0  # next item to hand out
+        self._submitted = 0
+        self._queue: deque[Future] = deque()
+        self._pool: ProcessPoolExecutor | None = None
+        self._local: _MediaWorker | None = None
+
+    def start(self) -> _MediaPool:
+        if self.workers > 1 and self._pool is None:
+            # fork, not spawn/forkserver: those re-import the parent's ``__main__``, which is
+            # not importable when the parent is a Streamlit script or a test runner.
+            ctx = multiprocessing.get_context("fork")
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=ctx,
+                initializer=_init_worker,
+                initargs=(self.spec,),
+            )
+            self._fill()
+        return self
+
+    def _fill(self) -> None:
+        assert self._pool is not None
+        while self._submitted < len(self.items) and len(self._queue) < self.workers * LOOKAHEAD:
+            self._queue.append(self._pool.submit(_run_worker, self.items[self._submitted]))
+            self._submitted += 1
+
+    def __next__(self) -> tuple[dict, dict, dict]:
+        if self._next >= len(self.items):
+            raise StopIteration
+        self._next += 1
+        if self.workers > 1:
+            self.start()
+            result = self._queue.popleft().result()
+            self._fill()
+            return result
+        import cv2
+        from threadpoolctl import threadpool_limits
+
+        if self._local is None:
+            self._local = _MediaWorker(self.spec)
+        before = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            with threadpool_limits(limits=1, user_api="blas"):
+                return self._local(self.items[self._next - 1])
+        finally:
+            cv2.setNumThreads(before)
+
+    def close(self) -> None:
+        """Stop the workers: queued tasks are dropped, running ones finish."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+            self._queue.clear()
+
+
+# --------------------------------------------------------------------------- the job
+
+
+@dataclass
+class _Todo:
+    sample_id: int
+    utt_id: str
+    text: str | None  # the transcript to extract, None when its features are up to date
+    text_hash: str
+    media: dict[str, str | None] | None  # paths to extract, None when up to date or absent
+    media_hash: str
+    stored: frozenset[str]  # modalities with a feature_file row now (to be replaced)
+
+
+def extract_features(
+    store: Store,
+    settings: Settings,
+    *,
+    project_id: int,
+    set_name: str = "builtin",
+    progress: Progress = _noop,
+    workers: int | None = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> int:
+    """Extract the ``set_name`` features of every sample of the project; returns the feature set
+    id. Skips what is up to date, commits rows every ``chunk_size`` samples, runs the media part
+    in ``workers`` processes (default :func:`default_workers`). See the module docstring.
+
+    Raises:
+        InputError: unknown feature set, a non-positive ``workers`` or ``chunk_size``, or a
+            project without samples.
+        ModelUnavailable: ``pretrained`` and a model is not on this machine (nothing written).
+        FeatureError: ``builtin`` and no transcript has a token to fit the text model on.
+        JobError: cancelled through ``progress``; the chunks finished so far are kept.
+    """
+    if set_name not in FEATURE_SETS:
+        raise InputError(
+            f"unknown feature set {set_name!r}; extractable sets are {list(FEATURE_SETS)}",
+            field="set",
+        )
+    workers = default_workers() if workers is None else workers
+    if workers < 1 or chunk_size < 1:
+        raise InputError("workers and chunk_size must be at least 1", field="workers")
+    from meiju_core.features.store import FeatureStore
+
+    pretrained: Any = None
+    pretrained_dims: dict[str, int] = {}
+    lsa: Any = None
+    if set_name == "pretrained":  # fail fast: model configs, before the store is touched
+        from meiju_core.features.pretrained import PretrainedExtractor, PretrainedSettings
+
+        pretrained = PretrainedExtractor(PretrainedSettings.from_env())
+        pretrained_dims = pretrained.dims  # raises ModelUnavailable when a config is absent
+
+    root = settings.feature_dir / f"project{project_id}"
+    fstore = FeatureStore(root, set_name)
+    rows, fs_prev, known = _read_state(store, project_id, set_name)
+    if not rows:
+        raise InputError(f"project {project_id} has no samples to extract features from")
+
+    if pretrained is None:
+        from meiju_core.features.builtin import BuiltinExtractor, TextLSA
+
+        lsa_path = root / set_name / "text_lsa.npz"
+        if fs_prev is not None and lsa_path.exists():
+            lsa = TextLSA.load(lsa_path)
+        else:  # first extraction: fit the text model on the project's transcripts
+            lsa = TextLSA(seed=settings.seed).fit([r.text or "" for r in rows])
+            lsa.save(lsa_path)
+            known = {k: v for k, v in known.items() if k[1] != "text"}
+        dims = BuiltinExtractor(lsa).dims
+        fs_settings: dict[str, Any] = {
+            "text_dim": lsa.dim,
+            "frame_every": BUILTIN_EVERY,
+            "audio_hz": BUILTIN_SR,
+            "seed": lsa.seed,
+            "vocabulary": len(lsa.vocab),
+        }
+        modalities: tuple[str, ...] = ("text", "audio", "visual")
+        spec = _MediaSpec("builtin", BUILTIN_EVERY, BUILTIN_SR, MEDIA_MODALITIES, str(lsa_path))
+    else:
+        ps = pretrained.settings
+        dims = dict(pretrained_dims)
+        fs_settings = {**ps.as_dict(), "frame_every": ps.every, "audio_hz": ps.sr}
+        prev = (fs_prev.settings or {}) if fs_prev is not None else {}
+        if any(k in prev and prev[k] != fs_settings[k] for k in PRETRAINED_SIGNATURE):
+            known = {}  # other models or settings: every stored feature is stale
+        modalities = tuple(ps.modalities)
+        spec = _MediaSpec(
+            "pretrained", ps.every, ps.sr, tuple(m for m in modalities if m in MEDIA_MODALITIES)
+        )
+
+    todo = _plan(rows, known, modalities)
+    if pretrained is not None and todo:  # load every model now: a missing weight fails here
+        for modality, load in (
+            ("text", lambda: pretrained.text_features([])),
+            ("audio", lambda: pretrained.audio_features([])),
+            ("visual", lambda: pretrained.visual_features([])),
+        ):
+            if modality in modalities:
+                load()
+
+    fs_id = _upsert_feature_set(
+        store,
+        project_id=project_id,
+        set_name=set_name,
+        path=root / set_name,
+        dims=dims,
+        settings=fs_settings,
+    )
+    total, skipped = len(todo), len(rows) - len(todo)
+    started = last_report = time.perf_counter()
+    done = written = 0
+    pending: list[tuple[_Todo, list[dict[str, Any]]]] = []
+
+    def report(message: str = "") -> Any:
+        nonlocal last_report
+        last_report = time.perf_counter()
+        elapsed = max(last_report - started, 1e-9)
+        event: dict[str, Any] = {
+            "progress": done / total if total else 1.0,
+            "samples_done": done,
+            "samples_total": total,
+            "samples_skipped": skipped,
+            "samples_per_second": round(done / elapsed, 2),
+        }
+        if message:
+            event["message"] = message
+        return progress(event)
+
+    def commit() -> None:
+        nonlocal written
+        if pending:
+            written += _commit(store, fs_id, pending)
+            pending.clear()
+
+    media_items = [t.media for t in todo if t.media is not None]
+    results = _MediaPool(media_items, spec, workers)
+    batch = pretrained.settings.batch_size if pretrained is not None else 1
+    try:
+        if report(f"features: {total} samples to extract, {skipped} up to date") == "cancel":
+            raise JobError("cancelled by request before any sample was extracted")
+        results.start()  # workers start while this process works on the first samples' text
+        for start in range(0, total, batch):
+            part = todo[start : start + batch]
+            outputs = _extract_part(part, results, lsa, pretrained)
+            for t, (files, missing) in zip(part, outputs, strict=True):
+                new_rows = []
+                for modality, (arr, key) in files.items():
+                    path, _digest = fstore.save(t.utt_id, modality, arr)
+                    new_rows.append(_row(t.sample_id, modality, path, key, arr))
+                pending.append((t, new_rows))
+                for modality, reason in missing.items():
+                    if reason not in ("not in sample", "not extracted"):
+                        progress({"message": f"{t.utt_id}: {modality} missing: {reason}"})
+            done += len(part)
+            wanted = None
+            if len(pending) >= chunk_size:
+                commit()
+                wanted = report(f"features {done}/{total}")
+            elif time.perf_counter() - last_report >= PROGRESS_EVERY_S:
+                wanted = report()
+            if wanted == "cancel":
+                commit()
+                raise JobError(f"cancelled by request after {done} of {total} samples")
+    except BaseException:
+        results.close()  # stop the workers
+        with contextlib.suppress(Exception):  # the original error matters more
+            commit()  # keep what is finished, whatever stopped the run
+        raise
+    results.close()
+    commit()
+    rate = done / max(time.perf_counter() - started, 1e-9)
+    report(f"features: {written} files written for {done} samples ({rate:.1f} samples/s)")
+    return fs_id
+
+
+def _read_state(
+    store: Store, project_id: int, set_name: str
+) -> tuple[list[Any], FeatureSet | None, dict[tuple[int, str], tuple[str, str]]]:
+    """Samples (id, utt_id, paths, transcript), the feature set row, and the stored rows
+    ``{(sample_id, modality): (content_hash, path)}``."""
+    with store.read() as s:
+        rows = s.execute(
+            select(Sample.id, Sample.utt_id, Sample.video_path, Sample.audio_path, Transcript.text)
+            .outerjoin(Transcript, Transcript.sample_id == Sample.id)
+            .where(Sample.project_id == project_id)
+            .order_by(Sample.id)
+        ).all()
+        fs = s.scalars(
+            select(FeatureSet).where(
+                FeatureSet.project_id == project_id, FeatureSet.name == set_name
+            )
+        ).first()
+        known: dict[tuple[int, str], tuple[str, str]] = {}
+        if fs is not None:
+            for sid, modality, content_hash, path in s.execute(
+                select(
+                    FeatureFile.sample_id,
+                    FeatureFile.modality,
+                    FeatureFile.content_hash,
+                    FeatureFile.path,
+                ).where(FeatureFile.feature_set_id == fs.id)
+            ):
+                known[(sid, modality)] = (content_hash, path)
+    return rows, fs, known
+
+
+def _plan(
+    rows: Sequence[Any], known: Mapping[tuple[int, str], tuple[str, str]], modalities: Sequence[str]
+) -> list[_Todo]:
+    """The samples with something to extract, in sample order."""
+    stored_by_sample: dict[int, set[str]] = {}
+    for sid, modality in known:
+        stored_by_sample.setdefault(sid, set()).add(modality)
+    media_wanted = any(m in modalities for m in MEDIA_MODALITIES)
+    todo = []
+    for r in rows:
+        stored = stored_by_sample.get(r.id, set())
+        text = r.text or ""
+        t_hash = text_key(text)
+        need_text = "text" in modalities and not _fresh(known.get((r.id, "text")), t_hash)
+        m_hash = ""
+        need_media = False
+        if media_wanted and (r.video_path or r.audio_path):
+            m_hash = media_key(r.video_path, r.audio_path)
+            media_rows = [known[(r.id, m)] for m in MEDIA_MODALITIES if (r.id, m) in known]
+            need_media = not media_rows or not all(_fresh(k, m_hash) for k in media_rows)
+        if need_text or need_media:
+            todo.append(
+                _Todo(
+                    sample_id=r.id,
+                    utt_id=r.utt_id,
+                    text=text if need_text else None,
+                    text_hash=t_hash,
+                    media=(
+                        {"video_path": r.video_path, "audio_path": r.audio_path}
+                        if need_media
+                        else None
+                    ),
+                    media_hash=m_hash,
+                    stored=frozenset(stored),
+                )
+            )
+    return todo
+
+
+def _fresh(entry: tuple[str, str] | None, content_hash: str) -> bool:
+    return entry is not None and entry[0] == content_hash and Path(entry[1]).is_file()
+
+
+def _extract_part(
+    part: Sequence[_Todo], results: _MediaPool, lsa: Any, pretrained: Any
+) -> list[tuple[dict[str, tuple[np.ndarray, str]], dict[str, str]]]:
+    """Features of a few samples: per sample ``({modality: (array, content_hash)}, missing)``."""
+    out: list[tuple[dict[str, tuple[np.ndarray, str]], dict[str, str]]] = [({}, {}) for _ in part]
+    texts = [(i, t) for i, t in enumerate(part) if t.text is not None]
+    if texts:
+        if pretrained is None:
+            arrays = [lsa.transform(t.text) for _, t in texts]
+        else:
+            arrays = pretrained.text_features([t.text for _, t in texts])
+        for (i, t), arr in zip(texts, arrays, strict=True):
+            out[i][0]["text"] = (arr, t.text_hash)
+    media_idx = [i for i, t in enumerate(part) if t.media is not None]
+    got = [(i, next(results)) for i in media_idx]
+    if pretrained is None:
+        for i, (arrays, missing, _info) in got:
+            for modality, arr in arrays.items():
+                out[i][0][modality] = (arr, part[i].media_hash)
+            out[i][1].update(missing)
+        return out
+    for i, (_arrays, missing, _info) in got:
+        out[i][1].update(missing)
+    waves = [(i, a["audio"]) for i, (a, _m, _n) in got if "audio" in a]
+    if waves:
+        feats = pretrained.audio_features([w for _, w in waves])
+        for (i, _w), arr in zip(waves, feats, strict=True):
+            out[i][0]["audio"] = (np.ascontiguousarray(arr, dtype=np.float32), part[i].media_hash)
+    owners: list[int] = []
+    crops: list[np.ndarray] = []
+    for i, (a, _m, _n) in got:
+        if a.get("visual"):
+            owners += [i] * len(a["visual"])
+            crops += a["visual"]
+    if crops:
+        embeds = pretrained.visual_features(crops)
+        owner = np.asarray(owners)
+        for i in dict.fromkeys(owners):
+            arr = np.ascontiguousarray(embeds[owner == i], dtype=np.float32)
+            out[i][0]["visual"] = (arr, part[i].media_hash)
+    return out
+
+
+def _row(sample_id: int, modality: str, path: Path, key: str, arr: np.ndarray) -> dict[str, Any]:
+    return {
+        "sample_id": sample_id,
+        "modality": modality,
+        "path": str(path),
+        "content_hash": key,
+        "shape": [int(arr.shape[0]), int(arr.shape[1])],
+    }
+
+
+def _upsert_feature_set(
+    store: Store,
+    *,
+    project_id: int,
+    set_name: str,
+    path: Path,
+    dims: dict[str, int],
+    settings: dict[str, Any],
+) -> int:
+    with store.write() as s:
+        fs = s.scalars(
+            select(FeatureSet).where(
+                FeatureSet.project_id == project_id, FeatureSet.name == set_name
+            )
+        ).first()
+        if fs is None:
+            fs = FeatureSet(project_id=project_id, name=set_name, path=str(path))
+            s.add(fs)
+        fs.extractor = set_name
+        fs.dims = dims
+        fs.settings = settings
+        s.flush()
+        return fs.id
+
+
+def _commit(store: Store, fs_id: int, done: Sequence[tuple[_Todo, list[dict[str, Any]]]]) -> int:
+    """One write transaction: replace the rows of the modalities re-extracted for these samples.
+    Returns the number of rows inserted."""
+    replaced: dict[str, list[int]] = {}
+    inserts: list[dict[str, Any]] = []
+    for t, new_rows in done:
+        redone = ({"text"} if t.text is not None else set()) | (
+            set(MEDIA_MODALITIES) if t.media is not None else set()
+        )
+        for modality in redone & t.stored:
+            replaced.setdefault(modality, []).append(t.sample_id)
+        inserts += [{**r, "feature_set_id": fs_id} for r in new_rows]
+    with store.write() as s:
+        for modality, ids in replaced.items():
+            for start in range(0, len(ids), 500):
+                s.execute(
+                    delete(FeatureFile).where(
+                        FeatureFile.feature_set_id == fs_id,
+                        FeatureFile.modality == modality,
+                        FeatureFile.sample_id.in_(ids[start : start + 500]),
+                    )
+                )
+        if inserts:
+            s.execute(insert(FeatureFile), inserts)
+    return len(inserts)
