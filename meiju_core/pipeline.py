@@ -161,30 +161,6 @@ def extract_features(
     )
 
 
-def _feature_row(
-    sample_id: int,
-    modality: str,
-    path: Path,
-    content_hash: str,
-    dim: int,
-    *,
-    steps: int | None = None,
-) -> dict[str, Any]:
-    return {
-        "sample_id": sample_id,
-        "modality": modality,
-        "path": str(path),
-        "content_hash": content_hash,
-        "shape": [steps, dim],
-    }
-
-
-def _text_hash(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 # --------------------------------------------------------------------------- training data
 
 
