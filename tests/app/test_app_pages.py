@@ -15,13 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import streamlit as st
 from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
 from db import Store
 from db import queries as q
-from db.fixtures import build_fixture
 from db.models import (
     Decision,
     Job,
@@ -40,24 +38,6 @@ REPO = Path(__file__).resolve().parents[2]
 APP = str(REPO / "app.py")
 PASSWORD_HASH = pipeline.hash_password("pw")
 TIMEOUT = 30
-
-
-@pytest.fixture
-def fx(tmp_path, monkeypatch):
-    url = f"sqlite:///{tmp_path / 'meiju.db'}"
-    store = Store(url)
-    store.upgrade()
-    ids = build_fixture(store, n_pool=40, password_hash=PASSWORD_HASH)
-    monkeypatch.setenv("MEIJU_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("MEIJU_DATABASE_URL", url)
-    monkeypatch.setenv("MEIJU_PROJECT", "fixture")
-    monkeypatch.syspath_prepend(str(REPO))
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    yield store, ids
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    store.dispose()
 
 
 def signed_in(ids, role: str = "admin", page: str | None = None) -> AppTest:

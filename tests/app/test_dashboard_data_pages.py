@@ -15,9 +15,7 @@ import streamlit as st
 from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
-from db import Store
 from db import analytics as A
-from db.fixtures import build_fixture
 from db.models import Job, ModelVersion, Sample, Transcript, TranscriptEdit
 from meiju_core import jobs, pipeline, text
 from meiju_core import transcript_rules as TR
@@ -29,24 +27,6 @@ PASSWORD_HASH = pipeline.hash_password("pw")
 TIMEOUT = 30
 
 EMOTION_ROWS = ["happy", "surprise", "sad", "disgust", "anger", "fear", "neutral"]
-
-
-@pytest.fixture
-def fx(tmp_path, monkeypatch):
-    url = f"sqlite:///{tmp_path / 'meiju.db'}"
-    store = Store(url)
-    store.upgrade()
-    ids = build_fixture(store, n_pool=40, password_hash=PASSWORD_HASH)
-    monkeypatch.setenv("MEIJU_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("MEIJU_DATABASE_URL", url)
-    monkeypatch.setenv("MEIJU_PROJECT", "fixture")
-    monkeypatch.syspath_prepend(str(REPO))
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    yield store, ids
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    store.dispose()
 
 
 def signed_in(ids, role: str = "admin", page: str | None = None) -> AppTest:

@@ -12,13 +12,11 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 import pytest
-import streamlit as st
 from sqlalchemy import func, select, update
 from streamlit.testing.v1 import AppTest
 
-from db import Store
 from db import queries as q
-from db.fixtures import EMOTIONS, INTENTS, build_fixture
+from db.fixtures import EMOTIONS, INTENTS
 from db.models import Decision, ModelVersion, Prediction, PseudoLabel, ReviewRound, Sample
 from meiju_core import pipeline
 from meiju_core.text import segment
@@ -27,24 +25,6 @@ REPO = Path(__file__).resolve().parents[2]
 APP = str(REPO / "app.py")
 PASSWORD_HASH = pipeline.hash_password("pw")
 TIMEOUT = 30
-
-
-@pytest.fixture
-def fx(tmp_path, monkeypatch):
-    url = f"sqlite:///{tmp_path / 'meiju.db'}"
-    store = Store(url)
-    store.upgrade()
-    ids = build_fixture(store, n_pool=40, password_hash=PASSWORD_HASH)
-    monkeypatch.setenv("MEIJU_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("MEIJU_DATABASE_URL", url)
-    monkeypatch.setenv("MEIJU_PROJECT", "fixture")
-    monkeypatch.syspath_prepend(str(REPO))
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    yield store, ids
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    store.dispose()
 
 
 def review(ids, role: str = "admin", params: dict[str, str] | None = None) -> AppTest:
