@@ -101,7 +101,13 @@ def _noop(_event: dict[str, Any]) -> None:
 
 
 def default_workers() -> int:
-    """``MEIJU_EXTRACT_WORKERS`` if set, else the number of CPUs this process may run on."""
+    """``MEIJU_EXTRACT_WORKERS`` if set, else 1 (serial).
+
+    Parallel extraction forks worker processes; forking a process whose threads hold locks
+    (torch's OpenMP pool, for one) can hang the children, which was seen once in a full test run.
+    So the pool is opt-in (``--workers N`` or ``MEIJU_EXTRACT_WORKERS``) until it starts its
+    workers in a way that is both safe and independent of the parent's ``__main__``.
+    """
     raw = os.environ.get("MEIJU_EXTRACT_WORKERS")
     if raw:
         try:
@@ -110,10 +116,7 @@ def default_workers() -> int:
             raise InputError(
                 f"MEIJU_EXTRACT_WORKERS must be a whole number, got {raw!r}", field="workers"
             ) from None
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    return 1
 
 
 def text_key(text: str) -> str:
