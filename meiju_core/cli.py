@@ -99,6 +99,24 @@ def _store_and_project():
     return settings, store, info
 
 
+def _model_version_id(store, info: dict[str, Any], given: int | None) -> int:
+    """``given``, else the project's current model version; a clear error when it has none."""
+    from db import queries as q
+
+    if given is not None:
+        return given
+    with store.read() as s:
+        mv = q.current_model(s, project_id=info["id"])
+    if mv is None:
+        typer.secho(
+            "error: the project has no model version yet; run `meiju train` first",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(1)
+    return mv.id
+
+
 @app.command()
 def init() -> None:
     """Create or migrate the database (alembic upgrade head)."""
@@ -214,7 +232,7 @@ def extract(
         int | None,
         typer.Option(
             min=1,
-            help="Processes for the media part (default: MEIJU_EXTRACT_WORKERS, else the CPUs).",
+            help="Processes for the media part (default: MEIJU_EXTRACT_WORKERS, else 1).",
         ),
     ] = None,
 ) -> None:
@@ -291,12 +309,10 @@ def predict(
     model_version: Annotated[int | None, typer.Option(help="Model version id.")] = None,
 ) -> None:
     """Predict every sample with a model version (default: the current one)."""
-    from db import queries as q
     from meiju_core import pipeline
 
     settings, store, info = _store_and_project()
-    with store.read() as s:
-        mv = model_version or q.current_model(s, project_id=info["id"]).id
+    mv = _model_version_id(store, info, model_version)
     with _friendly():
         n = pipeline.predict(store, settings, model_version_id=mv)
         pipeline.evaluate(store, model_version_id=mv)
@@ -308,12 +324,10 @@ def evaluate(
     model_version: Annotated[int | None, typer.Option(help="Model version id.")] = None,
 ) -> None:
     """Weighted F1 per head and the joint score on valid and test."""
-    from db import queries as q
     from meiju_core import pipeline
 
     _settings_, store, info = _store_and_project()
-    with store.read() as s:
-        mv = model_version or q.current_model(s, project_id=info["id"]).id
+    mv = _model_version_id(store, info, model_version)
     pipeline.evaluate(store, model_version_id=mv)
     _print_metrics(store, mv)
 
@@ -329,12 +343,10 @@ def pseudo_label(
     model_version: Annotated[int | None, typer.Option(help="Model version id.")] = None,
 ) -> None:
     """Open a review round; with --auto, fill its quotas the paper's way, without a human."""
-    from db import queries as q
     from meiju_core import pipeline
 
     settings, store, info = _store_and_project()
-    with store.read() as s:
-        mv = model_version or q.current_model(s, project_id=info["id"]).id
+    mv = _model_version_id(store, info, model_version)
     with _friendly():
         rid = pipeline.open_round(
             store,

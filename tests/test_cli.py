@@ -125,3 +125,15 @@ def test_run_serves_the_app_and_ctrl_c_stops_app_and_worker(tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_commands_needing_a_model_say_so(tmp_path):
+    from meiju_core import pipeline
+    from meiju_core.io.cped import build_demo as import_demo
+
+    settings = Settings.load(data_dir=str(tmp_path), database_url="")
+    import_demo(pipeline.open_store(settings), project_name="demo")
+    for command in ("evaluate", "predict", "pseudo-label"):
+        result = runner.invoke(app, ["--data-dir", str(tmp_path), command])
+        assert result.exit_code == 1, command
+        assert "no model version yet" in result.output
