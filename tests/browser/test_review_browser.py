@@ -46,15 +46,45 @@ def shown_utt(page) -> str | None:
     return page.evaluate(f"() => document.querySelector({CARD!r})?.dataset.utt ?? null")
 
 
-def wait_for_next_card(page, previous: str | None, timeout_ms: int = 15_000) -> str:
-    """Wait until the card shows another utterance than ``previous``; returns the new id."""
-    page.wait_for_function(
-        f"prev => {{ const e = document.querySelector({CARD!r}); "
-        "return e !== null && e.dataset.utt !== prev; }",
-        arg=previous,
-        timeout=timeout_ms,
-    )
-    return shown_utt(page)
+def wait_for_next_card(page, previous: str | None, timeout_ms: int = 30_000) -> str:
+    """Wait until the card shows another utterance than ``previous``; returns the new id.
+
+    On a timeout the failure says what the page shows (script state, flash messages) and a
+    screenshot lands in ``tests/artifacts/timeout_<utt>.png``, so a lost key can be told from a
+    refused decision or a slow rerun.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(
+            f"prev => {{ const e = document.querySelector({CARD!r}); "
+            "return e !== null && e.dataset.utt !== prev; }",
+            arg=previous,
+            timeout=timeout_ms,
+        )
+    except PlaywrightTimeout:
+        shot = screenshot(page, f"timeout_{previous}")
+        state = page.evaluate(
+            "() => document.querySelector(\"[data-testid='stApp']\")?.dataset.testScriptState"
+        )
+        alerts = page.locator("[data-testid='stAlert'], [data-testid='stToast']").all_inner_texts()
+        active = page.evaluate("() => document.activeElement?.outerHTML?.slice(0, 200)")
+        raise AssertionError(
+            f"card {previous} still shown after {timeout_ms} ms; script state {state!r}, "
+            f"alerts {alerts}, focus {active!r}; screenshot {shot}"
+        ) from None
+    utt = shown_utt(page)
+    ready(page)
+    return utt
+
+
+def ready(page) -> None:
+    """Wait until the card's buttons are drawn and the app is idle, so a key press lands on
+    registered shortcuts (the buttons register them when they mount)."""
+    wait_idle(page)
+    page.get_by_role("button", name="Reject").wait_for(state="visible", timeout=30_000)
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    wait_idle(page)
 
 
 def sign_in(page, url: str, name: str = "admin", password: str = "pw") -> None:
@@ -64,7 +94,7 @@ def sign_in(page, url: str, name: str = "admin", password: str = "pw") -> None:
     page.get_by_label("Password", exact=True).fill(password)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_selector(CARD, timeout=30_000)
-    wait_idle(page)
+    ready(page)
 
 
 def screenshot(page, name: str) -> Path:
