@@ -232,7 +232,8 @@ def extract(
         int | None,
         typer.Option(
             min=1,
-            help="Processes for the media part (default: MEIJU_EXTRACT_WORKERS, else 1).",
+            help="Processes for the media part (default: the extract_workers setting, "
+            "MEIJU_EXTRACT_WORKERS; 0 there means one per CPU).",
         ),
     ] = None,
 ) -> None:

@@ -31,8 +31,8 @@ Resumable
 Parallel
     The media part (decoding, log-mel, face detection and HOG; for ``pretrained``, decoding and
     face crops) runs in ``workers`` processes (``concurrent.futures.ProcessPoolExecutor``,
-    forkserver, each worker single-threaded). Default: ``MEIJU_EXTRACT_WORKERS``, else the number
-    of CPUs this process may use. With one worker, or a single clip, everything runs in-process.
+    spawned, each worker single-threaded). Default: the ``extract_workers`` setting
+    (``MEIJU_EXTRACT_WORKERS``), 0 meaning one per CPU this process may use. With one worker, or a single clip, everything runs in-process.
     Text (LSA transform, or RoBERTa batches) and the pretrained models run in the parent, which is
     also the only writer of files and rows. Results are identical whatever the worker count.
 
@@ -68,7 +68,7 @@ from meiju_core.settings import Settings
 __all__ = [
     "CHUNK_SIZE",
     "FEATURE_SETS",
-    "default_workers",
+    "resolve_workers",
     "extract_features",
     "media_key",
     "text_key",
@@ -100,23 +100,22 @@ def _noop(_event: dict[str, Any]) -> None:
     return None
 
 
-def default_workers() -> int:
-    """``MEIJU_EXTRACT_WORKERS`` if set, else 1 (serial).
+def resolve_workers(requested: int | None, settings: Settings) -> int:
+    """The media worker count: ``requested``, else ``settings.extract_workers``
+    (``MEIJU_EXTRACT_WORKERS``), where 0 means one per CPU this process may use.
 
-    Parallel extraction forks worker processes; forking a process whose threads hold locks
-    (torch's OpenMP pool, for one) can hang the children, which was seen once in a full test run.
-    So the pool is opt-in (``--workers N`` or ``MEIJU_EXTRACT_WORKERS``) until it starts its
-    workers in a way that is both safe and independent of the parent's ``__main__``.
+    Raises:
+        InputError: a negative count.
     """
-    raw = os.environ.get("MEIJU_EXTRACT_WORKERS")
-    if raw:
+    n = settings.extract_workers if requested is None else requested
+    if n < 0:
+        raise InputError(f"workers must be 0 (one per CPU) or more, got {n}", field="workers")
+    if n == 0:
         try:
-            return max(1, int(raw))
-        except ValueError:
-            raise InputError(
-                f"MEIJU_EXTRACT_WORKERS must be a whole number, got {raw!r}", field="workers"
-            ) from None
-    return 1
+            n = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            n = os.cpu_count() or 1
+    return max(1, n)
 
 
 def text_key(text: str) -> str:
@@ -238,7 +237,7 @@ def _run_worker(paths: Mapping[str, str | None]) -> tuple[dict, dict, dict]:
 class _MediaPool:
     """Media results of ``items``, one per ``next()``, in the order of ``items``.
 
-    With more than one worker, a ``ProcessPoolExecutor`` (fork) is started by
+    With more than one worker, a ``ProcessPoolExecutor`` (spawn) is started by
     :meth:`start` and kept ``LOOKAHEAD`` tasks per worker ahead of the parent, so that worker
     start-up and media work overlap the parent's own work (text features, writing files).
     Otherwise each item is computed in this process when asked for, single-threaded as in a
@@ -256,9 +255,11 @@ class _MediaPool:
 
     def start(self) -> _MediaPool:
         if self.workers > 1 and self._pool is None:
-            # fork, not spawn/forkserver: those re-import the parent's ``__main__``, which is
-            # not importable when the parent is a Streamlit script or a test runner.
-            ctx = multiprocessing.get_context("fork")
+            # spawn, not fork: forking a process whose threads hold locks (torch's OpenMP
+            # pool, huey's consumer threads) can hang the children. Spawned workers start from
+            # a fresh interpreter and import only this module (the parent's ``__main__`` is
+            # re-imported under its guard: the CLI, ``meiju_core.jobs``, pytest).
+            ctx = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(
                 max_workers=self.workers,
                 mp_context=ctx,
@@ -330,7 +331,8 @@ def extract_features(
 ) -> int:
     """Extract the ``set_name`` features of every sample of the project; returns the feature set
     id. Skips what is up to date, commits rows every ``chunk_size`` samples, runs the media part
-    in ``workers`` processes (default :func:`default_workers`). See the module docstring.
+    in ``workers`` processes (default: the ``extract_workers`` setting, see
+    :func:`resolve_workers`). See the module docstring.
 
     Raises:
         InputError: unknown feature set, a non-positive ``workers`` or ``chunk_size``, or a
@@ -344,9 +346,11 @@ def extract_features(
             f"unknown feature set {set_name!r}; extractable sets are {list(FEATURE_SETS)}",
             field="set",
         )
-    workers = default_workers() if workers is None else workers
-    if workers < 1 or chunk_size < 1:
-        raise InputError("workers and chunk_size must be at least 1", field="workers")
+    if workers is not None and workers < 1:
+        raise InputError("workers must be at least 1", field="workers")
+    workers = resolve_workers(workers, settings)
+    if chunk_size < 1:
+        raise InputError("chunk_size must be at least 1", field="chunk_size")
     from meiju_core.features.store import FeatureStore
 
     pretrained: Any = None

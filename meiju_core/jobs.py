@@ -313,6 +313,7 @@ def _run_extract(store, settings, project_id, params, user, reporter) -> dict[st
         project_id=project_id,
         set_name=params.get("set", "builtin"),
         progress=reporter,
+        workers=params.get("workers"),
     )
     return {"feature_set_id": fs}
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from meiju_core.errors import InputError
+
 # (name, default, help)
 SETTINGS: tuple[tuple[str, Any, str], ...] = (
     ("data_dir", "data", "Folder for the database, media copies, features, checkpoints and logs."),
@@ -28,6 +30,12 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
     ("quota_strategy", "balanced", "Per-class quota strategy: balanced, proportional or explicit."),
     ("quota_budget", 2000, "Most pseudo-labels a round may accept per head."),
     ("seed", 336, "Random seed for splits and training."),
+    (
+        "extract_workers",
+        0,
+        "Processes for the media part of feature extraction; 0 means one per CPU this process "
+        "may use, 1 runs it serially.",
+    ),
     ("lease_seconds", 120, "How long a review card stays reserved for one annotator."),
     ("project", "demo", "Name of the active project."),
 )
@@ -46,6 +54,7 @@ class Settings:
     quota_strategy: str
     quota_budget: int
     seed: int
+    extract_workers: int
     lease_seconds: int
     project: str
 
@@ -54,8 +63,14 @@ class Settings:
         """Defaults, then ``MEIJU_*`` environment variables, then ``overrides`` (None is ignored)."""
         values: dict[str, Any] = {}
         for name, default, _help in SETTINGS:
-            raw = os.environ.get(f"MEIJU_{name.upper()}")
-            value = default if raw is None else type(default)(raw)
+            var = f"MEIJU_{name.upper()}"
+            raw = os.environ.get(var)
+            try:
+                value = default if raw is None else type(default)(raw)
+            except ValueError:
+                raise InputError(
+                    f"{var}={raw!r}: {name} must be a {type(default).__name__}", field=name
+                ) from None
             if overrides.get(name) is not None:
                 value = overrides[name]
             values[name] = value

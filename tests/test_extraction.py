@@ -336,9 +336,13 @@ def test_extract_runs_as_a_background_job(project, monkeypatch):
     from meiju_core import jobs
 
     settings, store, pid = project
-    monkeypatch.setenv("MEIJU_EXTRACT_WORKERS", "1")
-    jid = jobs.submit(
-        store, settings, kind="extract", params={"set": "builtin"}, project_id=pid, enqueue=False
+    jid = jobs.submit(  # two spawned media workers, as a job runs them by default on 2 CPUs
+        store,
+        settings,
+        kind="extract",
+        params={"set": "builtin", "workers": 2},
+        project_id=pid,
+        enqueue=False,
     )
     result = jobs.execute(store, settings, jid)
     with store.read() as s:
@@ -347,3 +351,18 @@ def test_extract_runs_as_a_background_job(project, monkeypatch):
         assert job.progress == 1.0 and job.detail["samples_done"] == N_SAMPLES
         assert f"{N_FILES} files written" in job.log
     assert len(_files(store, result["feature_set_id"])) == N_FILES
+
+
+def test_worker_count_comes_from_the_setting(monkeypatch, tmp_path):
+    monkeypatch.setenv("MEIJU_EXTRACT_WORKERS", "3")
+    settings = Settings.load(data_dir=str(tmp_path))
+    assert settings.extract_workers == 3
+    assert extraction.resolve_workers(None, settings) == 3
+    assert extraction.resolve_workers(1, settings) == 1  # an explicit count wins
+    cpus = len(os.sched_getaffinity(0))
+    assert extraction.resolve_workers(None, settings.with_(extract_workers=0)) == cpus
+    with pytest.raises(InputError, match="workers"):
+        extraction.resolve_workers(-1, settings)
+    monkeypatch.setenv("MEIJU_EXTRACT_WORKERS", "many")
+    with pytest.raises(InputError, match="MEIJU_EXTRACT_WORKERS='many'"):
+        Settings.load(data_dir=str(tmp_path))
