@@ -188,6 +188,15 @@ def quota_status(s: Session, *, round_id: int) -> dict[str, dict[str, tuple[int,
     return out
 
 
+def open_classes(s: Session, *, round_id: int) -> dict[str, tuple[str, ...]]:
+    """{head: classes whose quota is not yet full} in one round, each tuple sorted: the classes
+    a card's prediction may have for that head to stay in the review queue."""
+    return {
+        head: tuple(sorted(c for c, (n, quota) in per_class.items() if n < quota))
+        for head, per_class in quota_status(s, round_id=round_id).items()
+    }
+
+
 def gold_counts(s: Session, *, project_id: int, split: str = "train") -> dict[str, dict[str, int]]:
     """{head: {class: gold labels}} in one split."""
     rows = s.execute(
@@ -344,14 +353,23 @@ def _card_conditions(
     return conds
 
 
-def _head_conditions(rnd: ReviewRound, flt: QueueFilter, head: str, pred=Prediction) -> list:
-    """Conditions on one head's prediction row: its threshold, class and confidence range."""
+def _head_conditions(
+    rnd: ReviewRound,
+    flt: QueueFilter,
+    head: str,
+    pred=Prediction,
+    open_labels: dict[str, tuple[str, ...]] | None = None,
+) -> list:
+    """Conditions on one head's prediction row: its threshold, class and confidence range, and,
+    given ``open_labels`` (:func:`open_classes`), a predicted class whose quota is not full."""
     lo = float(rnd.thresholds[head])
     if flt.min_confidence is not None:
         lo = max(lo, float(flt.min_confidence))
     c = [pred.head == head, pred.confidence >= lo]
     if flt.label:
         c.append(pred.label == flt.label)
+    if open_labels is not None:
+        c.append(pred.label.in_(open_labels.get(head, ())) if open_labels.get(head) else false())
     if flt.max_confidence is not None:
         c.append(pred.confidence <= float(flt.max_confidence))
     return c
@@ -372,14 +390,18 @@ def _head_query(
     now: datetime | None,
     open_only: bool = True,
     bind_ids: bool = False,
+    open_labels: dict[str, tuple[str, ...]] | None = None,
 ):
     """Sample id and confidence of the cards whose ``head`` qualifies: one head's rows of the
     prediction index, the pool samples among them, undecided and not leased by another user when
-    ``open_only``."""
+    ``open_only``, predicted as a class with quota left when ``open_labels`` is given."""
     mv_id = flt.model_version_id or rnd.model_version_id
     # cheap conditions first: SQLite tests them in this order, so a decided card costs one
     # probe of pseudo_label, not the pair or path lookups of the card conditions
-    conds = [Prediction.model_version_id == mv_id, *_head_conditions(rnd, flt, head)]
+    conds = [
+        Prediction.model_version_id == mv_id,
+        *_head_conditions(rnd, flt, head, open_labels=open_labels),
+    ]
     if flt.sample_ids is not None:
         # a few named cards: ``model + 0`` and ``head || ''`` hide those columns from the index
         # chooser, so SQLite looks the cards up by ``ix_prediction_sample`` with the id list
@@ -412,8 +434,16 @@ def _open_conditions(rnd: ReviewRound, sample_col, *, user_id: int | None, now: 
 _STATEMENTS: dict[tuple, Any] = {}  # built queue statements; ``now`` and ``exclude`` are bound
 
 
-def _queue_statement(rnd: ReviewRound, flt: QueueFilter, head: str, user_id, exclude: bool):
+def _queue_statement(
+    rnd: ReviewRound,
+    flt: QueueFilter,
+    head: str,
+    user_id,
+    exclude: bool,
+    open_labels: dict[str, tuple[str, ...]] | None,
+):
     key = (
+        tuple(sorted(open_labels.items())) if open_labels is not None else None,
         rnd.id,
         rnd.model_version_id,
         tuple(sorted((h, float(t)) for h, t in rnd.thresholds.items())),
@@ -424,7 +454,15 @@ def _queue_statement(rnd: ReviewRound, flt: QueueFilter, head: str, user_id, exc
     )
     stmt = _STATEMENTS.get(key)
     if stmt is None:
-        stmt = _head_query(rnd, flt, head, user_id=user_id, now=bindparam("now"), bind_ids=True)
+        stmt = _head_query(
+            rnd,
+            flt,
+            head,
+            user_id=user_id,
+            now=bindparam("now"),
+            bind_ids=True,
+            open_labels=open_labels,
+        )
         if exclude:
             stmt = stmt.where(Prediction.sample_id.not_in(bindparam("exclude", expanding=True)))
         if flt.sample_ids is None:
@@ -447,11 +485,16 @@ def queue(
     user_id: int | None = None,
     limit: int = 2,
     exclude: Iterable[int] = (),
+    skip_full: bool = True,
 ) -> list[int]:
     """Sample ids of the next undecided cards, most confident first, not leased by others.
 
-    A card's rank is its highest confidence among the heads that qualify (ties: lower sample id
-    first). Each head is read from its own index scan, most confident row down, stopping after
+    A head qualifies when its prediction reaches the round's threshold, matches the filter and
+    predicts a class whose quota is not full; a card whose every head predicts a full class is
+    left out, since accepting it as predicted would be refused (named ``flt.sample_ids`` are
+    shown too, so that a prefetched card whose class filled meanwhile drops out). ``skip_full``
+    False keeps cards of full classes. A card's rank is its highest confidence among the heads that
+    qualify (ties: lower sample id first). Each head is read from its own index scan, most confident row down, stopping after
     ``limit`` rows, and the lists are merged: a card in the overall top ``limit`` is in the top
     ``limit`` of the head that ranks it, so no GROUP BY over all predictions is needed.
     """
@@ -462,20 +505,26 @@ def queue(
         params["exclude"] = list(exclude)
     if flt.sample_ids is not None:
         params["sample_ids"] = list(flt.sample_ids)
+    open_labels = open_classes(s, round_id=round_id) if skip_full else None
     best: dict[int, float] = {}
     for head in _queue_heads(rnd, flt):
-        stmt = _queue_statement(rnd, flt, head, user_id, bool(exclude))
+        stmt = _queue_statement(rnd, flt, head, user_id, bool(exclude), open_labels)
         for sid, conf in s.execute(stmt, params):
             if conf > best.get(sid, -1.0):
                 best[sid] = conf
     return sorted(best, key=lambda i: (-best[i], i))[:limit]
 
 
-def _card_query(rnd: ReviewRound, flt: QueueFilter, sample_col, *, now, user_id, open_only):
+def _card_query(
+    rnd: ReviewRound, flt: QueueFilter, sample_col, *, now, user_id, open_only, open_labels=None
+):
     """Conditions: the sample in ``sample_col`` is a card of the queue (any head qualifies)."""
     mv_id = flt.model_version_id or rnd.model_version_id
     p = _ANY
-    per_head = [and_(*_head_conditions(rnd, flt, h, p)) for h in _queue_heads(rnd, flt)]
+    per_head = [
+        and_(*_head_conditions(rnd, flt, h, p, open_labels=open_labels))
+        for h in _queue_heads(rnd, flt)
+    ]
     if not per_head:
         return [false()]
     conds = [
@@ -489,34 +538,60 @@ def _card_query(rnd: ReviewRound, flt: QueueFilter, sample_col, *, now, user_id,
     return conds
 
 
-def candidate_count(s: Session, *, round_id: int, flt: QueueFilter = QueueFilter()) -> int:
-    """Cards that match ``flt`` whatever their state (decided, leased or open).
+def candidate_count(
+    s: Session,
+    *,
+    round_id: int,
+    flt: QueueFilter = QueueFilter(),
+    open_labels: dict[str, tuple[str, ...]] | None = None,
+) -> int:
+    """Cards that match ``flt`` whatever their state (decided, leased or open), among those with
+    a head predicting a class of ``open_labels`` (default: :func:`open_classes` of the round).
 
-    It changes only with the round, the filter or the predictions, so a page may cache it and
-    pass it to :func:`queue_size` as ``base``: the full count reads every pool sample (tens of
-    milliseconds per 100,000), the correction only the decided and leased ones.
+    It changes only with the round, the filter, the predictions or the set of full classes, so a
+    page may cache it under those and pass it to :func:`queue_size` as ``base``: the full count
+    reads every pool sample (tens of milliseconds per 100,000), the correction only the decided
+    and leased ones.
     """
     rnd = s.get(ReviewRound, round_id)
+    if open_labels is None:
+        open_labels = open_classes(s, round_id=round_id)
     q = (
         select(func.count())
         .select_from(Sample)
         .where(
             Sample.project_id == rnd.project_id,
             Sample.split == "pool",
-            *_card_query(rnd, flt, Sample.id, now=None, user_id=None, open_only=False),
+            *_card_query(
+                rnd,
+                flt,
+                Sample.id,
+                now=None,
+                user_id=None,
+                open_only=False,
+                open_labels=open_labels,
+            ),
         )
     )
     return s.scalar(q) or 0
 
 
 def queue_size(
-    s: Session, *, round_id: int, flt: QueueFilter = QueueFilter(), base: int | None = None
+    s: Session,
+    *,
+    round_id: int,
+    flt: QueueFilter = QueueFilter(),
+    base: int | None = None,
+    open_labels: dict[str, tuple[str, ...]] | None = None,
 ) -> int:
-    """Open cards that match ``flt`` (undecided, not leased by anyone): ``base`` (or
-    :func:`candidate_count`) less the matching cards that are decided or leased."""
+    """Open cards that match ``flt`` (undecided, not leased by anyone, a class with quota left):
+    ``base`` (or :func:`candidate_count`) less the matching cards that are decided or leased.
+    ``base`` must have been counted with the same ``open_labels``."""
     rnd = s.get(ReviewRound, round_id)
+    if open_labels is None:
+        open_labels = open_classes(s, round_id=round_id)
     if base is None:
-        base = candidate_count(s, round_id=round_id, flt=flt)
+        base = candidate_count(s, round_id=round_id, flt=flt, open_labels=open_labels)
     now = utcnow()
     taken = union(
         select(PseudoLabel.sample_id.label("sid")).where(PseudoLabel.round_id == round_id),
@@ -530,7 +605,15 @@ def queue_size(
         .join(Sample, Sample.id == taken.c.sid)
         .where(
             Sample.split == "pool",
-            *_card_query(rnd, flt, taken.c.sid, now=None, user_id=None, open_only=False),
+            *_card_query(
+                rnd,
+                flt,
+                taken.c.sid,
+                now=None,
+                user_id=None,
+                open_only=False,
+                open_labels=open_labels,
+            ),
         )
     )
     return max(0, base - (s.scalar(q) or 0))

@@ -212,11 +212,14 @@ def _predicted_versions(url: str, project_id: int) -> dict[int, str]:
 
 
 @st.cache_data(ttl=600, show_spinner=False, hash_funcs={q.QueueFilter: repr})
-def _candidate_count(url: str, round_id: int, flt: q.QueueFilter) -> int:
+def _candidate_count(
+    url: str, round_id: int, flt: q.QueueFilter, open_key: tuple[tuple[str, tuple[str, ...]], ...]
+) -> int:
     """Cards matching the filter whatever their state: the costly part of the queue count, which
-    changes only with the round, the filter or the predictions (``q.queue_size(base=...)``)."""
+    changes only with the round, the filter, the predictions or the classes whose quota is full
+    (``open_key``, sorted items of ``q.open_classes``; see ``q.queue_size(base=...)``)."""
     with common.store_at(url).read() as s:
-        return q.candidate_count(s, round_id=round_id, flt=flt)
+        return q.candidate_count(s, round_id=round_id, flt=flt, open_labels=dict(open_key))
 
 
 @st.cache_data(ttl=60, show_spinner=False)
@@ -463,8 +466,13 @@ def _load_view(store, round_id: int, user_id: int, flt: q.QueueFilter) -> dict[s
                 # queue_size leaves out leased cards; the one on this screen still counts here
                 held = S.get("rv_leased")
                 mine = 1 if held and held[0] in ids else 0
-                base = _candidate_count(common.settings().database_url, round_id, flt)
-                S["rv_left"] = q.queue_size(s, round_id=round_id, flt=flt, base=base) + mine
+                open_labels = q.open_classes(s, round_id=round_id)
+                open_key = tuple(sorted(open_labels.items()))
+                base = _candidate_count(common.settings().database_url, round_id, flt, open_key)
+                S["rv_left"] = (
+                    q.queue_size(s, round_id=round_id, flt=flt, base=base, open_labels=open_labels)
+                    + mine
+                )
                 S["rv_left_at"] = time.monotonic()
         rnd = s.get(ReviewRound, round_id)
         mv_id = flt.model_version_id or rnd.model_version_id
@@ -817,7 +825,10 @@ def card_panel(round_id: int, heads: dict[str, list[str]], flt: q.QueueFilter) -
     common.show_flash(key="rv_flash")
     if card is None:
         S.pop("rv_card_labels", None)
-        st.success("Nothing left to review here: every card above the threshold is decided.")
+        st.success(
+            "Nothing left to review here: every card above the threshold is decided, or "
+            "predicts classes whose quotas are full."
+        )
         _buttons(-1, list(heads), has_card=False)
         _history(view["history"], list(heads))
         return

@@ -72,6 +72,15 @@ def reference_queue(store, round_id: int, flt: q.QueueFilter) -> list[int]:
             s.scalars(select(PseudoLabel.sample_id).where(PseudoLabel.round_id == rnd.id))
         )
         thresholds = dict(rnd.thresholds)
+        quotas = {h: dict(per) for h, per in rnd.quotas.items()}
+        taken = dict(
+            (tuple(k), n)
+            for *k, n in s.execute(
+                select(PseudoLabel.head, PseudoLabel.label, func.count())
+                .where(PseudoLabel.round_id == rnd.id, PseudoLabel.state == "accepted")
+                .group_by(PseudoLabel.head, PseudoLabel.label)
+            ).all()
+        )
     cards: dict[int, dict] = {}
     for sid, head, label, conf, paths in rows:
         cards.setdefault(sid, {})[head] = (label, conf, paths)
@@ -90,6 +99,7 @@ def reference_queue(store, round_id: int, flt: q.QueueFilter) -> list[int]:
             for head, (label, conf, _) in preds.items()
             if (flt.head in (None, head))
             and conf >= thresholds[head]
+            and taken.get((head, label), 0) < quotas.get(head, {}).get(label, 0)
             and (flt.label is None or label == flt.label)
             and (flt.min_confidence is None or conf >= flt.min_confidence)
             and (flt.max_confidence is None or conf <= flt.max_confidence)
@@ -137,6 +147,41 @@ def test_queue_merges_the_per_head_scans_in_confidence_order(store, fx):
             assert q.queue_size(s, round_id=fx.round_id, flt=flt) == len(expected)
             base = q.candidate_count(s, round_id=fx.round_id, flt=flt)
             assert q.queue_size(s, round_id=fx.round_id, flt=flt, base=base) == len(expected)
+
+
+def test_a_card_whose_every_head_predicts_a_full_class_leaves_the_queue(store, fx):
+    pairs = set_pool_pairs(store, fx)
+    full_emo, full_int = "happy", "questioning"
+    # fill both classes' quotas (3 each in the fixture) with cards of other pairs
+    fill = {"emotion": full_emo, "intent": full_int}
+    with store.write() as s:
+        for head, label in fill.items():
+            for sid in [i for i, p in pairs.items() if label in p][:3]:
+                q.decide(
+                    s,
+                    round_id=fx.round_id,
+                    sample_id=sid,
+                    action="accept",
+                    heads=[head],
+                    user_id=None,
+                )
+        assert q.open_classes(s, round_id=fx.round_id)["emotion"].count(full_emo) == 0
+    both_full = {sid for sid, p in pairs.items() if p == (full_emo, full_int)}
+    one_full = {sid for sid, p in pairs.items() if (p[0] == full_emo) != (p[1] == full_int)}
+    assert both_full and one_full
+    expected = reference_queue(store, fx.round_id, q.QueueFilter())
+    with store.read() as s:
+        got = q.queue(s, round_id=fx.round_id, limit=1000)
+        assert got == expected
+        assert not both_full & set(got)  # nothing left to accept as predicted: skipped
+        decided = set(s.scalars(select(PseudoLabel.sample_id)))
+        assert one_full - decided <= set(got)  # the other head can still be accepted
+        assert q.queue_size(s, round_id=fx.round_id) == len(expected)
+        # asked for by id, a full card stays out too, unless the caller keeps full classes
+        named = q.QueueFilter(sample_ids=tuple(both_full))
+        assert q.queue(s, round_id=fx.round_id, flt=named, limit=100) == []
+        kept = q.queue(s, round_id=fx.round_id, flt=named, limit=100, skip_full=False)
+        assert set(kept) == both_full - decided
 
 
 def test_unseen_pairs_are_the_zero_cells_of_the_gold_train_labels(store, fx):

@@ -39,8 +39,9 @@ def review(ids, role: str = "admin", params: dict[str, str] | None = None) -> Ap
     return at
 
 
-def card_id(at: AppTest) -> int:
-    return at.session_state["rv_card"]
+def card_id(at: AppTest) -> int | None:
+    """The sample id on the card, None when the queue is empty."""
+    return at.session_state.get("rv_card")
 
 
 def prediction(store, sample_id: int, head: str, mv: int | None = None) -> Prediction:
