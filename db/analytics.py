@@ -33,6 +33,7 @@ from db.models import (
     PseudoLabel,
     ReviewRound,
     Sample,
+    Transcript,
     User,
 )
 
@@ -49,6 +50,7 @@ __all__ = [
     "cooccurrence_pseudo",
     "f1_change",
     "f1_change_from_metrics",
+    "labelled_samples",
     "project_schema",
     "pseudo_label_classes",
     "rounds",
@@ -446,3 +448,40 @@ def confusion_cell_samples(
             .order_by(Prediction.sample_id)
         )
     )
+
+
+def labelled_samples(
+    s: Session, *, model_version_id: int, sample_ids: Iterable[int]
+) -> list[dict[str, Any]]:
+    """The gold-labelled samples a confusion cell links to, for the Review page's inspect view:
+    one dict per sample id found, in the order given, with ``sample_id``, ``utt_id``, ``split``,
+    ``text`` (current transcript, ``""`` if none), ``gold`` ({head: class}) and ``pred``
+    ({head: (class, confidence)} of ``model_version_id``; a head the model did not predict is
+    absent)."""
+    ids = list(dict.fromkeys(int(i) for i in sample_ids))
+    if not ids:
+        return []
+    rows = s.execute(
+        select(Sample.id, Sample.utt_id, Sample.split, Transcript.text)
+        .outerjoin(Transcript, Transcript.sample_id == Sample.id)
+        .where(Sample.id.in_(ids))
+    ).all()
+    out = {
+        sid: {"sample_id": sid, "utt_id": utt, "split": split, "text": text or "", "gold": {}}
+        for sid, utt, split, text in rows
+    }
+    for sid, head, label in s.execute(
+        select(GoldLabel.sample_id, GoldLabel.head, GoldLabel.label).where(
+            GoldLabel.sample_id.in_(ids)
+        )
+    ):
+        out[sid]["gold"][head] = label
+    for item in out.values():
+        item["pred"] = {}
+    for sid, head, label, conf in s.execute(
+        select(
+            Prediction.sample_id, Prediction.head, Prediction.label, Prediction.confidence
+        ).where(Prediction.model_version_id == model_version_id, Prediction.sample_id.in_(ids))
+    ):
+        out[sid]["pred"][head] = (label, float(conf))
+    return [out[i] for i in ids if i in out]

@@ -12,7 +12,10 @@ short ORM selects with no UI in them, ready to move into ``db.queries``.
 
 from __future__ import annotations
 
+import functools
+import html
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -308,3 +311,63 @@ def job(store_: Store, *, job_id: int) -> dict[str, Any] | None:
             "finished_at": j.finished_at,
             "heartbeat_at": j.heartbeat_at,
         }
+
+
+# --------------------------------------------------------------------------- the card
+
+BROWSER_VIDEO = {".mp4", ".m4v", ".webm", ".ogv", ".mov"}
+
+
+def top3(probs: list[float], classes: list[str]) -> list[tuple[str, float]]:
+    """The three most probable (class, probability) pairs, most probable first."""
+    order = sorted(range(len(probs)), key=lambda k: -probs[k])[:3]
+    return [(classes[k] if k < len(classes) else str(k), float(probs[k])) for k in order]
+
+
+@functools.lru_cache(maxsize=512)
+def _segment(text: str) -> tuple[str, ...]:
+    from meiju_core.text import segment
+
+    return tuple(segment(text))
+
+
+def transcript_block(card: Any, *, words: bool = False) -> None:
+    """The card's transcript, large, in a ``div.meiju-transcript`` carrying ``data-utt`` (the
+    browser tests read it); ``words``: segmented by jieba, one box per word. ``card`` is a
+    ``db.queries.Card``."""
+    utt = html.escape(card.utt_id)
+    if not card.text:
+        st.markdown(
+            f"<div class='meiju-transcript empty' data-utt='{utt}'>(no transcript)</div>",
+            unsafe_allow_html=True,
+        )
+        return
+    if words:
+        body = "".join(
+            f"<span class='meiju-word'>{html.escape(w)}</span>"
+            for w in _segment(card.text)
+            if w.strip()
+        )
+        cls = "meiju-transcript words"
+    else:
+        body, cls = html.escape(card.text), "meiju-transcript"
+    st.markdown(f"<div class='{cls}' data-utt='{utt}'>{body}</div>", unsafe_allow_html=True)
+
+
+def media_block(card: Any) -> None:
+    """The card's video (seeked to the utterance's start, in whole seconds) or audio player, or
+    a note when the file is gone or the browser may not play its format."""
+    start = int(card.start_s or 0)
+    if card.video_path:
+        path = Path(card.video_path)
+        if not path.exists():
+            st.caption(f"Video not found: `{card.video_path}`")
+        else:
+            st.video(str(path), start_time=start)
+            if path.suffix.lower() not in BROWSER_VIDEO:
+                st.caption(f"{path.suffix} video: the browser may not play it.")
+    elif card.audio_path:
+        if Path(card.audio_path).exists():
+            st.audio(card.audio_path, start_time=start)
+        else:
+            st.caption(f"Audio not found: `{card.audio_path}`")

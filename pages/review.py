@@ -23,11 +23,9 @@ head shown (H switches the head, 0 clears), then A / E / I accept with the overr
 
 from __future__ import annotations
 
-import functools
 import html
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -40,6 +38,7 @@ from db.models import ModelVersion, Prediction, ReviewRound, Sample
 from meiju_core import pipeline
 from meiju_core.errors import MeijuError, QuotaExceeded
 from pages import _common as common
+from pages._inspect import inspect_panel
 
 PREFETCH = 8  # card ids fetched ahead in one queue query
 # The queue count is recounted with the queue at most this often; in between, this page's own
@@ -49,7 +48,6 @@ THRESHOLD_STEPS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 DIGITS = "123456789"
 # A E I X S U H and the digits are the page's; C and R are Streamlit's own
 RESERVED_KEYS = {"A", "X", "S", "U", "H", "C", "R", "0", *DIGITS}
-BROWSER_VIDEO = {".mp4", ".m4v", ".webm", ".ogv", ".mov"}
 FILTER_KEYS = ("head", "label", "min", "max", "unseen", "disagree", "model", "samples")
 TRANSCRIPTS_PAGE = "pages/transcripts.py"
 S = st.session_state
@@ -220,6 +218,35 @@ def _candidate_count(
     (``open_key``, sorted items of ``q.open_classes``; see ``q.queue_size(base=...)``)."""
     with common.store_at(url).read() as s:
         return q.candidate_count(s, round_id=round_id, flt=flt, open_labels=dict(open_key))
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _outside_pool(url: str, sample_ids: tuple[int, ...]) -> tuple[int, ...]:
+    """The linked samples that are not in the pool (valid, test or train), in link order."""
+    with common.store_at(url).read() as s:
+        found = set(
+            s.scalars(select(Sample.id).where(Sample.id.in_(sample_ids), Sample.split != "pool"))
+        )
+    return tuple(i for i in sample_ids if i in found)
+
+
+def inspect_link(project: dict[str, Any]) -> bool:
+    """A link naming gold-labelled samples (a dashboard confusion cell) opens the inspect view
+    (``pages/_inspect.py``) instead of the queue; returns whether it did."""
+    raw = st.query_params.get("samples", "")
+    ids = tuple(dict.fromkeys(int(i) for i in raw.split(",") if i.strip().isdigit()))
+    if not ids:
+        return False
+    url = common.settings().database_url
+    outside = _outside_pool(url, ids)
+    if not outside:
+        return False
+    versions = _predicted_versions(url, project["id"])
+    model = st.query_params.get("model", "")
+    mv_id = int(model) if model.isdigit() and int(model) in versions else max(versions, default=0)
+    params = {k: st.query_params.get(k, "") for k in ("head", "gold", "pred", "split")}
+    inspect_panel(project, list(outside), mv_id, params)
+    return True
 
 
 @st.cache_data(ttl=60, show_spinner=False)
@@ -599,55 +626,6 @@ def _undo(decision_id: int | None = None) -> None:
 # --------------------------------------------------------------------------- the card
 
 
-def _top3(probs: list[float], classes: list[str]) -> list[tuple[str, float]]:
-    order = sorted(range(len(probs)), key=lambda k: -probs[k])[:3]
-    return [(classes[k] if k < len(classes) else str(k), float(probs[k])) for k in order]
-
-
-@functools.lru_cache(maxsize=512)
-def _words(text: str) -> tuple[str, ...]:
-    from meiju_core.text import segment
-
-    return tuple(segment(text))
-
-
-def _transcript(card: q.Card) -> None:
-    utt = html.escape(card.utt_id)
-    if not card.text:
-        st.markdown(
-            f"<div class='meiju-transcript empty' data-utt='{utt}'>(no transcript)</div>",
-            unsafe_allow_html=True,
-        )
-        return
-    if S.get("rv_words"):
-        body = "".join(
-            f"<span class='meiju-word'>{html.escape(w)}</span>"
-            for w in _words(card.text)
-            if w.strip()
-        )
-        cls = "meiju-transcript words"
-    else:
-        body, cls = html.escape(card.text), "meiju-transcript"
-    st.markdown(f"<div class='{cls}' data-utt='{utt}'>{body}</div>", unsafe_allow_html=True)
-
-
-def _media(card: q.Card) -> None:
-    start = int(card.start_s or 0)
-    if card.video_path:
-        path = Path(card.video_path)
-        if not path.exists():
-            st.caption(f"Video not found: `{card.video_path}`")
-        else:
-            st.video(str(path), start_time=start)
-            if path.suffix.lower() not in BROWSER_VIDEO:
-                st.caption(f"{path.suffix} video: the browser may not play it.")
-    elif card.audio_path:
-        if Path(card.audio_path).exists():
-            st.audio(card.audio_path, start_time=start)
-        else:
-            st.caption(f"Audio not found: `{card.audio_path}`")
-
-
 def _predictions(
     card: q.Card, heads: dict[str, list[str]], quotas: dict, overrides: dict[str, str]
 ) -> None:
@@ -667,7 +645,7 @@ def _predictions(
                 )
             else:
                 st.markdown(f"**{head.capitalize()}** · :red[**{pred['label']}**]")
-            for label, p in _top3(pred["probs"] or [], classes):
+            for label, p in common.top3(pred["probs"] or [], classes):
                 st.progress(min(1.0, max(0.0, p)), text=f"{label} · {p:.2f}")
             paths = pred.get("paths")
             if paths and len(paths) > 1:
@@ -856,8 +834,8 @@ def card_panel(round_id: int, heads: dict[str, list[str]], flt: q.QueueFilter) -
     )
     main, side = st.columns([3, 2], gap="large")
     with main:
-        _transcript(card)
-        _media(card)
+        common.transcript_block(card, words=bool(S.get("rv_words")))
+        common.media_block(card)
     with side:
         _predictions(card, heads, view["quotas"], overrides)
     _buttons(card.sample_id, list(heads), has_card=True)
@@ -978,6 +956,8 @@ def main() -> None:
     project = common.project()
     st.title("Review")
     common.show_flash(key="rv_page_flash")
+    if inspect_link(project):
+        return
     with store.read() as s:
         r = q.active_round(s, project_id=project["id"])
         rnd = None

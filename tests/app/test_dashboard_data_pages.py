@@ -133,6 +133,10 @@ def test_a_confusion_cell_opens_review_with_its_samples(fx, monkeypatch):
     assert sent == [("pages/review.py", params)]
     assert not any(t.value == "Dashboard" for t in at.title)
     assert at.query_params["samples"] == params["samples"]  # as Review keeps it
+    # the valid samples open in Review's inspect view, with the cell's classes in their rows
+    table = next(d.value for d in at.dataframe if "utterance" in d.value.columns)
+    assert len(table) == len(expected)
+    assert set(table["gold emotion"]) == {gold} and set(table["predicted emotion"]) == {pred}
 
 
 def test_an_empty_confusion_cell_stays_on_the_dashboard(fx):

@@ -17,7 +17,15 @@ from streamlit.testing.v1 import AppTest
 
 from db import queries as q
 from db.fixtures import EMOTIONS, INTENTS
-from db.models import Decision, ModelVersion, Prediction, PseudoLabel, ReviewRound, Sample
+from db.models import (
+    Decision,
+    GoldLabel,
+    ModelVersion,
+    Prediction,
+    PseudoLabel,
+    ReviewRound,
+    Sample,
+)
 from meiju_core import pipeline
 from meiju_core.text import segment
 
@@ -151,16 +159,45 @@ def test_filters_survive_a_visit_to_another_page(fx):
     assert url_params(at) == {"head": "intent", "label": "neutral"}
 
 
-def test_dashboard_link_with_samples_outside_the_pool_is_explained(fx):
+def test_a_link_to_gold_labelled_samples_opens_the_inspect_view(fx):
     store, ids = fx
     with store.read() as s:
         valid = s.scalars(select(Sample.id).where(Sample.split == "valid").limit(3)).all()
-    link = {"samples": ",".join(map(str, [*valid, ids.pool_ids[0]])), "split": "valid"}
+        gold = select(GoldLabel.head, GoldLabel.label)
+        truth = {
+            sid: dict(s.execute(gold.where(GoldLabel.sample_id == sid)).all()) for sid in valid
+        }
+        utts = [s.get(Sample, sid).utt_id for sid in valid]
+    link = {
+        "samples": ",".join(map(str, [*valid, ids.pool_ids[0]])),
+        "split": "valid",
+        "head": "emotion",
+        "gold": "sad",
+        "pred": "happy",
+        "model": str(ids.model_version_id),
+    }
     at = review(ids, params=link)
-    assert at.session_state["rv_filter"].sample_ids == (*valid, ids.pool_ids[0])
-    assert any("3 valid of the linked samples are not in the pool" in i.value for i in at.info)
-    if "rv_card" in at.session_state:
-        assert card_id(at) == ids.pool_ids[0]
+    assert not at.exception
+    assert "rv_card" not in at.session_state  # no queue card: the view is read-only
+    table = next(d.value for d in at.dataframe if "utterance" in d.value.columns)
+    assert list(table["utterance"]) == utts  # the gold-labelled ones only, in link order
+    assert list(table["gold emotion"]) == [truth[sid]["emotion"] for sid in valid]
+    expected_pred = [prediction(store, sid, "intent").label for sid in valid]
+    assert list(table["predicted intent"]) == expected_pred
+    assert any("gold **sad**, predicted **happy**" in m.value for m in at.markdown)
+    assert any(utts[0] in m.value for m in at.markdown)  # the first sample's card
+    at.button(key="rv_ins_next").click().run()  # J
+    assert at.session_state["rv_ins_pos"] == 1
+    assert any(utts[1] in m.value for m in at.markdown)
+    at.button(key="rv_ins_prev").click().run().button(key="rv_ins_prev").click().run()  # K, K
+    assert at.session_state["rv_ins_pos"] == 2  # wraps around
+    with store.read() as s:
+        n_decisions = s.scalar(select(func.count()).select_from(Decision))
+    assert n_decisions == 0
+    at.button(key="rv_ins_back").click().run()  # back to the queue, the cell's params gone
+    assert not at.exception
+    assert "samples" not in at.query_params and "gold" not in at.query_params
+    assert "rv_card" in at.session_state
 
 
 def test_model_version_filter_shows_and_accepts_that_models_classes(fx):

@@ -234,8 +234,21 @@ def test_dashboard_tabs_and_a_confusion_click_opens_review(app_server, page):
     }
     assert len(expected) == matrix[i][j]
     assert parse_qs(urlparse(page.url).query)["samples"] == [params["samples"]]  # Review kept it
+    # the inspect view: the cell's first sample as a card, J steps to the next one
+    with store.read() as s:
+        utts = [s.get(Sample, sid).utt_id for sid in expected]
+    card = ".meiju-transcript"
+    page.wait_for_selector(card)
+    first = page.evaluate(f"() => document.querySelector({card!r}).dataset.utt")
+    assert first == utts[0]
+    page.get_by_text(f"gold {EMOTIONS[i]}", exact=False).first.wait_for()
     no_exception(page)
     screenshot(page, "review_from_confusion_cell")
+    if len(utts) > 1:
+        page.keyboard.press("j")
+        page.wait_for_function(
+            f"u => document.querySelector({card!r})?.dataset.utt === u", arg=utts[1]
+        )
 
 
 def test_data_page_export_job_to_download(app_server, page):
