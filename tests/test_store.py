@@ -221,7 +221,15 @@ def test_candidate_counts_and_demo_threshold(store, fx):
     assert all(c[0.999999] == 0 for c in counts.values())  # nobody reaches it, still reported
     assert all(0 < c[0.3] <= 60 for c in counts.values())  # pool samples only (60 in the fixture)
     # the fixture's Dirichlet confidences reach 0.5 on far fewer than 200 pool samples per head
-    assert pipeline.demo_threshold(store, fx.model_version_id) == 0.5
+    assert pipeline.demo_threshold(store, fx.model_version_id) == {"emotion": 0.5, "intent": 0.5}
+    # with a lower bar each head gets the highest threshold its own confidences reach
+    per_head = pipeline.demo_threshold(store, fx.model_version_id, min_candidates=3)
+    for head, t in per_head.items():
+        reach = pipeline.candidate_counts(
+            store, model_version_id=fx.model_version_id, thresholds=list(pipeline.DEMO_THRESHOLDS)
+        )[head]
+        assert reach[t] >= 3
+        assert all(reach[h] < 3 for h in pipeline.DEMO_THRESHOLDS if h > t)
 
 
 def test_queue_offers_only_pool_samples(store, fx):
