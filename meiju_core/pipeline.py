@@ -472,7 +472,13 @@ def predict(
     """Write every sample's per-head probabilities, argmax label and confidence for one model
     version (replacing any it had), and for a head with several interaction paths (the intent
     ensemble) each path's argmax class (``prediction.paths``, the review queue's disagreement
-    filter). Returns the number of prediction rows written."""
+    filter). Returns the number of prediction rows written.
+
+    With ``settings.calibrate`` (the default), each head's probabilities are temperature-scaled
+    first: one temperature per head fitted on the valid split's gold labels
+    (``meiju_core.pseudo.temperature_scale``; Guo et al. 2017), recorded in the model version's
+    ``config["temperature"]``. Argmax labels, and so every F1, are unchanged; confidences become
+    calibrated, so that a pseudo-label threshold of 0.9 keeps labels about 90 % right."""
     from meiju_core import train as tr
 
     with store.read() as s:
@@ -494,9 +500,20 @@ def predict(
         device=settings.device,
         return_paths=True,
     )
+    temperatures = (
+        _fit_temperatures(store, project_id, schema, split.sample_ids, probs)
+        if settings.calibrate
+        else {}
+    )
     rows = []
     for head in schema.head_names:
         p = np.asarray(probs[head], dtype=np.float64)
+        if head in temperatures:
+            from meiju_core.pseudo import apply_temperature
+
+            p = apply_temperature(
+                p / p.sum(axis=1, keepdims=True), temperatures[head], kind="probs"
+            )
         arg = p.argmax(axis=1)
         classes = schema.classes(head)
         # a head with several interaction paths (the intent ensemble): each path's argmax class
@@ -517,7 +534,45 @@ def predict(
         s.execute(delete(Prediction).where(Prediction.model_version_id == model_version_id))
         for start in range(0, len(rows), 5000):
             s.execute(insert(Prediction), rows[start : start + 5000])
+        mv = s.get(ModelVersion, model_version_id)
+        mv.config = {**mv.config, "temperature": temperatures or None}
     return len(rows)
+
+
+def _fit_temperatures(
+    store: Store,
+    project_id: int,
+    schema: LabelSchema,
+    sample_ids: list[int],
+    probs: dict[str, Any],
+) -> dict[str, float]:
+    """{head: temperature} fitted on the valid samples among ``sample_ids`` (``probs[head]``
+    rows, float (N, K)); a head with fewer than 20 valid gold labels is left uncalibrated."""
+    from meiju_core.pseudo import temperature_scale
+
+    with store.read() as s:
+        gold = s.execute(
+            select(GoldLabel.sample_id, GoldLabel.head, GoldLabel.label)
+            .join(Sample, Sample.id == GoldLabel.sample_id)
+            .where(Sample.project_id == project_id, Sample.split == "valid")
+        ).all()
+    row_of = {sid: i for i, sid in enumerate(sample_ids)}
+    out: dict[str, float] = {}
+    for head in schema.head_names:
+        classes = schema.classes(head)
+        pairs = [
+            (row_of[sid], classes.index(label))
+            for sid, h, label in gold
+            if h == head and sid in row_of and label in classes
+        ]
+        if len(pairs) < 20:
+            continue
+        rows_, labels = (np.array(v, dtype=np.int64) for v in zip(*pairs, strict=True))
+        p = np.asarray(probs[head], dtype=np.float64)[rows_]
+        out[head] = round(
+            temperature_scale(p / p.sum(axis=1, keepdims=True), labels, kind="probs"), 4
+        )
+    return out
 
 
 def evaluate(store: Store, *, model_version_id: int) -> dict[str, Any]:

@@ -27,6 +27,13 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
     ("device", "auto", "Training device: auto (CUDA when available), cpu or cuda."),
     ("feature_set", "builtin", "Feature set used for training: builtin, pretrained or meiju-npy."),
     ("threshold", 0.99, "Pseudo-label confidence threshold per head (paper: 0.99)."),
+    (
+        "calibrate",
+        True,
+        "Fit a temperature per head on the valid split after training and store calibrated "
+        "probabilities, so a confidence threshold means what it says (argmax labels and F1 "
+        "are unchanged).",
+    ),
     ("quota_strategy", "balanced", "Per-class quota strategy: balanced, proportional or explicit."),
     ("quota_budget", 2000, "Most pseudo-labels a round may accept per head."),
     ("seed", 336, "Random seed for splits and training."),
@@ -41,6 +48,18 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
 )
 
 
+def _parse(raw: str, kind: type) -> Any:
+    """An environment value as the setting's type; booleans take 1/0, true/false, yes/no, on/off."""
+    if kind is bool:
+        word = raw.strip().lower()
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(raw)
+    return kind(raw)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved settings; build with ``Settings.load()``."""
@@ -51,6 +70,7 @@ class Settings:
     device: str
     feature_set: str
     threshold: float
+    calibrate: bool
     quota_strategy: str
     quota_budget: int
     seed: int
@@ -66,7 +86,7 @@ class Settings:
             var = f"MEIJU_{name.upper()}"
             raw = os.environ.get(var)
             try:
-                value = default if raw is None else type(default)(raw)
+                value = default if raw is None else _parse(raw, type(default))
             except ValueError:
                 raise InputError(
                     f"{var}={raw!r}: {name} must be a {type(default).__name__}", field=name

@@ -6,11 +6,20 @@ from __future__ import annotations
 
 import csv
 
+import numpy as np
 import pytest
 from sqlalchemy import func, select
 
 from db import queries as q
-from db.models import FeatureFile, ModelVersion, Prediction, PseudoLabel, Sample, TranscriptEdit
+from db.models import (
+    FeatureFile,
+    GoldLabel,
+    ModelVersion,
+    Prediction,
+    PseudoLabel,
+    Sample,
+    TranscriptEdit,
+)
 from meiju_core import jobs, pipeline
 from meiju_core.errors import InputError, StaleEdit
 from meiju_core.settings import Settings
@@ -208,3 +217,49 @@ def test_transcript_fix_is_recorded_and_reaches_the_features(demo):
             .content_hash
         )
     assert after_hash != before_hash
+
+
+def _valid_predictions(store, mv_id: int, head: str) -> tuple[list[str], np.ndarray, list[str]]:
+    """(predicted labels, probs (N, K), gold labels) of the valid samples with a gold label."""
+    with store.read() as s:
+        rows = s.execute(
+            select(Prediction.label, Prediction.probs, GoldLabel.label)
+            .join(Sample, Sample.id == Prediction.sample_id)
+            .join(
+                GoldLabel,
+                (GoldLabel.sample_id == Prediction.sample_id) & (GoldLabel.head == head),
+            )
+            .where(
+                Prediction.model_version_id == mv_id,
+                Prediction.head == head,
+                Sample.split == "valid",
+            )
+            .order_by(Prediction.sample_id)
+        ).all()
+    return [r[0] for r in rows], np.array([r[1] for r in rows]), [r[2] for r in rows]
+
+
+def _nll(probs: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None))))
+
+
+def test_calibration_keeps_labels_and_lowers_the_valid_nll(demo):
+    settings, store, summary = demo
+    mv_id = summary["model_version_id"]
+    classes = {"emotion": pipeline.schema_of(store, summary["project_id"]).classes("emotion")}
+    classes["intent"] = pipeline.schema_of(store, summary["project_id"]).classes("intent")
+    pipeline.predict(store, settings.with_(calibrate=False), model_version_id=mv_id)
+    raw = {h: _valid_predictions(store, mv_id, h) for h in classes}
+    with store.read() as s:
+        assert s.get(ModelVersion, mv_id).config["temperature"] is None
+    pipeline.predict(store, settings, model_version_id=mv_id)  # calibrate=True, the default
+    with store.read() as s:
+        temperatures = s.get(ModelVersion, mv_id).config["temperature"]
+    assert set(temperatures) == {"emotion", "intent"}
+    for head, cls in classes.items():
+        assert temperatures[head] > 0 and temperatures[head] != 1.0
+        labels, probs, gold = _valid_predictions(store, mv_id, head)
+        assert labels == raw[head][0]  # argmax unchanged, so every F1 is too
+        assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+        y = np.array([cls.index(g) for g in gold])
+        assert _nll(probs, y) <= _nll(raw[head][1], y) + 1e-6
