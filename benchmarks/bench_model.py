@@ -11,7 +11,7 @@ majority classes no quota under ``balanced``; thresholds per head by the demo ru
 ``--threshold``).
 
 Usage: ``python benchmarks/bench_model.py [--seeds 336 337 338] [--epochs N] [--threshold T]
-[--strategy proportional|balanced] [--budget N]``
+[--strategy proportional|balanced] [--budget N] [--no-calibrate] [--name NAME]``
 Writes ``benchmarks/results/model.json``.
 """
 
@@ -76,10 +76,17 @@ def _precision(store, round_id: int) -> dict:
 
 
 def run(
-    seeds: list[int], epochs: int | None, threshold: float | None, budget: int, strategy: str
+    seeds: list[int],
+    epochs: int | None,
+    threshold: float | None,
+    budget: int,
+    strategy: str,
+    calibrate: bool = True,
 ) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="meiju-bench-"))
-    settings = Settings.load(data_dir=str(tmp), database_url="", project="demo")
+    settings = Settings.load(
+        data_dir=str(tmp), database_url="", project="demo", calibrate=calibrate
+    )
     store = pipeline.open_store(settings)
     from meiju_core.io.cped import build_demo as import_demo
 
@@ -215,7 +222,8 @@ def summarise(result: dict, args: argparse.Namespace) -> dict:
             "figure": "Joint score, paper model stage 2 (auto pseudo-labels)",
             "value": fmt(p2, "joint"),
             "goal": "> stage 1 by more than the spread",
-            "note": f"thresholds {_thresholds(runs)}, {args.strategy} quotas, budget "
+            "note": f"{'calibrated' if args.calibrate else 'raw'} confidences, thresholds "
+            f"{_thresholds(runs)}, {args.strategy} quotas, budget "
             f"{args.budget}; accepted per seed {_accepted(runs)}",
         },
         {
@@ -237,6 +245,7 @@ def summarise(result: dict, args: argparse.Namespace) -> dict:
             "threshold": args.threshold,
             "budget": args.budget,
             "strategy": args.strategy,
+            "calibrate": args.calibrate,
         },
         "machine": {
             "cpus": __import__("os").cpu_count(),
@@ -259,14 +268,23 @@ def main() -> int:
     )
     ap.add_argument("--budget", type=int, default=2000)
     ap.add_argument("--strategy", choices=["proportional", "balanced"], default="proportional")
+    ap.add_argument(
+        "--calibrate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="temperature-scale each head on valid before thresholds apply (the default)",
+    )
+    ap.add_argument("--name", default="model", help="results file: benchmarks/results/NAME.json")
     args = ap.parse_args()
     t0 = time.perf_counter()
     load_at_start = __import__("os").getloadavg()[0]
-    result = run(args.seeds, args.epochs, args.threshold, args.budget, args.strategy)
+    result = run(
+        args.seeds, args.epochs, args.threshold, args.budget, args.strategy, args.calibrate
+    )
     out = summarise(result, args)
     out["seconds"] = time.perf_counter() - t0
     out["machine"]["load_average_1min_at_start"] = load_at_start
-    path = ROOT / "benchmarks" / "results" / "model.json"
+    path = ROOT / "benchmarks" / "results" / f"{args.name}.json"
     path.write_text(json.dumps(out, indent=2, default=float), encoding="utf-8")
     print(f"\nwrote {path} in {out['seconds']:.0f} s")
     return 0
