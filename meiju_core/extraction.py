@@ -49,7 +49,9 @@ import contextlib
 import hashlib
 import multiprocessing
 import os
+import sys
 import time
+import types
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -234,6 +236,25 @@ def _run_worker(paths: Mapping[str, str | None]) -> tuple[dict, dict, dict]:
     return _worker(paths)
 
 
+@contextlib.contextmanager
+def _neutral_main() -> Any:
+    """Hide the parent's ``__main__`` while worker processes are spawned.
+
+    A spawned child re-runs the parent's main script before unpickling its task
+    (``multiprocessing.spawn``'s ``_fixup_main_from_path``). That script may not be importable
+    on its own: a Streamlit app page run in-process (Streamlit installs it as ``__main__``), a
+    notebook, a test runner. The workers need nothing from it (their code is in this module), so
+    while they start ``__main__`` is a bare module with no file or spec, which the child skips.
+    """
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
+
+
 class _MediaPool:
     """Media results of ``items``, one per ``next()``, in the order of ``items``.
 
@@ -257,8 +278,7 @@ class _MediaPool:
         if self.workers > 1 and self._pool is None:
             # spawn, not fork: forking a process whose threads hold locks (torch's OpenMP
             # pool, huey's consumer threads) can hang the children. Spawned workers start from
-            # a fresh interpreter and import only this module (the parent's ``__main__`` is
-            # re-imported under its guard: the CLI, ``meiju_core.jobs``, pytest).
+            # a fresh interpreter and import only this module (see _neutral_main).
             ctx = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(
                 max_workers=self.workers,
@@ -271,9 +291,10 @@ class _MediaPool:
 
     def _fill(self) -> None:
         assert self._pool is not None
-        while self._submitted < len(self.items) and len(self._queue) < self.workers * LOOKAHEAD:
-            self._queue.append(self._pool.submit(_run_worker, self.items[self._submitted]))
-            self._submitted += 1
+        with _neutral_main():  # a submit may spawn a worker (see _neutral_main)
+            while self._submitted < len(self.items) and len(self._queue) < self.workers * LOOKAHEAD:
+                self._queue.append(self._pool.submit(_run_worker, self.items[self._submitted]))
+                self._submitted += 1
 
     def __next__(self) -> tuple[dict, dict, dict]:
         if self._next >= len(self.items):

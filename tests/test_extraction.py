@@ -366,3 +366,21 @@ def test_worker_count_comes_from_the_setting(monkeypatch, tmp_path):
     monkeypatch.setenv("MEIJU_EXTRACT_WORKERS", "many")
     with pytest.raises(InputError, match="MEIJU_EXTRACT_WORKERS='many'"):
         Settings.load(data_dir=str(tmp_path))
+
+
+def test_parallel_workers_start_when_main_is_not_importable(tmp_path, rows, monkeypatch):
+    """A Streamlit page run in-process (AppTest) becomes ``__main__``; spawned workers must not
+    re-run it."""
+    import sys
+    import types
+
+    script = tmp_path / "page.py"
+    script.write_text("raise ImportError('a page script, not importable on its own')\n")
+    fake = types.ModuleType("__main__")
+    fake.__file__ = str(script)
+    fake.__spec__ = None
+    monkeypatch.setitem(sys.modules, "__main__", fake)
+    settings, store, pid = _small_project(tmp_path / "p", rows)
+    fs_id = extraction.extract_features(store, settings, project_id=pid, workers=2)
+    assert len(_files(store, fs_id)) == N_FILES
+    assert sys.modules["__main__"] is fake  # put back afterwards
