@@ -191,9 +191,16 @@ def quota_status(s: Session, *, round_id: int) -> dict[str, dict[str, tuple[int,
 def open_classes(s: Session, *, round_id: int) -> dict[str, tuple[str, ...]]:
     """{head: classes whose quota is not yet full} in one round, each tuple sorted: the classes
     a card's prediction may have for that head to stay in the review queue."""
+    return open_from_status(quota_status(s, round_id=round_id))
+
+
+def open_from_status(
+    status: dict[str, dict[str, tuple[int, int]]],
+) -> dict[str, tuple[str, ...]]:
+    """:func:`open_classes` from a :func:`quota_status` already read."""
     return {
         head: tuple(sorted(c for c, (n, quota) in per_class.items() if n < quota))
-        for head, per_class in quota_status(s, round_id=round_id).items()
+        for head, per_class in status.items()
     }
 
 
@@ -486,6 +493,7 @@ def queue(
     limit: int = 2,
     exclude: Iterable[int] = (),
     skip_full: bool = True,
+    open_labels: dict[str, tuple[str, ...]] | None = None,
 ) -> list[int]:
     """Sample ids of the next undecided cards, most confident first, not leased by others.
 
@@ -493,7 +501,8 @@ def queue(
     predicts a class whose quota is not full; a card whose every head predicts a full class is
     left out, since accepting it as predicted would be refused (named ``flt.sample_ids`` are
     shown too, so that a prefetched card whose class filled meanwhile drops out). ``skip_full``
-    False keeps cards of full classes. A card's rank is its highest confidence among the heads that
+    False keeps cards of full classes; ``open_labels`` (:func:`open_classes`) saves reading the
+    quotas again when the caller has them. A card's rank is its highest confidence among the heads that
     qualify (ties: lower sample id first). Each head is read from its own index scan, most confident row down, stopping after
     ``limit`` rows, and the lists are merged: a card in the overall top ``limit`` is in the top
     ``limit`` of the head that ranks it, so no GROUP BY over all predictions is needed.
@@ -505,7 +514,10 @@ def queue(
         params["exclude"] = list(exclude)
     if flt.sample_ids is not None:
         params["sample_ids"] = list(flt.sample_ids)
-    open_labels = open_classes(s, round_id=round_id) if skip_full else None
+    if not skip_full:
+        open_labels = None
+    elif open_labels is None:
+        open_labels = open_classes(s, round_id=round_id)
     best: dict[int, float] = {}
     for head in _queue_heads(rnd, flt):
         stmt = _queue_statement(rnd, flt, head, user_id, bool(exclude), open_labels)

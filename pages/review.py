@@ -469,10 +469,13 @@ def filter_summary(flt: q.QueueFilter, params: dict[str, str]) -> None:
 
 
 def _load_view(store, round_id: int, user_id: int, flt: q.QueueFilter) -> dict[str, Any]:
-    """The card to show and what is drawn around it, in one read session."""
+    """The card to show and what is drawn around it, in one read session (the history is read
+    after the card is drawn, see :func:`card_panel`)."""
     kept = [S.get("rv_focus"), S.get("rv_card"), *S.get("rv_ahead", [])]
     candidates = list(dict.fromkeys(i for i in kept if i is not None))
     with store.read() as s:
+        quotas = q.quota_status(s, round_id=round_id)
+        open_labels = q.open_from_status(quotas)
         ids: list[int] = []
         if candidates:
             still = set(
@@ -482,18 +485,24 @@ def _load_view(store, round_id: int, user_id: int, flt: q.QueueFilter) -> dict[s
                     flt=replace(flt, sample_ids=tuple(candidates)),
                     user_id=user_id,
                     limit=len(candidates),
+                    open_labels=open_labels,
                 )
             )
             ids = [i for i in candidates if i in still]
         if len(ids) < 2:
             ids += q.queue(
-                s, round_id=round_id, flt=flt, user_id=user_id, limit=PREFETCH, exclude=ids
+                s,
+                round_id=round_id,
+                flt=flt,
+                user_id=user_id,
+                limit=PREFETCH,
+                exclude=ids,
+                open_labels=open_labels,
             )
             if "rv_left" not in S or time.monotonic() - S.get("rv_left_at", 0) > COUNT_EVERY_S:
                 # queue_size leaves out leased cards; the one on this screen still counts here
                 held = S.get("rv_leased")
                 mine = 1 if held and held[0] in ids else 0
-                open_labels = q.open_classes(s, round_id=round_id)
                 open_key = tuple(sorted(open_labels.items()))
                 base = _candidate_count(common.settings().database_url, round_id, flt, open_key)
                 S["rv_left"] = (
@@ -509,9 +518,13 @@ def _load_view(store, round_id: int, user_id: int, flt: q.QueueFilter) -> dict[s
             "card": cards[0] if cards else None,
             "model_version_id": mv_id,
             "round_model": rnd.model_version_id,
-            "quotas": q.quota_status(s, round_id=round_id),
-            "history": q.history(s, round_id=round_id, user_id=user_id, limit=10),
+            "quotas": quotas,
         }
+
+
+def _read_history(store, round_id: int, user_id: int) -> list[dict[str, Any]]:
+    with store.read() as s:
+        return q.history(s, round_id=round_id, user_id=user_id, limit=10)
 
 
 def _lease(store, settings, round_id: int, user_id: int, sample_id: int) -> bool:
@@ -764,16 +777,16 @@ def _history(rows: list[dict[str, Any]], heads: list[str]) -> None:
     if not rows:
         st.caption("None yet in this round.")
         return
-    for d in rows:
+    # keys by position, not by decision: after a decision every row moves down one place, and
+    # stable keys let the browser update the rows in place instead of rebuilding them
+    for k, d in enumerate(rows):
         labels = ", ".join(f"{h} {d['labels'][h]}" for h in heads if h in d["labels"])
         text = f"`{d['utt_id']}` · **{d['action']}** · {labels or 'whole card'} · {common.ago(d['at'])}"
-        line = st.container(
-            horizontal=True, vertical_alignment="center", key=f"rv_h_{d['decision_id']}"
-        )
+        line = st.container(horizontal=True, vertical_alignment="center", key=f"rv_h_{k}")
         line.markdown(f"~~{text}~~ (undone)" if d["undone"] else text, width="stretch")
         line.button(
             "Undo",
-            key=f"rv_undo_{d['decision_id']}",
+            key=f"rv_undo_{k}",
             type="tertiary",
             disabled=d["undone"],
             on_click=_undo,
@@ -808,7 +821,7 @@ def card_panel(round_id: int, heads: dict[str, list[str]], flt: q.QueueFilter) -
             "predicts classes whose quotas are full."
         )
         _buttons(-1, list(heads), has_card=False)
-        _history(view["history"], list(heads))
+        _history(_read_history(store, round_id, user["id"]), list(heads))
         return
     # what an accept records: the classes shown (another model's, when the filter names one)
     S["rv_card_labels"] = {h: p["label"] for h, p in card.predictions.items()}
@@ -841,7 +854,7 @@ def card_panel(round_id: int, heads: dict[str, list[str]], flt: q.QueueFilter) -
     _buttons(card.sample_id, list(heads), has_card=True)
     digit_head = _class_keys(card.sample_id, heads, has_card=True)
     _key_map(list(heads), digit_head, min(len(heads[digit_head]), len(DIGITS)))
-    _history(view["history"], list(heads))
+    _history(_read_history(store, round_id, user["id"]), list(heads))
 
 
 # --------------------------------------------------------------------------- bulk accept
