@@ -249,16 +249,6 @@ def inspect_link(project: dict[str, Any]) -> bool:
     return True
 
 
-@st.cache_data(ttl=60, show_spinner=False)
-def _linked_splits(url: str, sample_ids: tuple[int, ...]) -> dict[str, int]:
-    """{split: samples} of the samples a link names (the dashboard links valid / test ones)."""
-    with common.store_at(url).read() as s:
-        out: dict[str, int] = {}
-        for split in s.scalars(select(Sample.split).where(Sample.id.in_(sample_ids))):
-            out[split] = out.get(split, 0) + 1
-        return out
-
-
 def _pair_heads(heads: dict[str, list[str]]) -> tuple[str, str] | None:
     names = list(heads)
     if "emotion" in heads and "intent" in heads:
@@ -436,8 +426,8 @@ def queue_filter_ui(
 
 
 def filter_summary(flt: q.QueueFilter, params: dict[str, str]) -> None:
-    """The active filters in words, the link that opens this queue, and a note on linked
-    samples that cannot be reviewed here (not in the pool)."""
+    """The active filters in words and the link that opens this queue (a link naming samples
+    outside the pool opens the inspect view instead, see :func:`inspect_link`)."""
     if not params:
         return
     parts = []
@@ -454,15 +444,6 @@ def filter_summary(flt: q.QueueFilter, params: dict[str, str]) -> None:
     if flt.sample_ids is not None:
         parts.append(f"{len(flt.sample_ids)} linked samples")
     st.caption("Filtered: " + " · ".join(parts) + f" · link: `?{urlencode(params, safe=',')}`")
-    if flt.sample_ids:
-        splits = _linked_splits(common.settings().database_url, flt.sample_ids)
-        other = {k: n for k, n in splits.items() if k != "pool"}
-        if other:
-            where = ", ".join(f"{n} {k}" for k, n in sorted(other.items()))
-            st.info(
-                f"{where} of the linked samples are not in the pool: they have gold labels and "
-                "are not pseudo-labelled here. Open them on the Transcripts page."
-            )
 
 
 # --------------------------------------------------------------------------- the card
