@@ -305,6 +305,40 @@ def _print_metrics(store, mv_id: int) -> None:
             )
 
 
+def _ids(text: str, option: str) -> list[int]:
+    try:
+        ids = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected model version ids like 4,5, got {text!r}") from None
+    if not ids:
+        raise typer.BadParameter(f"{option} needs at least one model version id")
+    return ids
+
+
+@app.command()
+def ensemble(
+    emotion: Annotated[str, typer.Option(help="Model version id(s) for emotion, e.g. 3.")],
+    intent: Annotated[str, typer.Option(help="Model version id(s) for intent, e.g. 4,5.")],
+    name: Annotated[str | None, typer.Option(help="Name of the new version.")] = None,
+    promote: Annotated[bool, typer.Option(help="Promote the new model version.")] = False,
+) -> None:
+    """A model version that averages separately trained versions' probabilities per head (the
+    paper's final row: emotion from one system, intent fused from a 1-head and a 2-head one)."""
+    from db import queries as q
+    from meiju_core import pipeline
+
+    members = {"emotion": _ids(emotion, "--emotion"), "intent": _ids(intent, "--intent")}
+    settings, store, info = _store_and_project()
+    with _friendly():
+        mv_id = pipeline.create_ensemble(
+            store, settings, project_id=info["id"], members=members, name=name
+        )
+    if promote:
+        with store.write() as s:
+            q.promote(s, model_version_id=mv_id)
+    _print_metrics(store, mv_id)
+
+
 @app.command()
 def predict(
     model_version: Annotated[int | None, typer.Option(help="Model version id.")] = None,
@@ -342,6 +376,12 @@ def pseudo_label(
     quota: Annotated[str | None, typer.Option(help="balanced, proportional or explicit.")] = None,
     budget: Annotated[int | None, typer.Option(help="Most pseudo-labels per head.")] = None,
     model_version: Annotated[int | None, typer.Option(help="Model version id.")] = None,
+    rule: Annotated[
+        str | None, typer.Option(help="joint (both labels or none) or per_head.")
+    ] = None,
+    confidence: Annotated[
+        str | None, typer.Option(help="raw (softmax, the paper) or calibrated.")
+    ] = None,
 ) -> None:
     """Open a review round; with --auto, fill its quotas the paper's way, without a human."""
     from meiju_core import pipeline
@@ -361,7 +401,13 @@ def pseudo_label(
         typer.echo(f"round #{rid} open on model version #{mv}")
         if auto:
             with _bar("accepting pseudo-labels") as update:
-                out = pipeline.auto_pseudo_label(store, round_id=rid, progress=update)
+                out = pipeline.auto_pseudo_label(
+                    store,
+                    round_id=rid,
+                    progress=update,
+                    rule=rule or settings.pseudo_rule,
+                    confidence=confidence or settings.pseudo_confidence,
+                )
             typer.echo(f"accepted: {out}")
 
 

@@ -330,7 +330,12 @@ def _run_auto(store, settings, project_id, params, user, reporter) -> dict[str, 
     from meiju_core import pipeline
 
     return pipeline.auto_pseudo_label(
-        store, round_id=int(params["round_id"]), user=user, progress=reporter
+        store,
+        round_id=int(params["round_id"]),
+        user=user,
+        progress=reporter,
+        rule=params.get("rule") or settings.pseudo_rule,
+        confidence=params.get("confidence") or settings.pseudo_confidence,
     )
 
 

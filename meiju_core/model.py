@@ -7,17 +7,22 @@ Sources (details and line numbers in ``reference/meiju.md``):
   ``textcnn.py`` (§5.1), the fusion Transformer of ``models/our/our_model.py`` (§5.2), the gated
   ``InteractModule`` of ``models/networks/interact_model.py`` (§5.3), ``FcClassifier`` heads and the
   four-term loss (§5.4), the stage-1 ``models/pretrain_model.py`` (§5.5), kaiming init (§5.7).
-- Track I winner, arXiv 2501.06215 (§8): different attention-head counts per task direction, a
-  one-head and a two-head intent path whose predictions are fused, Gaussian noise on the inputs.
+- Track I winner, arXiv 2501.06215 §II.C-E and §III (meiju.md §8): one vector per utterance per
+  modality (``representation="mean"``), a one-layer TextCNN ("1textcnn", read here as one branch of
+  kernel 1: an interpretation), the head count of each task's fusion *self-attention* varied per task
+  (``fusion_heads``), the gated emotion<->intent interaction unchanged (1 head), Gaussian noise on
+  the embeddings (σ relative to each modality's scale on train: an interpretation), and stage 2 as a
+  fine-tune of the whole stage-1 model (``stage2_init="full"``).
 
-What differs from the baseline, each a switch in :class:`ModelConfig`: pooling skips padded steps
+Ours, not from either source, each a switch in :class:`ModelConfig`: pooling skips padded steps
 (``masked_pooling``), modalities a sample lacks are left out of attention, and a label missing for one
 head (``-1``) is left out of that head's loss.
 
 Notation used for tensor shapes::
 
     B   batch size
-    T   steps of one modality (T_v, T_a, T_l differ); padded to the longest in the batch
+    T   steps of one modality (T_v, T_a, T_l differ); padded to the longest in the batch;
+        T = 1 with representation="mean"
     D   input feature size of one modality (``ModelConfig.input_dims``)
     M   number of modalities, 3, in the fusion order [visual, audio, text]
     H   hidden size, 128
@@ -28,7 +33,7 @@ Example::
 
     >>> cfg = ModelConfig.paper({"visual": 8, "audio": 8, "text": 8})
     >>> model = JointModel(cfg)
-    >>> batch = JointBatch.random(cfg, batch_size=2, steps=5)
+    >>> batch = JointBatch.random(cfg, batch_size=2, steps=1)
     >>> out = model(batch)
     >>> tuple(out.probs["intent"].shape), out.loss is not None
     ((2, 8), True)
@@ -46,13 +51,12 @@ from torch import Tensor, nn
 
 from meiju_core.schema import EMOTIONS, INTENTS, MODALITIES
 
-TEXT_MIN_STEPS = 4  # the widest TextCNN kernel; shorter text is zero-padded to this (meiju.md §5.1)
+TEXT_MIN_STEPS = 4  # the widest baseline TextCNN kernel (meiju.md §5.1)
 IGNORE = -1  # a missing label
 BASELINE_INPUT_DIMS = {"visual": 342, "audio": 512, "text": 768}  # Track 1 scripts (meiju.md §4.4)
-
-
-def _pairs(value: Any) -> tuple[tuple[int, int], ...]:
-    return tuple((int(a), int(b)) for a, b in value)
+REPRESENTATIONS = ("sequence", "mean")
+STAGE2_INITS = ("encoders", "full")
+NOISE_MODES = ("absolute", "relative")
 
 
 @dataclass(frozen=True)
@@ -73,37 +77,56 @@ class ModelConfig:
     num_classes: Mapping[str, int] = field(
         default_factory=lambda: {"emotion": len(EMOTIONS), "intent": len(INTENTS)}
     )
+    # "sequence": (T, D) steps per modality, as the baseline feeds them; "mean": one vector per
+    # utterance, the masked average over valid steps (paper §II.C), computed once where features
+    # are loaded (meiju_core.train.utterance_means), never per batch.
+    representation: str = "sequence"
     hidden: int = 128  # embd_size_{a,v,l} = hidden_size = 128 (§5.7)
-    # heads of each task's fusion Transformer layer: Transformer_head=2 (§5.2)
+    # heads of each task's fusion self-attention: Transformer_head=2 (§5.2); the paper varies
+    # these per task (§II.E: fewer and more heads for intent).
     fusion_heads: Mapping[str, int] = field(default_factory=lambda: {"emotion": 2, "intent": 2})
     fusion_dropout: float = 0.1  # PyTorch's TransformerEncoderLayer default (§5.2)
     fusion_feedforward: int = 2048  # PyTorch's default dim_feedforward (§5.2)
-    # task -> its interaction paths, each (heads of step 1, heads of step 2). Baseline: one path of
-    # (1, 1) per task (§5.3). Paper: emotion ((1, 1),), intent ((1, 1), (2, 2)) (§8).
-    interaction_heads: Mapping[str, tuple[tuple[int, int], ...]] = field(
-        default_factory=lambda: {"emotion": ((1, 1),), "intent": ((1, 1),)}
+    # heads of both steps of each task's gated interaction: 1 in the baseline (§5.3), and
+    # "unchanged" in the paper (§II.E).
+    interaction_heads: Mapping[str, int] = field(
+        default_factory=lambda: {"emotion": 1, "intent": 1}
     )
-    # task -> weight of each path's probabilities; missing task = equal weights (mean).
-    ensemble_weights: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     cls_layers: tuple[int, ...] = (128, 64)  # --cls_layers=128,64 (§5.4)
     dropout: float = 0.2  # --dropout_rate=0.2 (§5.4)
     textcnn_channels: int = 128  # per kernel (§5.1)
-    textcnn_kernels: tuple[int, ...] = (2, 3, 4)  # kernel heights (§5.1)
+    # kernel heights: the baseline's 2/3/4 (§5.1); (1,) is our reading of the paper's "1textcnn"
+    textcnn_kernels: tuple[int, ...] = (2, 3, 4)
     textcnn_dropout: float = 0.5  # hard-coded in the baseline (§5.7)
     masked_pooling: bool = True  # ours; the baseline max-pools over padding too (§5.1)
     aux_weight: float = 1.0  # focal_weight on the two auxiliary CE terms (§5.4)
-    noise_sigma: float = 0.0  # std of Gaussian noise on input features while training (§8)
+    # Gaussian noise on input features while training (paper §III; σ not given). "absolute": std
+    # noise_sigma; "relative" (our interpretation): std noise_sigma x the modality's scale on train
+    # (root mean per-dimension variance over valid steps, ``noise_scale``, filled by fit()).
+    noise_sigma: float = 0.0
+    noise_mode: str = "absolute"
+    noise_scale: Mapping[str, float] = field(default_factory=dict)
     # stage 1 is the baseline's pretrain model (no interaction, heads on fusion output, §5.5)
     pretrain_stage1: bool = False
+    # what stage 2 takes from stage 1: "encoders" (+ fusion; the baseline's post_process, §5.6)
+    # or "full" (every weight: the paper's fine-tune, §III)
+    stage2_init: str = "encoders"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_dims", {m: int(d) for m, d in self.input_dims.items()})
         object.__setattr__(self, "num_classes", {h: int(k) for h, k in self.num_classes.items()})
         object.__setattr__(self, "fusion_heads", {t: int(n) for t, n in self.fusion_heads.items()})
-        paths = {t: _pairs(p) for t, p in self.interaction_heads.items()}
-        object.__setattr__(self, "interaction_heads", paths)
-        weights = {t: tuple(float(w) for w in ws) for t, ws in self.ensemble_weights.items()}
-        object.__setattr__(self, "ensemble_weights", weights)
+        inter = {}
+        for t, n in self.interaction_heads.items():
+            if isinstance(n, list | tuple):  # an older config's one path ((h1, h2),)
+                raise ValueError(
+                    f"interaction_heads[{t!r}] is {n!r}: a config from before version 0.2 "
+                    "(in-model intent paths); retrain the model"
+                )
+            inter[t] = int(n)
+        object.__setattr__(self, "interaction_heads", inter)
+        scale = {m: float(v) for m, v in self.noise_scale.items()}
+        object.__setattr__(self, "noise_scale", scale)
         object.__setattr__(self, "cls_layers", tuple(int(n) for n in self.cls_layers))
         object.__setattr__(self, "textcnn_kernels", tuple(int(k) for k in self.textcnn_kernels))
         self._validate()
@@ -124,26 +147,32 @@ class ModelConfig:
                 raise ValueError(f"{name} must have the tasks {list(self.tasks)} as keys")
         for task in self.tasks:
             self._check_heads(f"fusion of {task}", self.fusion_heads[task])
-            if not self.interaction_heads[task]:
-                raise ValueError(f"task {task!r} needs at least one interaction path")
-            for step1, step2 in self.interaction_heads[task]:
-                self._check_heads(f"interaction of {task}", step1)
-                self._check_heads(f"interaction of {task}", step2)
-        for task, ws in self.ensemble_weights.items():
-            n = len(self.interaction_heads.get(task, ()))
-            if len(ws) != n or min(ws) < 0 or sum(ws) <= 0:
-                raise ValueError(f"ensemble_weights[{task!r}] must be {n} weights >= 0, got {ws}")
-        if min(self.textcnn_kernels) < 1 or max(self.textcnn_kernels) > TEXT_MIN_STEPS:
+            self._check_heads(f"interaction of {task}", self.interaction_heads[task])
+        if not self.textcnn_kernels or min(self.textcnn_kernels) < 1:
+            raise ValueError(f"TextCNN kernels must be >= 1, got {self.textcnn_kernels}")
+        if max(self.textcnn_kernels) > TEXT_MIN_STEPS:
             raise ValueError(
                 f"TextCNN kernels must be 1..{TEXT_MIN_STEPS}, got {self.textcnn_kernels}"
             )
         for name in ("dropout", "textcnn_dropout", "fusion_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.noise_sigma < 0 or self.aux_weight < 0:
+        if not self.noise_sigma >= 0 or not self.aux_weight >= 0:  # NaN fails too
             raise ValueError(
                 f"noise_sigma {self.noise_sigma} and aux_weight {self.aux_weight} must be >= 0"
             )
+        for name, allowed in (
+            ("representation", REPRESENTATIONS),
+            ("stage2_init", STAGE2_INITS),
+            ("noise_mode", NOISE_MODES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}"
+                )
+        for m, v in self.noise_scale.items():
+            if not v >= 0:
+                raise ValueError(f"noise_scale[{m!r}] must be >= 0, got {v}")
 
     def _check_heads(self, where: str, heads: int) -> None:
         if heads < 1 or self.hidden % heads != 0:
@@ -162,11 +191,12 @@ class ModelConfig:
         """Modalities of the model in fusion order (a subset of ``schema.MODALITIES``)."""
         return tuple(m for m in MODALITIES if m in self.input_dims)
 
-    def path_weights(self, task: str) -> tuple[float, ...]:
-        """Normalised weights of a task's interaction paths (equal when not set)."""
-        n = len(self.interaction_heads[task])
-        ws = self.ensemble_weights.get(task) or (1.0,) * n
-        return tuple(w / sum(ws) for w in ws)
+    def noise_std(self, modality: str) -> float:
+        """Std of the training noise on ``modality``'s features: ``noise_sigma``, times the
+        modality's scale on train (``noise_scale``, 1.0 until fit() measured it) when relative."""
+        if self.noise_mode == "relative":
+            return self.noise_sigma * self.noise_scale.get(modality, 1.0)
+        return self.noise_sigma
 
     @classmethod
     def baseline(
@@ -175,10 +205,17 @@ class ModelConfig:
         num_classes: Mapping[str, int] | None = None,
         **overrides: Any,
     ) -> ModelConfig:
-        """The official MEIJU 2025 baseline (meiju.md §5): 2-head fusion, 1-head interaction, one
-        intent path, max-pooling over padding, no noise, stage 1 = the pretrain model."""
-        values = dict(masked_pooling=False, noise_sigma=0.0, pretrain_stage1=True)
-        return cls._preset(input_dims, num_classes, ((1, 1),), ((1, 1),), {**values, **overrides})
+        """The official MEIJU 2025 baseline (meiju.md §5): sequences in, 2-head fusion, 1-head
+        interaction, TextCNN 2/3/4, max-pooling over padding, no noise, stage 1 = the pretrain
+        model, stage 2 takes its encoders and fusion layers."""
+        values = dict(
+            representation="sequence",
+            masked_pooling=False,
+            noise_sigma=0.0,
+            pretrain_stage1=True,
+            stage2_init="encoders",
+        )
+        return cls._preset(input_dims, num_classes, {**values, **overrides})
 
     @classmethod
     def paper(
@@ -186,25 +223,36 @@ class ModelConfig:
         input_dims: Mapping[str, int] | None = None,
         num_classes: Mapping[str, int] | None = None,
         *,
-        emotion_heads: int = 1,
-        intent_ensemble_heads: tuple[int, ...] = (1, 2),
+        emotion_heads: int = 2,
+        intent_heads: int = 2,
+        text_kernels: tuple[int, ...] = (1,),
         **overrides: Any,
     ) -> ModelConfig:
-        """The Track I winner (meiju.md §8): fewer interaction heads for emotion, intent as an
-        ensemble of a one-head and a two-head path (each head count used in both steps), masked
-        pooling, Gaussian noise σ=0.1, stage 1 already the full joint model [our reading]."""
-        emotion = ((emotion_heads, emotion_heads),)
-        intent = tuple((h, h) for h in intent_ensemble_heads)
-        values = dict(masked_pooling=True, noise_sigma=0.1, pretrain_stage1=False)
-        return cls._preset(input_dims, num_classes, emotion, intent, {**values, **overrides})
+        """One system of the Track I winner (meiju.md §8): utterance-mean inputs (§II.C), fusion
+        self-attention with ``emotion_heads`` / ``intent_heads`` heads (§II.E; the paper trains a
+        1-head and a 2-head intent system and fuses them, see ``meiju ensemble``), the baseline's
+        1-head interaction unchanged, the one-branch "1textcnn" (``text_kernels=(1,)``, our
+        reading), relative Gaussian noise σ = 0.1 (our interpretation of an unstated σ), the full
+        joint model from stage 1 on, stage 2 a fine-tune of every stage-1 weight (§III)."""
+        values = dict(
+            representation="mean",
+            masked_pooling=True,
+            noise_sigma=0.1,
+            noise_mode="relative",
+            pretrain_stage1=False,
+            stage2_init="full",
+            textcnn_kernels=tuple(text_kernels),
+        )
+        classes = dict(num_classes or {"emotion": len(EMOTIONS), "intent": len(INTENTS)})
+        first, second = classes
+        heads = {"fusion_heads": {first: emotion_heads, second: intent_heads}}
+        return cls._preset(input_dims, classes, {**values, **heads, **overrides})
 
     @classmethod
     def _preset(
         cls,
         input_dims: Mapping[str, int] | None,
         num_classes: Mapping[str, int] | None,
-        emotion_paths: tuple[tuple[int, int], ...],
-        intent_paths: tuple[tuple[int, int], ...],
         values: dict[str, Any],
     ) -> ModelConfig:
         classes = dict(num_classes or {"emotion": len(EMOTIONS), "intent": len(INTENTS)})
@@ -213,17 +261,13 @@ class ModelConfig:
             input_dims=input_dims or BASELINE_INPUT_DIMS,
             num_classes=classes,
             fusion_heads={first: 2, second: 2},
-            interaction_heads={first: emotion_paths, second: intent_paths},
+            interaction_heads={first: 1, second: 1},
         )
         return cls(**{**base, **values})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (lists, not tuples) for JSON and checkpoints; ``from_dict`` inverts it."""
         d = asdict(self)
-        d["interaction_heads"] = {
-            t: [list(p) for p in ps] for t, ps in self.interaction_heads.items()
-        }
-        d["ensemble_weights"] = {t: list(ws) for t, ws in self.ensemble_weights.items()}
         d["cls_layers"], d["textcnn_kernels"] = list(self.cls_layers), list(self.textcnn_kernels)
         return d
 
@@ -301,25 +345,22 @@ class JointOutput:
     """What :meth:`JointModel.forward` returns.
 
     Attributes:
-        logits: head -> float32 (B, K). For a head with several interaction paths (the intent
-            ensemble) these are the log of the fused probabilities, so ``softmax(logits) == probs``.
-        probs: head -> float32 (B, K), rows sum to 1 (ensemble-fused where a head has paths).
-        path_probs: head -> one float32 (B, K) per interaction path, before fusion.
+        logits: head -> float32 (B, K).
+        probs: head -> float32 (B, K), ``softmax(logits)``; rows sum to 1.
         aux_logits: head -> float32 (B, K) of the auxiliary head on [V, A, L] encoder outputs
             (empty for the stage-1 pretrain model).
         loss: scalar total loss, or ``None`` when the batch has no labels.
         losses: ``"<head>"`` and ``"aux_<head>"`` -> scalar masked CE (0 for a head with no label
             in the batch); empty without labels.
-        gates: head -> one (B, M, H) sigmoid gate per interaction path (empty when pretrain).
+        gates: head -> the (B, M, H) sigmoid gate of its interaction (empty when pretrain).
     """
 
     logits: dict[str, Tensor]
     probs: dict[str, Tensor]
-    path_probs: dict[str, tuple[Tensor, ...]]
     aux_logits: dict[str, Tensor]
     loss: Tensor | None
     losses: dict[str, Tensor]
-    gates: dict[str, tuple[Tensor, ...]]
+    gates: dict[str, Tensor]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,8 +397,10 @@ class TextCNN(nn.Module):
     kernel heights 2/3/4 spanning the full embedding width, C channels each, ReLU, max over time,
     concatenation (3C), dropout 0.5, Linear 3C -> H, ReLU.
 
-    Text shorter than 4 steps is zero-padded to 4, so one utterance-level vector (T = 1) works.
-    With ``masked_pooling`` only windows inside the first ``max(length, 4)`` steps are pooled.
+    Text shorter than the widest kernel is zero-padded to it, so one utterance-level vector
+    (T = 1) works with any kernels; ``kernels=(1,)`` is the one-branch TextCNN we read the paper's
+    "1textcnn" as (an interpretation). With ``masked_pooling`` only windows inside the first
+    ``max(length, widest kernel)`` steps are pooled.
     The convolutions run as ``conv1d`` over the same weights (identical result, faster on CPU).
     """
 
@@ -376,18 +419,19 @@ class TextCNN(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(channels * len(kernels), hidden)
         self.masked_pooling = masked_pooling
+        self.min_steps = max(kernels)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x: float (B, T, D); mask: bool (B, T). Returns float (B, H)."""
-        if x.shape[1] < TEXT_MIN_STEPS:
-            pad = TEXT_MIN_STEPS - x.shape[1]
-            x = F.pad(x, (0, 0, 0, pad))  # (B, 4, D)
-            mask = F.pad(mask, (0, pad))  # (B, 4)
+        if x.shape[1] < self.min_steps:
+            pad = self.min_steps - x.shape[1]
+            x = F.pad(x, (0, 0, 0, pad))  # (B, widest kernel, D)
+            mask = F.pad(mask, (0, pad))  # (B, widest kernel)
         length = mask.sum(dim=1)  # (B,)
-        length = torch.where(length > 0, length.clamp(min=TEXT_MIN_STEPS), length)
+        length = torch.where(length > 0, length.clamp(min=self.min_steps), length)
         xt = x.transpose(1, 2).contiguous()  # (B, D, T)
         pooled = [self._branch(conv, xt, length) for conv in self.convs]  # each (B, C)
-        z = torch.cat(pooled, dim=1)  # (B, 3C)
+        z = torch.cat(pooled, dim=1)  # (B, len(kernels) * C)
         out = F.relu(self.fc(self.dropout(z)))  # (B, H)
         return out * (length > 0).unsqueeze(1) if self.masked_pooling else out  # no text -> zeros
 
@@ -425,7 +469,7 @@ class FusionTransformer(nn.Module):
 
 class GatedInteraction(nn.Module):
     """Gated cross-task attention, the baseline ``InteractModule`` (``ablation='normal'``;
-    meiju.md §5.3), with a head count per step (the winner's setting, §8)::
+    meiju.md §5.3); the paper keeps it unchanged (1 head), the count is a setting::
 
         inter = Attn1(q=own, k=other, v=other)
         hence = Attn2(q=own, k=inter, v=inter)
@@ -479,6 +523,20 @@ class ClassifierHead(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Average over valid steps only: the utterance-level vector of paper §II.C on a padded batch.
+
+    Args:
+        x: float (B, T, D); mask: bool (B, T), True = a valid step.
+    Returns:
+        float (B, 1, D); zeros for a row with no valid step. Padded steps never change it.
+    """
+    weights = mask.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+    total = (x * weights).sum(dim=1, keepdim=True)  # (B, 1, D)
+    count = weights.sum(dim=1, keepdim=True).clamp(min=1)  # (B, 1, 1)
+    return total / count
+
+
 def masked_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     """Mean CE over samples whose label is not ``-1``; 0 (still in the graph) when none is.
 
@@ -505,13 +563,13 @@ class JointModel(nn.Module):
     Wiring, per task t in (emotion, intent), o the other task::
 
         enc_t  = [LSTM_v(V), LSTM_a(A), TextCNN(L)]           (B, M, H)   one encoder set per task
-        fus_t  = FusionTransformer_t(enc_t)                   (B, M, H)
-        out_tp = GatedInteraction_tp(q=fus_t, kv=fus_o)       (B, M, H)   one per path p of t
-        p_t    = Σ_p w_p softmax(Head_tp(flatten(out_tp)))    (B, K)      the prediction
+        fus_t  = FusionTransformer_t(enc_t)                   (B, M, H)   fusion_heads[t] heads
+        out_t  = GatedInteraction_t(q=fus_t, kv=fus_o)        (B, M, H)
+        p_t    = softmax(Head_t(flatten(out_t)))              (B, K)      the prediction
         aux_t  = AuxHead_t(flatten(enc_t))                    (B, K)      auxiliary, loss only
 
-    Loss = CE(emotion) + CE(intent) + aux_weight · (CE(aux emotion) + CE(aux intent)); with several
-    paths a task's CE is the mean of its paths' CE. Labels ``-1`` are left out (§5.4).
+    Loss = CE(emotion) + CE(intent) + aux_weight · (CE(aux emotion) + CE(aux intent)); labels
+    ``-1`` are left out (§5.4). With ``representation="mean"`` every T is 1.
 
     With ``pretrain=True`` it is the baseline's stage-1 ``pretrain_model.py`` (§5.5): no interaction,
     no auxiliary heads, one head per task on the flattened fusion output, loss CE + CE.
@@ -539,20 +597,13 @@ class JointModel(nn.Module):
                 for t in c.tasks
             }
         )
-        paths = {t: ((0, 0),) if pretrain else c.interaction_heads[t] for t in c.tasks}
         self.heads = nn.ModuleDict(
-            {
-                t: nn.ModuleList(
-                    ClassifierHead(flat, c.cls_layers, c.num_classes[t], c.dropout)
-                    for _ in paths[t]
-                )
-                for t in c.tasks
-            }
+            {t: ClassifierHead(flat, c.cls_layers, c.num_classes[t], c.dropout) for t in c.tasks}
         )
         if not pretrain:
             self.interaction = nn.ModuleDict(
                 {
-                    t: nn.ModuleList(GatedInteraction(c.hidden, h1, h2) for h1, h2 in paths[t])
+                    t: GatedInteraction(c.hidden, c.interaction_heads[t], c.interaction_heads[t])
                     for t in c.tasks
                 }
             )
@@ -582,9 +633,9 @@ class JointModel(nn.Module):
         head); gradients are clipped per block as in ``our_model.py`` (§5.7)."""
         nets: list[nn.Module] = [enc for encs in self.encoders.values() for enc in encs.values()]
         nets += list(self.fusion.values())
-        nets += [h for hs in self.heads.values() for h in hs]
+        nets += list(self.heads.values())
         if not self.pretrain:
-            nets += [i for path in self.interaction.values() for i in path]
+            nets += list(self.interaction.values())
             nets += list(self.aux_heads.values())
         return nets
 
@@ -601,23 +652,24 @@ class JointModel(nn.Module):
             t: self._encode(t, feats, batch.masks, in_batch) * keep for t in self.config.tasks
         }
         fused = {t: self.fusion[t](encoded[t], key_padding) * keep for t in self.config.tasks}
-        path_logits, gates = self._heads(fused, key_padding, keep)
+        logits, gates = self._heads(fused, key_padding, keep)
         aux = {}
         if not self.pretrain:  # (B, M*H) -> (B, K)
             aux = {t: self.aux_heads[t](encoded[t].flatten(1)) for t in self.config.tasks}
-        return self._output(path_logits, aux, gates, batch.labels)
+        return self._output(logits, aux, gates, batch.labels)
 
     def _add_noise(
         self, features: dict[str, Tensor], masks: dict[str, Tensor], in_batch: dict[str, bool]
     ) -> dict[str, Tensor]:
-        """Gaussian noise of std ``noise_sigma`` on valid steps, in training mode only (§8)."""
-        sigma = self.config.noise_sigma
-        if not self.training or sigma <= 0:
+        """Gaussian noise of std ``config.noise_std(m)`` on valid steps, in training mode only
+        (paper §III; the std is our interpretation, see :class:`ModelConfig`)."""
+        if not self.training or self.config.noise_sigma <= 0:
             return features
-        return {
-            m: x + sigma * torch.randn_like(x) * masks[m].unsqueeze(-1) if in_batch[m] else x
-            for m, x in features.items()
-        }
+        out = {}
+        for m, x in features.items():
+            std = self.config.noise_std(m)
+            out[m] = x + std * torch.randn_like(x) * masks[m].unsqueeze(-1) if in_batch[m] else x
+        return out
 
     def _encode(
         self,
@@ -639,80 +691,73 @@ class JointModel(nn.Module):
 
     def _heads(
         self, fused: dict[str, Tensor], key_padding: Tensor, keep: Tensor
-    ) -> tuple[dict[str, list[Tensor]], dict[str, tuple[Tensor, ...]]]:
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         if self.pretrain:
-            return {t: [self.heads[t][0](fused[t].flatten(1))] for t in self.config.tasks}, {}
+            return {t: self.heads[t](fused[t].flatten(1)) for t in self.config.tasks}, {}
         first, second = self.config.tasks
         other = {first: second, second: first}
-        logits: dict[str, list[Tensor]] = {}
-        gates: dict[str, tuple[Tensor, ...]] = {}
+        logits: dict[str, Tensor] = {}
+        gates: dict[str, Tensor] = {}
         for t in self.config.tasks:
-            outs = [inter(fused[t], fused[other[t]], key_padding) for inter in self.interaction[t]]
-            logits[t] = [
-                head((out * keep).flatten(1))  # (B, M, H) -> (B, M*H) -> (B, K)
-                for head, (out, _g) in zip(self.heads[t], outs, strict=True)
-            ]
-            gates[t] = tuple(g for _o, g in outs)
+            out, gates[t] = self.interaction[t](fused[t], fused[other[t]], key_padding)
+            logits[t] = self.heads[t]((out * keep).flatten(1))  # (B, M*H) -> (B, K)
         return logits, gates
 
     def _output(
         self,
-        path_logits: dict[str, list[Tensor]],
+        logits: dict[str, Tensor],
         aux: dict[str, Tensor],
-        gates: dict[str, tuple[Tensor, ...]],
+        gates: dict[str, Tensor],
         labels: dict[str, Tensor] | None,
     ) -> JointOutput:
-        path_probs = {
-            t: tuple(F.softmax(lg.float(), dim=-1) for lg in lgs) for t, lgs in path_logits.items()
-        }
-        probs, logits = {}, {}
-        for t, ps in path_probs.items():
-            if len(ps) == 1:
-                probs[t], logits[t] = ps[0], path_logits[t][0].float()
-            else:
-                w = self.config.path_weights(t)
-                probs[t] = sum(wi * p for wi, p in zip(w, ps, strict=True))  # (B, K)
-                logits[t] = torch.log(probs[t].clamp_min(1e-12))  # (B, K)
+        logits = {t: lg.float() for t, lg in logits.items()}
+        probs = {t: F.softmax(lg, dim=-1) for t, lg in logits.items()}
         losses: dict[str, Tensor] = {}
         total = None
         if labels is not None:
-            for t, lgs in path_logits.items():
-                losses[t] = torch.stack([masked_cross_entropy(lg, labels[t]) for lg in lgs]).mean()
+            for t, lg in logits.items():
+                losses[t] = masked_cross_entropy(lg, labels[t])
             for t, lg in aux.items():
                 losses[f"aux_{t}"] = masked_cross_entropy(lg, labels[t])
-            total = sum(losses[t] for t in path_logits)
+            total = sum(losses[t] for t in logits)
             total = total + self.config.aux_weight * sum(
                 (losses[f"aux_{t}"] for t in aux), torch.zeros(()).to(total)
             )
         return JointOutput(
-            logits, probs, path_probs, {t: a.float() for t, a in aux.items()}, total, losses, gates
+            logits, probs, {t: a.float() for t, a in aux.items()}, total, losses, gates
         )
-
-    def path_weights(self, task: str) -> tuple[float, ...]:
-        """Weights that fuse the task's path probabilities (``(1.0,)`` for the pretrain model)."""
-        return (1.0,) if self.pretrain else self.config.path_weights(task)
 
     def stage1_state(self) -> dict[str, Tensor]:
         """Weights the baseline's ``post_process`` carries from stage 1 to stage 2: the encoders
         and the fusion Transformers (``our_model.py`` lines 168-184)."""
         return {k: v for k, v in self.state_dict().items() if k.startswith(STAGE1_PREFIXES)}
 
-    def load_stage1(self, state: Mapping[str, Tensor]) -> None:
-        """Copy encoders and fusion Transformers from a stage-1 state dict; the rest stays fresh.
+    def load_stage1(self, state: Mapping[str, Tensor], *, mode: str = "encoders") -> None:
+        """Initialise stage 2 from a stage-1 state dict.
 
+        Args:
+            state: a stage-1 ``model_state``.
+            mode: ``"encoders"``: copy encoders and fusion Transformers, the rest stays fresh (the
+                baseline's pretrain -> "our" transfer, §5.6); ``"full"``: copy every weight
+                (interaction, heads and auxiliary heads included): the paper fine-tunes the
+                stage-1 model itself (§III).
         Raises:
-            ValueError: a needed weight is missing or has another shape (names key and shapes).
+            ValueError: an unknown mode, or a needed weight missing or of another shape (names the
+                key and shapes); with ``"full"`` also a stage-1 model of another architecture (the
+                baseline's pretrain model has no interaction).
         """
-        own = self.stage1_state()
+        if mode not in STAGE2_INITS:
+            raise ValueError(f"mode must be one of {list(STAGE2_INITS)}, got {mode!r}")
+        own = self.stage1_state() if mode == "encoders" else self.state_dict()
         for key, value in own.items():
             if key not in state:
-                raise ValueError(f"stage-1 checkpoint lacks {key!r}")
+                raise ValueError(f"stage-1 checkpoint lacks {key!r} (stage-2 init {mode!r})")
             if tuple(state[key].shape) != tuple(value.shape):
                 raise ValueError(
                     f"stage-1 weight {key!r} has shape {tuple(state[key].shape)}, "
                     f"this model needs {tuple(value.shape)}"
                 )
-        self.load_state_dict({k: state[k] for k in own}, strict=False)
+        self.load_state_dict({k: state[k] for k in own}, strict=mode == "full")
 
 
 STAGE1_PREFIXES = ("encoders.", "fusion.")

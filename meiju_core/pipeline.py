@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
 
 from db import Store
 from db import queries as q
@@ -260,9 +260,12 @@ def train(
     """Train stage 1 (gold) or stage 2 (gold + accepted pseudo-labels of ``round_id``), register a
     model version with its metrics on valid and test, and predict every sample.
 
-    Stage 2 starts from the encoders and fusion layers of the round's model (or the promoted one).
+    Stage 2 starts from the round's model (or the current one) and keeps its architecture: the
+    paper preset fine-tunes every stage-1 weight, the baseline preset takes the encoders and
+    fusion layers of its pretrain model (``ModelConfig.stage2_init``).
     Returns the new model version id. Raises JobError when cancelled, InputError when the project
-    has no features or no labels.
+    has no features or no labels, or when stage 2 would start from an ensemble version (it has no
+    weights of its own: open the round on one of its members).
     """
     from meiju_core import train as tr
 
@@ -294,9 +297,9 @@ def train(
     )
     if not train_split.sample_ids or not valid.sample_ids:
         raise InputError("the project needs labelled train and valid samples to train")
-    init_from = None
+    init_from, base_model = None, None
     if stage == 2:
-        init_from = _stage1_checkpoint(store, project_id, round_id)
+        init_from, base_model = _stage1_checkpoint(store, project_id, round_id)
     dims = _feature_dims(store, fs_id)
     model_config, train_config = presets(
         preset,
@@ -307,6 +310,11 @@ def train(
         device=settings.device,
         epochs=epochs,
     )
+    if base_model is not None and base_model.get("input_dims") == dims:
+        # stage 2 continues the stage-1 system, whatever its heads or text encoder
+        from meiju_core.model import ModelConfig
+
+        model_config = ModelConfig.from_dict({**base_model, "noise_scale": {}})
     name = f"stage{stage}-{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir = settings.checkpoint_dir / f"project{project_id}" / name
 
@@ -348,7 +356,7 @@ def train(
                 "train": train_config.to_dict(),
                 "feature_set_id": fs_id,
                 "schema": schema.to_dict(),
-                # the paper's final ensemble: each head from its own best checkpoint
+                # head -> checkpoint (the best-joint epoch, or per-head bests when asked)
                 "checkpoints": {h: str(p) for h, p in result.checkpoint_paths.items()},
                 "valid_during_training": result.metrics,
                 "samples_per_second": result.samples_per_second,
@@ -381,11 +389,15 @@ def presets(
     seed: int = 336,
     device: str = "auto",
     epochs: int | None = None,
+    model_overrides: dict[str, Any] | None = None,
+    train_overrides: dict[str, Any] | None = None,
 ):
-    """Model and training configs of a preset: ``paper`` (the Track I winner's model and
-    recipe), ``baseline`` (the official MEIJU baseline exactly) or ``fast`` (the paper model on a
-    short schedule, for CPU demos). ``epochs`` shortens any schedule (a third flat, the rest
-    decaying). Raises InputError for an unknown preset."""
+    """Model and training configs of a preset: ``paper`` (one system of the Track I winner:
+    ``ModelConfig.paper`` and ``TrainConfig.paper``), ``baseline`` (the official MEIJU baseline
+    exactly) or ``fast`` (the paper system on a short schedule, for CPU demos). ``epochs``
+    shortens any schedule (a third flat, the rest decaying); ``model_overrides`` /
+    ``train_overrides`` replace fields (``emotion_heads``, ``intent_heads`` and ``text_kernels``
+    are the paper preset's arguments). Raises InputError for an unknown preset or field."""
     from meiju_core.model import ModelConfig
     from meiju_core.train import TrainConfig
 
@@ -394,9 +406,13 @@ def presets(
     overrides: dict[str, Any] = {"seed": seed, "device": device}
     if epochs is not None:
         overrides |= {"epochs_flat": epochs // 3, "epochs_decay": epochs - epochs // 3}
+    overrides |= dict(train_overrides or {})
     model_cls = ModelConfig.baseline if preset == "baseline" else ModelConfig.paper
-    model_config = model_cls(input_dims, num_classes)
-    train_config = getattr(TrainConfig, preset)(stage, **overrides)
+    try:
+        model_config = model_cls(input_dims, num_classes, **(model_overrides or {}))
+        train_config = getattr(TrainConfig, preset)(stage, **overrides)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"preset {preset!r}: {e}", field="preset") from None
     return model_config, train_config
 
 
@@ -419,13 +435,30 @@ def _feature_dims(store: Store, fs_id: int) -> dict[str, int]:
     return {m: int(dims[m]) for m in MODALITIES if m in dims}
 
 
-def _stage1_checkpoint(store: Store, project_id: int, round_id: int | None) -> Path | None:
+def _stage1_checkpoint(
+    store: Store, project_id: int, round_id: int | None
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """(checkpoint, model config dict) of the model stage 2 starts from: the round's, else the
+    current one; (None, None) when the project has none.
+
+    Raises:
+        InputError: that model version is an ensemble (it has no weights of its own).
+    """
     with store.read() as s:
         mv = None
         if round_id is not None:
             mv = s.get(ModelVersion, s.get(ReviewRound, round_id).model_version_id)
         mv = mv or q.current_model(s, project_id=project_id)
-        return Path(mv.checkpoint_path) if mv else None
+        if mv is None:
+            return None, None
+        if mv.preset == ENSEMBLE:
+            members = sorted({m for ids in mv.config["members"].values() for m in ids})
+            raise InputError(
+                f"model version {mv.id} is an ensemble of versions {members}; stage 2 fine-tunes "
+                "one trained system: open the round on one of its members",
+                field="model_version",
+            )
+        return Path(mv.checkpoint_path), (mv.config or {}).get("model")
 
 
 def _concat(a: SplitData, b: SplitData) -> SplitData:
@@ -470,21 +503,30 @@ def predict(
     splits: tuple[str, ...] = ("train", "valid", "test", "pool"),
 ) -> int:
     """Write every sample's per-head probabilities, argmax label and confidence for one model
-    version (replacing any it had), and for a head with several interaction paths (the intent
-    ensemble) each path's argmax class (``prediction.paths``, the review queue's disagreement
-    filter). Returns the number of prediction rows written.
+    version (replacing any it had). Returns the number of prediction rows written.
 
     With ``settings.calibrate`` (the default), each head's probabilities are temperature-scaled
     first: one temperature per head fitted on the valid split's gold labels
-    (``meiju_core.pseudo.temperature_scale``; Guo et al. 2017), recorded in the model version's
-    ``config["temperature"]``. Argmax labels, and so every F1, are unchanged; confidences become
-    calibrated, so that a pseudo-label threshold of 0.9 keeps labels about 90 % right."""
+    (``meiju_core.pseudo.temperature_scale``; Guo et al. 2017; ours, not the paper's), recorded in
+    the model version's ``config["temperature"]``. Argmax labels, and so every F1, are unchanged.
+
+    An ensemble version (:func:`create_ensemble`) is predicted from its members: each member is
+    predicted first where it lacks rows, then each head's probabilities are the mean of its
+    members' stored probabilities (no further calibration); for a head with several members each
+    member's class goes to ``prediction.paths`` (the review queue's disagreement filter).
+
+    Raises:
+        InputError: a member of an ensemble no longer exists.
+    """
     from meiju_core import train as tr
 
     with store.read() as s:
         mv = s.get(ModelVersion, model_version_id)
         project_id, fs_id = mv.project_id, mv.config["feature_set_id"]
         checkpoint = mv.config.get("checkpoints") or mv.checkpoint_path
+        is_ensemble = mv.preset == ENSEMBLE
+    if is_ensemble:
+        return _predict_ensemble(store, settings, model_version_id=model_version_id, splits=splits)
     schema = schema_of(store, project_id)
     split = load_split(
         store,
@@ -494,18 +536,15 @@ def predict(
         schema=schema,
         with_gold=False,
     )
-    probs, path_probs = tr.predict(
-        result if result is not None else checkpoint,
-        split.data,
-        device=settings.device,
-        return_paths=True,
+    probs = tr.predict(
+        result if result is not None else checkpoint, split.data, device=settings.device
     )
     temperatures = (
         _fit_temperatures(store, project_id, schema, split.sample_ids, probs)
         if settings.calibrate
         else {}
     )
-    rows = []
+    scaled = {}
     for head in schema.head_names:
         p = np.asarray(probs[head], dtype=np.float64)
         if head in temperatures:
@@ -514,11 +553,31 @@ def predict(
             p = apply_temperature(
                 p / p.sum(axis=1, keepdims=True), temperatures[head], kind="probs"
             )
+        scaled[head] = p
+    n = _write_predictions(store, model_version_id, schema, split.sample_ids, scaled)
+    with store.write() as s:
+        mv = s.get(ModelVersion, model_version_id)
+        mv.config = {**mv.config, "temperature": temperatures or None}
+    return n
+
+
+def _write_predictions(
+    store: Store,
+    model_version_id: int,
+    schema: LabelSchema,
+    sample_ids: list[int],
+    probs: dict[str, np.ndarray],
+    paths: dict[str, list[np.ndarray]] | None = None,
+) -> int:
+    """Replace a version's prediction rows: ``probs[head]`` float (N, K) aligned with
+    ``sample_ids``; ``paths[head]`` one int (N,) argmax array per member (ensembles)."""
+    rows = []
+    for head in schema.head_names:
+        p = probs[head]
         arg = p.argmax(axis=1)
         classes = schema.classes(head)
-        # a head with several interaction paths (the intent ensemble): each path's argmax class
-        path_args = [np.asarray(pp).argmax(axis=1) for pp in path_probs.get(head, [])]
-        for i, sid in enumerate(split.sample_ids):
+        member_args = (paths or {}).get(head) or []
+        for i, sid in enumerate(sample_ids):
             rows.append(
                 {
                     "model_version_id": model_version_id,
@@ -527,16 +586,153 @@ def predict(
                     "label": classes[arg[i]],
                     "confidence": float(p[i, arg[i]]),
                     "probs": [round(float(v), 6) for v in p[i]],
-                    "paths": [classes[a[i]] for a in path_args] if len(path_args) > 1 else None,
+                    "paths": [classes[a[i]] for a in member_args] if len(member_args) > 1 else None,
                 }
             )
     with store.write() as s:
         s.execute(delete(Prediction).where(Prediction.model_version_id == model_version_id))
         for start in range(0, len(rows), 5000):
             s.execute(insert(Prediction), rows[start : start + 5000])
-        mv = s.get(ModelVersion, model_version_id)
-        mv.config = {**mv.config, "temperature": temperatures or None}
     return len(rows)
+
+
+# --------------------------------------------------------------------------- ensembles
+
+ENSEMBLE = "ensemble"  # model_version.preset of an ensemble version
+
+
+def create_ensemble(
+    store: Store,
+    settings: Settings,
+    *,
+    project_id: int,
+    members: dict[str, list[int]],
+    name: str | None = None,
+    user: dict[str, Any] | None = None,
+) -> int:
+    """Register an ensemble of separately trained model versions as a model version of its own,
+    predict every sample with it and score it on valid and test.
+
+    Each head's probabilities are the mean of its members' (the paper's final row takes emotion
+    from one system and intent fused from a one-head and a two-head system, §II.E and Table I;
+    "fused" read as the mean of probabilities: an interpretation). The version can then be
+    promoted, reviewed against and compared like any other.
+
+    Args:
+        members: head -> model version ids, e.g. ``{"emotion": [3], "intent": [4, 5]}``; every
+            head of the schema needs at least one.
+        user: the acting user; only admins may create versions from the app (the CLI passes None).
+    Returns:
+        The new model version id.
+    Raises:
+        InputError: a head without members, an unknown head, a member that is not a trained
+            version of this project, members on different feature sets.
+        PermissionDenied: ``user`` is not an admin.
+    """
+    if user is not None:
+        require_admin(user, "create an ensemble")
+    schema = schema_of(store, project_id)
+    unknown = [h for h in members if h not in schema.head_names]
+    if unknown:
+        raise InputError(f"unknown head(s) {unknown}; heads are {schema.head_names}", field="head")
+    missing = [h for h in schema.head_names if not members.get(h)]
+    if missing:
+        raise InputError(f"every head needs at least one member; none for {missing}", field="head")
+    ids = sorted({int(m) for ms in members.values() for m in ms})
+    with store.write() as s:
+        versions = {m: s.get(ModelVersion, m) for m in ids}
+        for m, v in versions.items():
+            if v is None or v.project_id != project_id:
+                raise InputError(
+                    f"model version {m} does not exist in this project", field="member"
+                )
+            if v.preset == ENSEMBLE:
+                raise InputError(
+                    f"model version {m} is itself an ensemble; name its members instead",
+                    field="member",
+                )
+        feature_sets = {v.config.get("feature_set_id") for v in versions.values()}
+        if len(feature_sets) > 1:
+            raise InputError(
+                f"members use different feature sets {sorted(feature_sets)}", field="member"
+            )
+        label = " + ".join(
+            f"{h[:3]} {'/'.join(str(m) for m in members[h])}" for h in schema.head_names
+        )
+        mv = ModelVersion(
+            project_id=project_id,
+            name=name or f"ensemble ({label})",
+            stage=max(v.stage for v in versions.values()),
+            preset=ENSEMBLE,
+            config={
+                "members": {h: [int(m) for m in members[h]] for h in schema.head_names},
+                "feature_set_id": feature_sets.pop(),
+                "schema": schema.to_dict(),
+                "fusion": "mean of member probabilities per head",
+            },
+            checkpoint_path="",
+            snapshot={"members": ids},
+            metrics={},
+            train_seconds=0.0,
+        )
+        s.add(mv)
+        s.flush()
+        mv_id = mv.id
+        q.audit(
+            s,
+            user_id=(user or {}).get("id"),
+            action="create_ensemble",
+            entity="model_version",
+            entity_id=mv_id,
+        )
+    predict(store, settings, model_version_id=mv_id)
+    evaluate(store, model_version_id=mv_id)
+    return mv_id
+
+
+def _predict_ensemble(
+    store: Store, settings: Settings, *, model_version_id: int, splits: tuple[str, ...]
+) -> int:
+    with store.read() as s:
+        mv = s.get(ModelVersion, model_version_id)
+        members: dict[str, list[int]] = mv.config["members"]
+        project_id = mv.project_id
+        sample_ids = list(
+            s.scalars(
+                select(Sample.id)
+                .where(Sample.project_id == project_id, Sample.split.in_(splits))
+                .order_by(Sample.id)
+            )
+        )
+    schema = schema_of(store, project_id)
+    for m in sorted({m for ms in members.values() for m in ms}):
+        with store.read() as s:
+            if s.get(ModelVersion, m) is None:
+                raise InputError(f"ensemble member {m} no longer exists", field="member")
+            have = s.scalar(
+                select(func.count()).select_from(Prediction).where(Prediction.model_version_id == m)
+            )
+        if have < len(sample_ids) * len(schema.head_names):
+            predict(store, settings, model_version_id=m, splits=splits)
+    row_of = {sid: i for i, sid in enumerate(sample_ids)}
+    probs, paths = {}, {}
+    for head in schema.head_names:
+        k = schema.num_classes(head)
+        stack = []
+        for m in members[head]:
+            p = np.full((len(sample_ids), k), np.nan)
+            with store.read() as s:
+                for sid, pr in s.execute(
+                    select(Prediction.sample_id, Prediction.probs).where(
+                        Prediction.model_version_id == m, Prediction.head == head
+                    )
+                ):
+                    if sid in row_of:
+                        p[row_of[sid]] = pr
+            stack.append(p)
+        probs[head] = np.mean(stack, axis=0)
+        paths[head] = [p.argmax(axis=1) for p in stack]
+    return _write_predictions(store, model_version_id, schema, sample_ids, probs, paths)
 
 
 def _fit_temperatures(
@@ -719,16 +915,42 @@ def undo(
 
 
 def auto_pseudo_label(
-    store: Store, *, round_id: int, user: dict[str, Any] | None = None, progress: Progress = _noop
+    store: Store,
+    *,
+    round_id: int,
+    user: dict[str, Any] | None = None,
+    progress: Progress = _noop,
+    rule: str = "joint",
+    confidence: str = "raw",
 ) -> dict[str, int]:
-    """The paper's automatic mode: accept, per head, the most confident candidates above the
-    round's threshold within the remaining per-class quotas (``pseudo.select``), the same rule the
-    review app enforces. Returns {head: accepted}."""
-    from meiju_core.pseudo import select as select_rows
+    """The paper's automatic mode (§II.B): accept the pool's most confident predictions at or
+    above the round's thresholds within the remaining per-class quotas, through the same
+    quota-checked decisions the review app makes. Returns {head: accepted}.
 
+    Args:
+        rule: ``"joint"``: a sample is accepted with both of its labels when every head passes
+            (settings ``pseudo_rule``); ``"per_head"``: each head on its own
+            (:func:`meiju_core.pseudo.select_joint`).
+        confidence: ``"raw"``: the model's softmax confidence, as the paper (stored calibrated
+            probabilities are turned back with the version's temperature); ``"calibrated"``: the
+            stored temperature-scaled ones (ours, reported as its own row, never the default).
+    Raises:
+        InputError: an unknown rule or confidence.
+    """
+    from meiju_core.pseudo import apply_temperature, select_joint
+
+    if rule not in ("joint", "per_head") or confidence not in ("raw", "calibrated"):
+        raise InputError(
+            f"rule must be joint or per_head and confidence raw or calibrated, got {rule!r}, "
+            f"{confidence!r}",
+            field="pseudo_rule",
+        )
     with store.read() as s:
         rnd = s.get(ReviewRound, round_id)
         schema = schema_of(store, rnd.project_id)
+        temperatures = (s.get(ModelVersion, rnd.model_version_id).config or {}).get(
+            "temperature"
+        ) or {}
         preds = s.execute(
             select(Prediction.sample_id, Prediction.head, Prediction.probs)
             .join(Sample, Sample.id == Prediction.sample_id)
@@ -740,30 +962,55 @@ def auto_pseudo_label(
         }
         accepted = q.accepted_counts(s, round_id=round_id)
         thresholds, quotas = dict(rnd.thresholds), dict(rnd.quotas)
-    out = {}
-    for head in schema.head_names:
-        classes = schema.classes(head)
-        rows = [(sid, probs) for sid, h, probs in preds if h == head and (sid, head) not in done]
-        if not rows:
-            out[head] = 0
-            continue
-        probs = np.array([r[1] for r in rows], dtype=np.float64)
-        probs /= probs.sum(axis=1, keepdims=True)
-        quota = np.array([quotas.get(head, {}).get(c, 0) for c in classes], dtype=np.int64)
-        already = np.array([accepted.get(head, {}).get(c, 0) for c in classes], dtype=np.int64)
-        idx = select_rows(probs, threshold=thresholds[head], quotas=quota, already_accepted=already)
-        with store.write() as s:
-            for i in idx:
-                q.decide(
-                    s,
-                    round_id=round_id,
-                    sample_id=rows[i][0],
-                    action="accept",
-                    user_id=(user or {}).get("id"),
-                    heads=[head],
-                )
-        out[head] = len(idx)
-        progress({"message": f"{head}: {len(idx)} pseudo-labels accepted"})
+    heads = schema.head_names
+    by_sample: dict[int, dict[str, list[float]]] = {}
+    for sid, head, probs in preds:
+        by_sample.setdefault(sid, {})[head] = probs
+    sample_ids = sorted(sid for sid, d in by_sample.items() if all(h in d for h in heads))
+    out = dict.fromkeys(heads, 0)
+    if not sample_ids:
+        return out
+    probs_by_head, eligible = {}, {}
+    for head in heads:
+        p = np.array([by_sample[sid][head] for sid in sample_ids], dtype=np.float64)
+        p /= p.sum(axis=1, keepdims=True)
+        if confidence == "raw" and temperatures.get(head):
+            # calibrated = softmax(log p / T), so raw = softmax(T log calibrated)
+            p = apply_temperature(p, 1.0 / float(temperatures[head]), kind="probs")
+        probs_by_head[head] = p
+        eligible[head] = np.array([(sid, head) not in done for sid in sample_ids])
+    picked = select_joint(
+        probs_by_head,
+        classes={h: schema.classes(h) for h in heads},
+        thresholds={h: float(thresholds[h]) for h in heads},
+        quotas={
+            h: np.array([quotas.get(h, {}).get(c, 0) for c in schema.classes(h)], dtype=np.int64)
+            for h in heads
+        },
+        already_accepted={
+            h: np.array([accepted.get(h, {}).get(c, 0) for c in schema.classes(h)], dtype=np.int64)
+            for h in heads
+        },
+        eligible=eligible,
+        rule=rule,
+    )
+    decisions: dict[int, list[str]] = {}
+    for head in heads:
+        for i in picked[head]:
+            decisions.setdefault(sample_ids[i], []).append(head)
+    with store.write() as s:
+        for sid, hs in decisions.items():
+            q.decide(
+                s,
+                round_id=round_id,
+                sample_id=sid,
+                action="accept",
+                user_id=(user or {}).get("id"),
+                heads=hs,
+            )
+    for head in heads:
+        out[head] = len(picked[head])
+        progress({"message": f"{head}: {out[head]} pseudo-labels accepted ({rule}, {confidence})"})
     return out
 
 

@@ -603,12 +603,19 @@ def select_joint(
     already_accepted: Mapping[str, QuotaLike | None] | None = None,
     eligible: np.ndarray | Mapping[str, np.ndarray | None] | None = None,
     order: Literal["confidence", "index"] = "confidence",
+    rule: Literal["per_head", "joint"] = "per_head",
 ) -> dict[str, np.ndarray]:
-    """Automatic mode: :func:`select` on every head independently, over one shared pool.
+    """Automatic mode over one shared pool, by one of two rules (meiju.md §8 leaves per-task vs
+    joint open; the product's setting ``pseudo_rule`` chooses, ``joint`` by default).
 
-    The threshold is applied per head (meiju.md §8 leaves per-task vs joint open; per head lets a
-    sample be accepted for emotion and not for intent, and the model masks the missing head in the
-    loss). A row may therefore appear in one head's result and not the other's.
+    - ``"per_head"``: :func:`select` on every head independently. A sample may be accepted for
+      emotion and not for intent (the model masks the missing head in the loss).
+    - ``"joint"``: a sample is taken with *both* of its labels, or not at all (our reading of the
+      paper §II.B: "samples ... added to the training set as additional labeled data"). A row is a
+      candidate when every head reaches its threshold and it is eligible for every head; candidates
+      are taken by their lowest head confidence, highest first (ties: lowest index), and a row is
+      taken only while *each* head's predicted class still has quota (class-balanced sampling when
+      the quotas are balanced). The result is the same rows for every head.
 
     Parameters
     ----------
@@ -627,12 +634,15 @@ def select_joint(
     eligible : np.ndarray (N,) bool, or Mapping[str, np.ndarray | None], optional
         One mask for all heads, or one per head.
     order : {"confidence", "index"}
-        As in :func:`select`.
+        As in :func:`select` (for ``joint``, confidence is the lowest head confidence).
+    rule : {"per_head", "joint"}
+        See above.
 
     Returns
     -------
     dict[str, np.ndarray]
-        head -> int64 selected row indices, in ``probs_by_head`` order.
+        head -> int64 selected row indices, in ``probs_by_head`` order (with ``joint`` the same
+        array for every head).
 
     Raises
     ------
@@ -653,12 +663,31 @@ def select_joint(
     per_quota = _per_head(quotas, heads, "quotas")
     per_used = dict.fromkeys(heads) | _check_heads(already_accepted, heads, "already_accepted")
     per_mask = _per_head(eligible, heads, "eligible")
-    out = {}
+    if rule not in ("per_head", "joint"):
+        raise ValueError(f"rule must be 'per_head' or 'joint', got {rule!r}")
     for h in heads:
         if len(sizes[h]) == 2 and sizes[h][1] != len(classes[h]):
             raise ValueError(
                 f"head {h!r}: probs has K={sizes[h][1]} columns but {len(classes[h])} classes"
             )
+    if rule == "joint":
+        rows = _select_both(
+            {h: _check_probs(probs_by_head[h], f"probs[{h!r}]") for h in heads},
+            thresholds={h: _check_threshold(per_threshold[h]) for h in heads},
+            remaining={
+                h: _remaining(per_quota[h], per_used[h], len(classes[h]), classes[h]) for h in heads
+            },
+            masks={
+                h: None
+                if per_mask[h] is None
+                else _check_mask(per_mask[h], sizes[h][0], "eligible")
+                for h in heads
+            },
+            order=order,
+        )
+        return {h: rows.copy() for h in heads}
+    out = {}
+    for h in heads:
         out[h] = select(
             probs_by_head[h],
             threshold=per_threshold[h],
@@ -669,6 +698,41 @@ def select_joint(
             order=order,
         )
     return out
+
+
+def _select_both(
+    probs: Mapping[str, np.ndarray],
+    *,
+    thresholds: Mapping[str, float],
+    remaining: Mapping[str, np.ndarray | None],
+    masks: Mapping[str, np.ndarray | None],
+    order: str,
+) -> np.ndarray:
+    """The ``joint`` rule of :func:`select_joint`: int64 rows taken with every head's label."""
+    heads = list(probs)
+    n = next(iter(probs.values())).shape[0]
+    ok = np.ones(n, dtype=bool)
+    conf = np.full(n, np.inf)
+    pred = {}
+    for h in heads:
+        c = probs[h].max(axis=1)
+        pred[h] = probs[h].argmax(axis=1)
+        ok &= c >= thresholds[h]
+        if masks[h] is not None:
+            ok &= masks[h]
+        conf = np.minimum(conf, c)
+    rows = np.flatnonzero(ok)
+    rows = rows[np.lexsort((rows, -conf[rows]))]  # lowest head confidence desc, then index
+    left = {h: None if remaining[h] is None else remaining[h].copy() for h in heads}
+    taken = []
+    for i in rows:
+        if all(left[h] is None or left[h][pred[h][i]] > 0 for h in heads):
+            for h in heads:
+                if left[h] is not None:
+                    left[h][pred[h][i]] -= 1
+            taken.append(i)
+    out = np.asarray(taken, dtype=np.int64)
+    return np.sort(out) if order == "index" else out
 
 
 def _check_heads(value: Mapping[str, Any] | None, heads: Sequence[str], name: str) -> dict:

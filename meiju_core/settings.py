@@ -34,6 +34,18 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
         "probabilities, so a confidence threshold means what it says (argmax labels and F1 "
         "are unchanged).",
     ),
+    (
+        "pseudo_rule",
+        "joint",
+        "Automatic pseudo-labelling: joint (a pool sample is taken with both of its labels when "
+        "both heads reach the threshold; our reading of the paper) or per_head.",
+    ),
+    (
+        "pseudo_confidence",
+        "raw",
+        "Confidence the automatic rule compares with the threshold: raw (softmax, as the paper) "
+        "or calibrated (temperature-scaled on valid).",
+    ),
     ("quota_strategy", "balanced", "Per-class quota strategy: balanced, proportional or explicit."),
     ("quota_budget", 2000, "Most pseudo-labels a round may accept per head."),
     ("seed", 336, "Random seed for splits and training."),
@@ -46,6 +58,13 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
     ("lease_seconds", 120, "How long a review card stays reserved for one annotator."),
     ("project", "demo", "Name of the active project."),
 )
+
+
+# settings whose value must be one of a few words
+CHOICES: dict[str, tuple[str, ...]] = {
+    "pseudo_rule": ("joint", "per_head"),
+    "pseudo_confidence": ("raw", "calibrated"),
+}
 
 
 def _parse(raw: str, kind: type) -> Any:
@@ -71,6 +90,8 @@ class Settings:
     feature_set: str
     threshold: float
     calibrate: bool
+    pseudo_rule: str
+    pseudo_confidence: str
     quota_strategy: str
     quota_budget: int
     seed: int
@@ -94,6 +115,11 @@ class Settings:
             if overrides.get(name) is not None:
                 value = overrides[name]
             values[name] = value
+        for name, allowed in CHOICES.items():
+            if values[name] not in allowed:
+                raise InputError(
+                    f"{name} must be one of {list(allowed)}, got {values[name]!r}", field=name
+                )
         data_dir = Path(values["data_dir"]).expanduser().resolve()
         values["data_dir"] = data_dir
         values["database_url"] = values["database_url"] or f"sqlite:///{data_dir / 'meiju.db'}"

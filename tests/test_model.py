@@ -22,6 +22,7 @@ from meiju_core.model import (
     ModelConfig,
     TextCNN,
     masked_cross_entropy,
+    masked_mean,
 )
 
 DIMS = {"visual": 6, "audio": 5, "text": 8}
@@ -80,28 +81,48 @@ def test_baseline_preset_matches_reference_numbers():
     assert cfg.hidden == 128 and cfg.cls_layers == (128, 64)
     assert cfg.fusion_heads == {"emotion": 2, "intent": 2}
     assert cfg.fusion_feedforward == 2048 and cfg.fusion_dropout == 0.1
-    assert cfg.interaction_heads == {"emotion": ((1, 1),), "intent": ((1, 1),)}
+    assert cfg.interaction_heads == {"emotion": 1, "intent": 1}
+    assert cfg.representation == "sequence" and cfg.stage2_init == "encoders"
     assert cfg.dropout == 0.2 and cfg.textcnn_dropout == 0.5
     assert cfg.textcnn_kernels == (2, 3, 4) and cfg.textcnn_channels == 128
     assert cfg.aux_weight == 1.0 and cfg.noise_sigma == 0.0
     assert cfg.masked_pooling is False and cfg.pretrain_stage1 is True
 
 
-def test_paper_preset_has_intent_ensemble_and_fewer_emotion_heads():
+def test_paper_preset_varies_fusion_heads_and_keeps_the_interaction():
     cfg = ModelConfig.paper(DIMS)
-    assert cfg.interaction_heads == {"emotion": ((1, 1),), "intent": ((1, 1), (2, 2))}
-    assert cfg.path_weights("intent") == (0.5, 0.5)
+    assert cfg.representation == "mean" and cfg.textcnn_kernels == (1,)
+    assert cfg.fusion_heads == {"emotion": 2, "intent": 2}
+    assert cfg.interaction_heads == {"emotion": 1, "intent": 1}  # unchanged from the baseline
+    assert cfg.stage2_init == "full" and cfg.noise_mode == "relative"
     assert cfg.masked_pooling and cfg.noise_sigma == 0.1 and not cfg.pretrain_stage1
+    one_head = ModelConfig.paper(DIMS, emotion_heads=1, intent_heads=1, text_kernels=(2, 3, 4))
+    assert one_head.fusion_heads == {"emotion": 1, "intent": 1}
+    assert one_head.textcnn_kernels == (2, 3, 4)
+    model = JointModel(one_head)
+    assert model.fusion["intent"].layer.self_attn.num_heads == 1
+    assert model.interaction["intent"].inter_attention.num_heads == 1
+
+
+def test_relative_noise_scales_with_the_modality():
+    cfg = ModelConfig.paper(DIMS, noise_scale={"text": 0.02, "audio": 3.0})
+    assert cfg.noise_std("text") == pytest.approx(0.002)
+    assert cfg.noise_std("audio") == pytest.approx(0.3)
+    assert cfg.noise_std("visual") == pytest.approx(0.1)  # not measured yet: scale 1
+    assert ModelConfig.baseline(DIMS, noise_sigma=0.1).noise_std("text") == 0.1
 
 
 @pytest.mark.parametrize(
     ("overrides", "words"),
     [
         (dict(fusion_heads={"emotion": 3, "intent": 2}), ["128", "3"]),
-        (dict(interaction_heads={"emotion": ((1, 5),), "intent": ((1, 1),)}), ["128", "5"]),
+        (dict(interaction_heads={"emotion": 5, "intent": 1}), ["128", "5"]),
+        (dict(interaction_heads={"emotion": ((1, 1),), "intent": 1}), ["retrain"]),
+        (dict(representation="frames"), ["representation", "frames"]),
+        (dict(stage2_init="heads"), ["stage2_init"]),
+        (dict(noise_sigma=float("nan")), ["noise_sigma"]),
         (dict(dropout=1.0), ["dropout"]),
         (dict(input_dims={"smell": 3}), ["smell"]),
-        (dict(ensemble_weights={"intent": (1.0,)}), ["intent"]),
         (dict(textcnn_kernels=(2, 5)), ["5"]),
     ],
 )
@@ -113,10 +134,10 @@ def test_config_rejects_settings_that_cannot_work(overrides, words):
 
 
 def test_config_round_trips_through_json():
-    cfg = ModelConfig.paper(DIMS, ensemble_weights={"intent": (0.3, 0.7)})
+    cfg = ModelConfig.paper(DIMS, intent_heads=1, noise_scale={"text": 0.5})
     again = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg
-    assert again.path_weights("intent") == pytest.approx((0.3, 0.7))
+    assert again.noise_scale == {"text": 0.5} and again.fusion_heads["intent"] == 1
 
 
 # -- blocks ------------------------------------------------------------------------------------
@@ -170,8 +191,8 @@ def test_encoders_give_zeros_for_a_missing_modality():
 
 
 def test_kaiming_init_and_zero_bias():
-    model = JointModel(ModelConfig.paper(DIMS))
-    linear = model.heads["emotion"][0].net[0]  # 384 -> 128
+    model = JointModel(ModelConfig.paper(DIMS, text_kernels=(2, 3, 4)))
+    linear = model.heads["emotion"].net[0]  # 384 -> 128
     assert (linear.bias == 0).all()
     assert linear.weight.std().item() == pytest.approx(math.sqrt(2 / 384), rel=0.1)
     conv = model.encoders["intent"]["text"].convs[2]  # fan-in 4 * 8
@@ -191,10 +212,7 @@ def test_joint_output_shapes_and_probabilities():
         assert out.probs[head].dtype == torch.float32
         torch.testing.assert_close(out.probs[head].sum(1), torch.ones(4))
         torch.testing.assert_close(out.logits[head].softmax(1), out.probs[head])
-    assert len(out.path_probs["intent"]) == 2 and len(out.gates["intent"]) == 2
-    assert len(out.gates["emotion"]) == 1 and out.gates["emotion"][0].shape == (4, 3, 16)
-    fused = 0.5 * out.path_probs["intent"][0] + 0.5 * out.path_probs["intent"][1]
-    torch.testing.assert_close(out.probs["intent"], fused)
+    assert out.gates["emotion"].shape == out.gates["intent"].shape == (4, 3, 16)
     assert set(out.losses) == {"emotion", "intent", "aux_emotion", "aux_intent"}
     total = sum(out.losses[h] for h in ("emotion", "intent"))
     total = total + out.losses["aux_emotion"] + out.losses["aux_intent"]
@@ -278,13 +296,12 @@ def test_gradients_reach_the_gate():
     cfg = small()
     model = JointModel(cfg)
     out = model(JointBatch.random(cfg, batch_size=4))
-    assert all(g.requires_grad for gs in out.gates.values() for g in gs)
+    assert all(g.requires_grad for g in out.gates.values())
     out.loss.backward()
-    for paths in model.interaction.values():
-        for inter in paths:
-            for attn in (inter.inter_attention, inter.hence_attention):
-                assert attn.in_proj_weight.grad is not None
-                assert attn.in_proj_weight.grad.abs().sum() > 0
+    for inter in model.interaction.values():
+        for attn in (inter.inter_attention, inter.hence_attention):
+            assert attn.in_proj_weight.grad is not None
+            assert attn.in_proj_weight.grad.abs().sum() > 0
 
 
 def test_noise_only_while_training():
@@ -312,13 +329,50 @@ def test_load_stage1_copies_encoders_and_fusion_only():
     cfg = small()
     stage1 = JointModel(cfg, pretrain=True)
     stage2 = JointModel(cfg)
-    fresh_head = stage2.heads["emotion"][0].net[0].weight.clone()
+    fresh_head = stage2.heads["emotion"].net[0].weight.clone()
     stage2.load_stage1(stage1.state_dict())
     for key, value in stage1.stage1_state().items():
         torch.testing.assert_close(stage2.state_dict()[key], value)
-    torch.testing.assert_close(stage2.heads["emotion"][0].net[0].weight, fresh_head)
+    torch.testing.assert_close(stage2.heads["emotion"].net[0].weight, fresh_head)
     with pytest.raises(ValueError, match="shape"):
         JointModel(small(input_dims={**DIMS, "text": 9})).load_stage1(stage1.state_dict())
+    with pytest.raises(ValueError, match="lacks"):  # the pretrain model has no interaction
+        stage2.load_stage1(stage1.state_dict(), mode="full")
+
+
+def test_full_stage2_init_copies_every_weight():
+    cfg = small()
+    stage1, stage2 = JointModel(cfg), JointModel(cfg)
+    stage2.load_stage1(stage1.state_dict(), mode="full")
+    for key, value in stage1.state_dict().items():
+        torch.testing.assert_close(stage2.state_dict()[key], value, msg=key)
+
+
+def test_masked_mean_ignores_padding():
+    x = torch.randn(3, 5, 4)
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    garbage = x.clone()
+    garbage[~mask] = 1e6  # whatever sits in the padding never reaches the mean
+    out = masked_mean(garbage, mask)
+    assert out.shape == (3, 1, 4)
+    torch.testing.assert_close(out[0, 0], x[0, :2].mean(0))
+    torch.testing.assert_close(out[1, 0], x[1].mean(0))
+    assert (out[2] == 0).all()
+
+
+@pytest.mark.parametrize("preset", ["paper", "baseline"])
+@pytest.mark.parametrize("kernels", [(1,), (2, 3, 4)])
+def test_every_encoder_runs_on_one_step(preset, kernels):
+    make = ModelConfig.paper if preset == "paper" else ModelConfig.baseline
+    cfg = make(DIMS, hidden=16, fusion_feedforward=32, textcnn_channels=8, textcnn_kernels=kernels)
+    for pretrain in (False, True):
+        model = JointModel(cfg, pretrain=pretrain)
+        out = model(JointBatch.random(cfg, batch_size=3, steps=1))
+        assert torch.isfinite(out.loss) and out.probs["intent"].shape == (3, 8)
+        out.loss.backward()
+    for enc in (LSTMEncoder(8, 16), TextCNN(8, 16, channels=8, kernels=kernels)):
+        y = enc.eval()(torch.randn(2, 1, 8), torch.ones(2, 1, dtype=torch.bool))
+        assert y.shape == (2, 16) and torch.isfinite(y).all()
 
 
 def test_sub_networks_cover_every_parameter():

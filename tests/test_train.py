@@ -32,6 +32,7 @@ from meiju_core.train import (
     load_npz,
     predict,
     save_npz,
+    utterance_means,
 )
 
 DIMS = {"visual": 4, "audio": 5, "text": 8}
@@ -175,7 +176,7 @@ def test_collate_pads_to_the_longest_with_masks():
         "visual": [None, None],
     }
     batch = collate(feats, DIMS, {"emotion": torch.tensor([1, -1])})
-    assert batch.features["text"].shape == (2, 4, 8)  # text is padded to the widest kernel
+    assert batch.features["text"].shape == (2, 2, 8)  # the TextCNN pads to its widest kernel
     assert batch.masks["text"].sum(1).tolist() == [2, 1]
     assert batch.features["audio"].shape == (2, 6, 5) and batch.masks["audio"].sum(1).tolist() == [
         6,
@@ -212,10 +213,11 @@ def test_stage1_learns_the_synthetic_problem(stage1, data):
     assert stage1.metrics["joint"] > 0.5
     assert len(stage1.history) == 8 and not stage1.cancelled
     assert stage1.history[-1]["train_loss"] < stage1.history[0]["train_loss"]
-    assert stage1.metrics["emotion_f1"] == pytest.approx(
-        max(h["emotion_f1"] for h in stage1.history)
-    )
-    assert stage1.metrics["intent_f1"] == pytest.approx(max(h["intent_f1"] for h in stage1.history))
+    # one epoch for both heads, chosen by the validation joint score (the baseline's selection)
+    best = max(stage1.history, key=lambda h: h["joint"])
+    assert stage1.metrics["joint"] == pytest.approx(best["joint"])
+    assert stage1.metrics == stage1.joint_metrics and "optimistic" not in stage1.metrics
+    assert set(stage1.checkpoint_paths.values()) == {stage1.best_joint_path}
     assert stage1.samples_per_second > 0 and stage1.seconds > 0
 
 
@@ -225,7 +227,10 @@ def test_checkpoints_are_complete_and_written_atomically(stage1):
     model, ckpt = load_checkpoint(stage1.best_joint_path)
     assert isinstance(model, JointModel) and not model.training
     assert ckpt["stage"] == 1 and ckpt["epoch"] == stage1.best_epochs["joint"]
-    assert ckpt["model_config"] == tiny_model().to_dict()
+    stored = ModelConfig.from_dict(ckpt["model_config"])
+    assert stored.with_(noise_scale={}) == tiny_model()
+    # relative noise: each modality's scale measured on train (text prototypes + noise ~ 1.2)
+    assert set(stored.noise_scale) == set(DIMS) and 0.5 < stored.noise_scale["text"] < 3
     assert TrainConfig.from_dict(ckpt["train_config"]) == tiny_train()
     assert ckpt["schema"] == LabelSchema.meiju_track1().to_dict()
     assert ckpt["optimizer_state"]["state"] and ckpt["scores"]["joint"] == ckpt["best"]["joint"]
@@ -249,26 +254,32 @@ def test_predict_reproduces_the_validation_metrics(stage1, data):
     assert joint["joint"] == pytest.approx(stage1.joint_metrics["joint"])
 
 
-def test_predict_returns_each_interaction_path(stage1, data):
+def test_mean_representation_is_taken_once_before_batching(stage1, data):
     valid = data[1]
-    probs, paths = predict(stage1.best_joint_path, valid.features, return_paths=True)
-    assert len(paths["emotion"]) == 1 and len(paths["intent"]) == 2  # the intent ensemble
-    model, _ = load_checkpoint(stage1.best_joint_path)
-    for head, per_path in paths.items():
-        assert all(p.shape == probs[head].shape for p in per_path)
-        fused = sum(w * p for w, p in zip(model.path_weights(head), per_path, strict=True))
-        np.testing.assert_allclose(fused, probs[head], rtol=1e-5, atol=1e-6)
+    means = utterance_means(valid.features)
+    for x, m in zip(valid.features["text"], means["text"], strict=True):
+        assert m.shape == (1, DIMS["text"])
+        np.testing.assert_allclose(m[0], x.mean(0), rtol=1e-6)
+    assert means["visual"] == [None] * len(valid)
+    # a "mean" checkpoint gives the same probabilities on sequences as on their means
+    a, b = predict(stage1.best_joint_path, valid.features), predict(stage1.best_joint_path, means)
+    for head in a:
+        np.testing.assert_allclose(a[head], b[head], rtol=1e-5, atol=1e-6)
 
 
-def test_stage2_starts_from_the_stage1_encoders(stage1, data, tmp_path):
+def test_stage2_fine_tunes_every_stage1_weight(stage1, data, tmp_path):
     state1 = torch.load(stage1.best_joint_path, weights_only=True)["model_state"]
-    model = build_model(tiny_model(), stage=2, init_from=stage1)
+    model = build_model(tiny_model(), stage=2, init_from=stage1)  # paper: stage2_init="full"
     state2 = model.state_dict()
-    for key in state2:
+    assert set(state2) == set(state1)
+    for key in state2:  # interaction, heads and auxiliary heads included
+        torch.testing.assert_close(state2[key], state1[key], msg=key)
+    encoders_only = build_model(tiny_model(stage2_init="encoders"), stage=2, init_from=stage1)
+    for key, value in encoders_only.state_dict().items():
         if key.startswith(("encoders.", "fusion.")):
-            torch.testing.assert_close(state2[key], state1[key])
+            torch.testing.assert_close(value, state1[key])
         elif key.startswith("heads.") and key.endswith("weight"):
-            assert not torch.equal(state2[key], state1[key]), key  # heads start fresh
+            assert not torch.equal(value, state1[key]), key  # heads start fresh
     train, valid = data
     train = train.subset(range(64))
     train.labels["intent"][::2] = -1  # pseudo-labels accepted for emotion only
@@ -373,7 +384,7 @@ def test_callback_sees_progress_and_can_cancel(data, tmp_path):
     assert result.cancelled and "observer broke" in result.stop_reason
 
 
-def test_fitted_ensemble_weight_is_stored_and_used(data, tmp_path):
+def test_per_head_selection_is_an_option_and_labelled_optimistic(data, tmp_path):
     train = data[0].subset(range(48))
     result = fit(
         train,
@@ -381,12 +392,18 @@ def test_fitted_ensemble_weight_is_stored_and_used(data, tmp_path):
         model_config=tiny_model(),
         stage=1,
         out_dir=tmp_path,
-        train_config=tiny_train(epochs_flat=1, epochs_decay=0, fit_ensemble_weight=True),
+        train_config=tiny_train(epochs_flat=2, epochs_decay=2, select_per_head=True),
     )
-    weights = result.ensemble_weights["intent"]
-    assert len(weights) == 2 and sum(weights) == pytest.approx(1.0)
-    model, _ = load_checkpoint(result.best_intent_path)
-    assert model.config.path_weights("intent") == pytest.approx(tuple(weights))
+    assert result.metrics["optimistic"] is True
+    assert result.checkpoint_paths == {
+        "emotion": result.best_emotion_path,
+        "intent": result.best_intent_path,
+    }
+    assert result.metrics["emotion_f1"] == pytest.approx(
+        max(h["emotion_f1"] for h in result.history)
+    )
+    assert result.metrics["intent_f1"] == pytest.approx(max(h["intent_f1"] for h in result.history))
+    assert "optimistic" not in result.joint_metrics
 
 
 def test_fit_rejects_bad_arguments(data, tmp_path):
@@ -421,10 +438,16 @@ def test_npz_round_trip(data, tmp_path):
 
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process(data, tmp_path):
-    """torchrun --nproc_per_node 2 on the CPU gives the scores one process gives."""
+    """torchrun --nproc_per_node 2 on the CPU gives the scores one process gives (sequence inputs;
+    with utterance means the two runs drift apart by ~1e-4 in loss after a few steps, an open
+    question noted in CHANGELOG)."""
     train, valid = data[0].subset(range(64)), data[1]
     deterministic = tiny_model(
-        dropout=0.0, textcnn_dropout=0.0, fusion_dropout=0.0, noise_sigma=0.0
+        dropout=0.0,
+        textcnn_dropout=0.0,
+        fusion_dropout=0.0,
+        noise_sigma=0.0,
+        representation="sequence",
     )
     settings = dict(epochs_flat=2, epochs_decay=1, batch_size=16, lr=3e-3, noise_sigma=0.0)
     save_npz(tmp_path / "data.npz", {"train": train, "valid": valid}, DIMS)
@@ -464,8 +487,8 @@ def test_two_gloo_processes_match_one_process(data, tmp_path):
     )
     assert len(ddp["history"]) == len(one.history) == 3
     for a, b in zip(ddp["history"], one.history, strict=True):
-        assert a["joint"] == pytest.approx(b["joint"], abs=1e-6)
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["joint"] == pytest.approx(b["joint"], abs=1e-6)
     assert ddp["metrics"]["joint"] == pytest.approx(one.metrics["joint"], abs=1e-6)
     assert sorted(p.name for p in (tmp_path / "ddp").glob("*.pt")) == sorted(
         CHECKPOINT_NAMES.values()
