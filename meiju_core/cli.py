@@ -340,6 +340,52 @@ def ensemble(
 
 
 @app.command()
+def table1(
+    seeds: Annotated[int, typer.Option(help="Seeds per row (336, 337, ...).")] = 3,
+    epochs: Annotated[
+        int | None, typer.Option(help="Total epochs of every stage (default: the presets').")
+    ] = None,
+    threshold: Annotated[float, typer.Option(help="Pseudo-label confidence (paper: 0.99).")] = 0.99,
+    budget: Annotated[int, typer.Option(help="Most pseudo-labels per head.")] = 2000,
+    out: Annotated[
+        Path | None, typer.Option(help="Write <out>.md and <out>.json (default: print only).")
+    ] = None,
+) -> None:
+    """The paper's Table I, row by row, on the active project (test scores, mean ± std over
+    seeds, the paper's numbers beside them). Runs already trained are reused."""
+    import json
+
+    from meiju_core import table1 as t1
+
+    settings, store, info = _store_and_project()
+    if not 0 < threshold <= 1 or seeds < 1 or budget < 0:
+        raise typer.BadParameter("need 0 < threshold <= 1, seeds >= 1 and budget >= 0")
+    opts = t1.Table1Options(
+        seeds=tuple(settings.seed + i for i in range(seeds)),
+        epochs=epochs,
+        threshold=threshold,
+        budget=budget,
+        rule=settings.pseudo_rule,
+        device=settings.device,
+        feature_set=settings.feature_set,
+    )
+    with _friendly(), _bar("Table I") as update:
+        result = t1.run_table1(
+            store,
+            project_id=info["id"],
+            data_dir=settings.data_dir,
+            options=opts,
+            progress=update,
+        )
+    text = t1.markdown(result)
+    typer.echo(text)
+    typer.echo(f"wall time {result['seconds']:.0f} s")
+    if out is not None:
+        out.with_suffix(".md").write_text(text + "\n")
+        out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
+
+
+@app.command()
 def predict(
     model_version: Annotated[int | None, typer.Option(help="Model version id.")] = None,
 ) -> None:

@@ -176,6 +176,7 @@ def model_versions(store_: Store, *, project_id: int) -> list[dict[str, Any]]:
                 "metrics": dict(mv.metrics or {}),
                 "snapshot": dict(mv.snapshot or {}),
                 "job_id": mv.job_id,
+                "members": (mv.config or {}).get("members"),  # an ensemble's, head -> ids
             }
             for mv in rows
         ]

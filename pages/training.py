@@ -157,6 +157,15 @@ def live_status(job_id: int | None, *, admin: bool) -> None:
     panel()
 
 
+def _system(v: dict[str, Any]) -> str:
+    """The preset, or an ensemble's members per head ("ensemble: emotion #3 · intent #4, #5")."""
+    members = v.get("members")
+    if not members:
+        return v.get("preset") or ""
+    parts = [f"{h} " + ", ".join(f"#{m}" for m in ids) for h, ids in members.items()]
+    return "ensemble: " + " · ".join(parts)
+
+
 def versions_table(versions: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for v in versions:
@@ -165,6 +174,7 @@ def versions_table(versions: list[dict[str, Any]]) -> pd.DataFrame:
             "id": v["id"],
             "name": v["name"],
             "stage": v["stage"],
+            "system": _system(v),
             "status": v["status"],
             "created": v["created_at"].strftime("%m-%d %H:%M") if v["created_at"] else "",
         }

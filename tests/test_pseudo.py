@@ -164,6 +164,73 @@ def test_select_joint_is_select_per_head(pe, pi, threshold):
     np.testing.assert_array_equal(got["intent"], select(pi, threshold=threshold))
 
 
+@st.composite
+def joint_case(draw):
+    """Two heads over the same N rows, quotas per head (or none), an optional mask."""
+    pe, pi = draw(prob_matrices()), draw(prob_matrices())
+    n = min(pe.shape[0], pi.shape[0])
+    pe, pi = pe[:n], pi[:n]
+    qe = draw(st.none() | hnp.arrays(np.int64, (pe.shape[1],), elements=st.integers(0, 4)))
+    qi = draw(st.none() | hnp.arrays(np.int64, (pi.shape[1],), elements=st.integers(0, 4)))
+    eligible = draw(st.none() | hnp.arrays(np.bool_, (n,)))
+    return pe, pi, qe, qi, eligible
+
+
+@FAST
+@given(joint_case(), THRESHOLDS)
+def test_joint_rule_takes_samples_with_both_labels_within_both_quotas(case, threshold):
+    pe, pi, qe, qi, eligible = case
+    classes = {"emotion": EMOTIONS[: pe.shape[1]], "intent": INTENTS[: pi.shape[1]]}
+    got = select_joint(
+        {"emotion": pe, "intent": pi},
+        classes=classes,
+        thresholds=threshold,
+        quotas={"emotion": qe, "intent": qi},
+        eligible=eligible,
+        rule="joint",
+    )
+    rows = got["emotion"]
+    np.testing.assert_array_equal(rows, got["intent"])  # one sample, both labels
+    assert len(set(rows.tolist())) == len(rows)
+    ok = (pe.max(1) >= threshold) & (pi.max(1) >= threshold)
+    if eligible is not None:
+        ok &= eligible
+    assert ok[rows].all()  # both heads pass: never one label alone
+    # class balance: no class of either head goes past its quota
+    for p, q in ((pe, qe), (pi, qi)):
+        if q is not None:
+            counts = np.bincount(p.argmax(1)[rows], minlength=p.shape[1])
+            assert (counts <= q).all()
+    # maximal: a candidate left out has a class whose quota is used up
+    taken = set(rows.tolist())
+    for i in np.flatnonzero(ok):
+        if i in taken:
+            continue
+        full = []
+        for p, q in ((pe, qe), (pi, qi)):
+            if q is not None:
+                c = p[i].argmax()
+                full.append((p.argmax(1)[rows] == c).sum() >= q[c])
+        assert any(full), i
+    # most confident first: confidences (lowest head) never rise along the result
+    conf = np.minimum(pe.max(1), pi.max(1))[rows]
+    assert (np.diff(conf) <= 1e-12).all()
+
+
+def test_joint_rule_on_a_constructed_case():
+    pe = np.array([[0.995, 0.005], [0.999, 0.001], [0.001, 0.999], [0.5, 0.5]])
+    pi = np.array([[0.999, 0.001], [0.9, 0.1], [0.001, 0.999], [0.999, 0.001]])
+    classes = {"emotion": ("a", "b"), "intent": ("x", "y")}
+    got = select_joint(
+        {"emotion": pe, "intent": pi}, classes=classes, thresholds=0.99, rule="joint"
+    )
+    assert got["emotion"].tolist() == [2, 0]  # row 1 fails intent, row 3 fails emotion
+    per_head = select_joint({"emotion": pe, "intent": pi}, classes=classes, thresholds=0.99)
+    assert sorted(per_head["emotion"].tolist()) == [0, 1, 2]
+    with pytest.raises(ValueError, match="rule"):
+        select_joint({"emotion": pe, "intent": pi}, classes=classes, rule="both")
+
+
 @FAST
 @given(prob_matrices(max_n=60))
 def test_candidate_counts_fall_as_the_threshold_rises(p):

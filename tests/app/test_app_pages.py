@@ -355,6 +355,25 @@ def test_training_shows_live_job_figures_and_promotes(fx):
     assert status == {"stage2-test": "promoted", "fixture-model": "archived"}
 
 
+def test_training_lists_an_ensembles_members(fx):
+    store, ids = fx
+    with store.write() as s:
+        s.add(
+            ModelVersion(
+                project_id=ids.project_id,
+                name="ensemble (emo 1 + int 1/2)",
+                stage=1,
+                preset="ensemble",
+                config={"members": {"emotion": [1], "intent": [1, 2]}},
+            )
+        )
+    at = signed_in(ids, page="pages/training.py")
+    table = at.dataframe[0].value
+    systems = dict(zip(table["name"], table["system"], strict=True))
+    assert systems["ensemble (emo 1 + int 1/2)"] == "ensemble: emotion #1 · intent #1, #2"
+    assert systems["fixture-model"] != ""  # a trained system shows its preset
+
+
 # --------------------------------------------------------------------------- dashboard
 
 
