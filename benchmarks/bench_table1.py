@@ -84,6 +84,7 @@ def main() -> int:
             "control",
             "pseudo",
             "pseudo_1textcnn",
+            "no_noise",
             "ensemble",
             "linear",
         )
@@ -97,7 +98,7 @@ def main() -> int:
             "figure": "Table I: whole table wall time (CPU)",
             "value": f"{wall / 60:.1f} min",
             "goal": "",
-            "note": f"{len(seeds)} seeds x 7 systems x 2 stages + linear reference; "
+            "note": f"{len(seeds)} seeds x 8 systems x 2 stages + linear reference; "
             f"{args.jobs} parallel job(s), 1 thread each, 2 cores; pseudo-labels accepted at 0.99 "
             f"(joint, raw): {accepted}",
         }

@@ -23,6 +23,7 @@ control: fine-tune on gold    that stage-1 model fine-tuned on gold alone with t
                               "1textcnn")
 + pseudo, calibrated          the 1textcnn system with pseudo-labels picked on temperature-scaled
                               confidences (ours; a separate row, never the paper protocol)
+without input noise           the 1textcnn system with noise_sigma 0: what the (relative) noise adds
 one-head fusion               1textcnn system, fusion self-attention 1 head (emotion) / 1 (intent)
 two-head fusion               1textcnn system, fusion 1 head (emotion) / 2 heads (intent)
 intent fused from the two     intent = mean of the one-head and two-head systems' probabilities
@@ -81,6 +82,7 @@ class System:
         stage2: ``"pseudo"`` (gold + pseudo-labels), ``"gold"`` (gold only), or ``None``.
         confidence: ``"raw"`` or ``"calibrated"`` for the pseudo-label rule.
         stage1_of: reuse another system's stage-1 model (same preset and model).
+        train: ``TrainConfig`` overrides (e.g. ``noise_sigma``).
     """
 
     key: str
@@ -89,6 +91,7 @@ class System:
     stage2: str | None = "pseudo"
     confidence: str = "raw"
     stage1_of: str | None = None
+    train: dict[str, Any] = field(default_factory=dict)
 
 
 SYSTEMS: tuple[System, ...] = (
@@ -103,6 +106,7 @@ SYSTEMS: tuple[System, ...] = (
         confidence="calibrated",
         stage1_of="pseudo_1textcnn",
     ),
+    System("no_noise", "paper", {"text_kernels": (1,)}, train={"noise_sigma": 0.0}),
     System("one_head", "paper", {"text_kernels": (1,), "emotion_heads": 1, "intent_heads": 1}),
     System("two_head", "paper", {"text_kernels": (1,), "emotion_heads": 1, "intent_heads": 2}),
 )
@@ -116,6 +120,7 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("pseudo", "+ pseudo label"),
     ("pseudo_1textcnn", "+ pseudo label + 1textcnn"),
     ("pseudo_calibrated", "+ pseudo label + 1textcnn, calibrated confidences (ours)"),
+    ("no_noise", "+ pseudo label + 1textcnn, without input noise"),
     ("one_head", "one-head fusion (+ pseudo label + 1textcnn)"),
     ("two_head", "two-head fusion (+ pseudo label + 1textcnn)"),
     ("intent_fused", "intent fused from the two"),
@@ -241,7 +246,7 @@ class _Runner:
             device=self.o.device,
             epochs=self.o.epochs,
             model_overrides=system.model,
-            train_overrides={"threads": self.o.threads},
+            train_overrides={"threads": self.o.threads, **system.train},
         )
 
     def run(self, system: System, stage: int, seed: int, train, init_from=None) -> dict:
@@ -253,6 +258,7 @@ class _Runner:
         key = _key(
             system.preset,
             system.model,
+            *([system.train] if system.train else []),
             stage,
             seed,
             self.o.epochs,
@@ -547,7 +553,14 @@ def _rows_of_seed(final: dict[str, dict], stage1: dict, data: _Splits, heads) ->
     """Row -> {"valid": scores, "test": scores} for one seed, from the runs' probabilities."""
     first, second = heads
     out: dict[str, dict] = {}
-    for key in ("baseline", "control", "pseudo", "pseudo_1textcnn", "pseudo_calibrated"):
+    for key in (
+        "baseline",
+        "control",
+        "pseudo",
+        "pseudo_1textcnn",
+        "pseudo_calibrated",
+        "no_noise",
+    ):
         out[key] = {"valid": final[key]["valid"], "test": final[key]["test"]}
     out["one_head"] = {"valid": final["one_head"]["valid"], "test": final["one_head"]["test"]}
     out["stage1"] = {"valid": stage1["valid"], "test": stage1["test"]}
