@@ -385,6 +385,32 @@ def table1(
         out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
 
 
+@app.command("label-issues")
+def label_issues(
+    split: Annotated[str, typer.Option(help="Split whose gold labels are checked.")] = "train",
+    show: Annotated[int, typer.Option(help="Flags to print per head.")] = 10,
+) -> None:
+    """Flag gold labels that are likely wrong (cross-validated probabilities + cleanlab); the
+    flags open in Review as a queue of their own."""
+    from meiju_core import label_check
+
+    settings, store, info = _store_and_project()
+    with _friendly(), _bar("checking gold labels") as update:
+        report = label_check.check_gold_labels(
+            store, settings, project_id=info["id"], split=split, progress=update
+        )
+    for head, issues in report["issues"].items():
+        typer.echo(
+            f"{head}: {report['flagged'][head]} of {report['checked'][head]} {split} gold "
+            "labels flagged"
+        )
+        for i in issues[:show]:
+            typer.echo(
+                f"  {i['utt_id']}: {i['given']} -> {i['suggested']} "
+                f"(quality {i['quality']:.3f}, p {i['confidence']:.2f})"
+            )
+
+
 @app.command()
 def predict(
     model_version: Annotated[int | None, typer.Option(help="Model version id.")] = None,

@@ -366,3 +366,65 @@ def test_table1_runs_every_row_end_to_end(demo, tmp_path):
         cli_app, ["--data-dir", str(settings.data_dir), "table1", "--seeds", "1", "--epochs", "1"]
     )
     assert again.exit_code == 0 and "wall time" in again.output
+
+
+def test_gold_label_check_flags_corrupted_labels_and_relabel_keeps_the_old_one(demo):
+    from db.models import AuditEvent, Project
+    from meiju_core import label_check
+
+    settings, store, summary = demo
+    pid = summary["project_id"]
+    with store.write() as s:  # corrupt 30 gold "questioning" intents of train to "agreeing"
+        rows = s.scalars(
+            select(GoldLabel)
+            .join(Sample, Sample.id == GoldLabel.sample_id)
+            .where(
+                Sample.project_id == pid,
+                Sample.split == "train",
+                GoldLabel.head == "intent",
+                GoldLabel.label == "questioning",
+            )
+            .order_by(GoldLabel.id)
+            .limit(30)
+        ).all()
+        corrupted = {g.sample_id for g in rows}
+        for g in rows:
+            g.label = "agreeing"
+    report = label_check.check_gold_labels(store, settings, project_id=pid, folds=3)
+    flagged = {i["sample_id"] for i in report["issues"]["intent"]}
+    hit = len(flagged & corrupted) / len(corrupted)
+    rest = len(flagged - corrupted) / (report["checked"]["intent"] - len(corrupted))
+    assert hit >= 0.5 and hit > 2 * rest, (hit, rest)
+    suggested = {i["sample_id"]: i["suggested"] for i in report["issues"]["intent"]}
+    assert sum(suggested.get(sid) == "questioning" for sid in corrupted) >= len(corrupted) // 3
+    # the flags are stored on the project and resolved one by one
+    issue = next(i for i in label_check.open_issues(store, project_id=pid, head="intent"))
+    old = label_check.relabel_gold(
+        store,
+        project_id=pid,
+        sample_id=issue["sample_id"],
+        head="intent",
+        label=issue["suggested"],
+        user=None,
+    )
+    assert old == issue["given"]
+    with store.read() as s:
+        event = s.scalars(select(AuditEvent).where(AuditEvent.action == "relabel_gold")).first()
+        gold = s.scalars(
+            select(GoldLabel).where(
+                GoldLabel.sample_id == issue["sample_id"], GoldLabel.head == "intent"
+            )
+        ).one()
+        assert s.get(Project, pid).settings["label_issues"]["split"] == "train"
+    assert event.payload["old"] == old and event.payload["new"] == gold.label == issue["suggested"]
+    left = {i["sample_id"] for i in label_check.open_issues(store, project_id=pid, head="intent")}
+    assert issue["sample_id"] not in left
+    with pytest.raises(InputError, match="not a intent class"):
+        label_check.relabel_gold(
+            store, project_id=pid, sample_id=issue["sample_id"], head="intent", label="x", user=None
+        )
+    with store.write() as s:  # put the corrupted labels back for the tests after this one
+        for g in s.scalars(
+            select(GoldLabel).where(GoldLabel.sample_id.in_(corrupted), GoldLabel.head == "intent")
+        ):
+            g.label = "questioning"
