@@ -862,3 +862,107 @@ def _check_selected(selected: Any, n: int) -> np.ndarray:
     if np.unique(idx).size != idx.size:
         raise ValueError(f"selected has {idx.size - np.unique(idx).size} repeated indices")
     return idx
+
+
+# --------------------------------------------------------------------------------------------
+# thresholds from review decisions (ours: every accept / reject is a labelled observation of the
+# model's confidence)
+
+
+def wilson_interval(k: int, n: int, *, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``k / n`` (Wilson 1927), 95 % by default.
+
+    Returns:
+        (low, high) in [0, 1]; (0.0, 1.0) when ``n == 0``.
+    Raises:
+        ValueError: ``k`` outside [0, n] or a negative ``n``.
+    """
+    if n < 0 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
+
+
+def acceptance_by_confidence(
+    confidence: np.ndarray, accepted: np.ndarray, *, edges: Sequence[float] | None = None
+) -> list[dict[str, float]]:
+    """A reliability diagram drawn from human decisions: per confidence bin, how many reviewed
+    pseudo-labels were accepted, with a Wilson interval.
+
+    Args:
+        confidence: float (N,) the model's confidence of each reviewed prediction, in [0, 1].
+        accepted: bool (N,) True = the reviewer accepted the predicted class.
+        edges: bin edges, increasing, from 0 to 1 (default 0, 0.1, ..., 1); the last bin is
+            closed on the right.
+    Returns:
+        One dict per bin: ``lo``, ``hi``, ``n``, ``accepted``, ``rate`` (None when empty), ``low``,
+        ``high`` (the interval).
+    Raises:
+        ValueError: arrays of different lengths, confidences outside [0, 1] or NaN, bad edges.
+    """
+    c = np.asarray(confidence, dtype=np.float64)
+    a = np.asarray(accepted, dtype=bool)
+    if c.shape != a.shape or c.ndim != 1:
+        raise ValueError(f"confidence {c.shape} and accepted {a.shape} must be equal 1-D shapes")
+    if c.size and (np.isnan(c).any() or c.min() < 0 or c.max() > 1):
+        raise ValueError("confidences must be in [0, 1]")
+    e = np.asarray(edges if edges is not None else np.linspace(0, 1, 11), dtype=np.float64)
+    if e.ndim != 1 or e.size < 2 or (np.diff(e) <= 0).any():
+        raise ValueError(f"edges must increase, got {e.tolist()}")
+    which = np.clip(np.searchsorted(e, c, side="right") - 1, 0, e.size - 2)
+    out = []
+    for b in range(e.size - 1):
+        inside = which == b
+        n, k = int(inside.sum()), int(a[inside].sum())
+        low, high = wilson_interval(k, n)
+        out.append(
+            {
+                "lo": float(e[b]),
+                "hi": float(e[b + 1]),
+                "n": n,
+                "accepted": k,
+                "rate": k / n if n else None,
+                "low": low,
+                "high": high,
+            }
+        )
+    return out
+
+
+def threshold_for_precision(
+    confidence: np.ndarray,
+    accepted: np.ndarray,
+    *,
+    precision: float = 0.95,
+    min_count: int = 20,
+) -> float | None:
+    """The lowest confidence threshold at which the reviewed pseudo-labels at or above it were
+    accepted at least ``precision`` of the time, over at least ``min_count`` decisions.
+
+    Returns:
+        The threshold (one of the observed confidences), or None when no threshold reaches the
+        precision with enough decisions.
+    Raises:
+        ValueError: as :func:`acceptance_by_confidence`; ``precision`` outside (0, 1].
+    """
+    if not 0 < precision <= 1:
+        raise ValueError(f"precision must be in (0, 1], got {precision}")
+    c = np.asarray(confidence, dtype=np.float64)
+    a = np.asarray(accepted, dtype=bool)
+    acceptance_by_confidence(c, a, edges=[0.0, 1.0])  # same checks
+    order = np.argsort(-c, kind="stable")
+    c, a = c[order], a[order]
+    hits = np.cumsum(a)  # accepted among the i+1 most confident
+    counts = np.arange(1, c.size + 1)
+    best = None
+    for i in range(c.size):
+        if i + 1 < c.size and c[i + 1] == c[i]:
+            continue  # a threshold keeps every decision of equal confidence
+        if counts[i] >= min_count and hits[i] / counts[i] >= precision:
+            best = float(c[i])
+    return best

@@ -561,3 +561,59 @@ def test_select_joint_rejects_bad_input(kwargs, error, match):
 def test_docstring_examples_run():
     result = doctest.testmod(pseudo, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ------------------------------------------------------------------------------------------
+# thresholds from review decisions
+
+
+def test_wilson_interval_matches_the_formula():
+    from meiju_core.pseudo import wilson_interval
+
+    low, high = wilson_interval(8, 10)
+    # statsmodels' proportion_confint(8, 10, method="wilson") = (0.4902, 0.9433)
+    assert low == pytest.approx(0.4902, abs=1e-4) and high == pytest.approx(0.9433, abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    assert wilson_interval(5, 5)[1] == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+
+
+def test_acceptance_bins_equal_a_direct_count():
+    from meiju_core.pseudo import acceptance_by_confidence, wilson_interval
+
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0, 1, 500)
+    conf[:3] = [0.0, 1.0, 0.5]
+    acc = rng.uniform(0, 1, 500) < conf  # confident predictions are accepted more often
+    bins = acceptance_by_confidence(conf, acc)
+    assert len(bins) == 10 and sum(b["n"] for b in bins) == 500
+    for b in bins:
+        inside = (conf >= b["lo"]) & ((conf < b["hi"]) | ((b["hi"] == 1.0) & (conf <= 1.0)))
+        assert b["n"] == inside.sum() and b["accepted"] == acc[inside].sum()
+        assert (b["low"], b["high"]) == wilson_interval(b["accepted"], b["n"])
+    rates = [b["rate"] for b in bins]
+    assert rates[-1] > rates[0]
+    with pytest.raises(ValueError, match="\\[0, 1\\]"):
+        acceptance_by_confidence(np.array([1.5]), np.array([True]))
+
+
+def test_threshold_from_precision_on_a_constructed_case():
+    from meiju_core.pseudo import threshold_for_precision
+
+    # 40 decisions at 0.95-0.99 all accepted; 40 at 0.80-0.85 half accepted; 40 below, rejected
+    conf = np.concatenate([np.linspace(0.95, 0.99, 40), np.linspace(0.80, 0.85, 40)])
+    conf = np.concatenate([conf, np.linspace(0.3, 0.6, 40)])
+    acc = np.concatenate([np.ones(40, bool), np.arange(40) % 2 == 0, np.zeros(40, bool)])
+    t = threshold_for_precision(conf, acc, precision=0.95)
+    # 40 sure accepts carry the first 4 of the half-accepted band (42 / 44 = 0.955); a fifth
+    # drops it to 42 / 45 = 0.933
+    assert t == pytest.approx(0.80 + 36 * 0.05 / 39)
+    assert acc[conf >= t].mean() >= 0.95
+    below = conf[conf < t].max()
+    assert acc[conf >= below].mean() < 0.95
+    t80 = threshold_for_precision(conf, acc, precision=0.75)
+    assert 0.80 <= t80 < 0.85  # down into the half-accepted band, while 75 % still holds
+    kept = conf >= t80
+    assert acc[kept].mean() >= 0.75
+    assert threshold_for_precision(conf, acc, precision=0.95, min_count=100) is None
