@@ -35,7 +35,7 @@ from pages import _common as common
 
 TTL_S = 30
 REVIEW_PAGE = "pages/review.py"
-TABS = ["Model", "Compare", "Pseudo-labels", "Annotators", "Co-occurrence"]
+TABS = ["Model", "Compare", "Pseudo-labels", "Annotators", "Co-occurrence", "Evidence"]
 PSEUDO_COLUMNS = {  # table column: (header, tooltip)
     "candidates": ("cand.", "pool samples predicted as this class at the round's threshold"),
     "accepted": ("acc.", "accepted pseudo-labels"),
@@ -597,6 +597,13 @@ def main() -> None:
                 annotators_tab(url, project["id"], round_id)
             elif name == "Co-occurrence":
                 cooccurrence_tab(url, project["id"], round_id)
+            elif name == "Evidence":
+                if round_id is None:
+                    st.info("No review round yet: open one on the Review page.")
+                else:
+                    from pages._evidence import evidence_tab
+
+                    evidence_tab(url, round_id, heads)
 
 
 main()

@@ -470,3 +470,48 @@ def test_export_job_then_download_buttons(fx):
         "decisions.csv (0 rows)",
         "transcript_edits.csv (0 rows)",
     ]
+
+
+def test_evidence_tab_draws_acceptance_by_confidence_from_human_decisions(fx):
+    from db.evidence import review_observations
+    from db.models import Prediction
+    from meiju_core.errors import QuotaExceeded
+
+    store, ids = fx
+    admin = {"id": ids.admin_id}
+    accepted_cards = 0
+    for k, sid in enumerate(ids.pool_ids[:24]):
+        action = "accept" if k % 3 else "reject"
+        try:
+            pipeline.decide(store, round_id=ids.round_id, sample_id=sid, action=action, user=admin)
+            accepted_cards += action == "accept"
+        except QuotaExceeded:  # the fixture's quotas are small: a full class is a reject
+            pipeline.decide(
+                store, round_id=ids.round_id, sample_id=sid, action="reject", user=admin
+            )
+    with store.write() as s:  # an automatic acceptance is no evidence
+        from db import queries as q
+
+        q.decide(
+            s, round_id=ids.round_id, sample_id=ids.pool_ids[30], action="accept", user_id=None
+        )
+    with store.read() as s:
+        obs = review_observations(s, round_id=ids.round_id)
+        preds = {
+            (p.sample_id, p.head): p
+            for p in s.scalars(
+                select(Prediction).where(Prediction.model_version_id == ids.model_version_id)
+            )
+        }
+    assert len(obs) == 2 * 24  # both heads of each decided card, none from the automatic one
+    assert accepted_cards > 3 and sum(o["accepted"] for o in obs) == 2 * accepted_cards
+    for o in obs:
+        assert any(
+            p.head == o["head"] and p.label == o["predicted"] and p.confidence == o["confidence"]
+            for (sid, h), p in preds.items()
+            if sid in ids.pool_ids[:24]
+        )
+    at = tab(signed_in(ids, page="pages/dashboard.py"), "Evidence")
+    table = at.dataframe[0].value
+    assert table["reviewed"].sum() == 48 and table["accepted"].sum() == 2 * accepted_cards
+    assert [c.key for c in at.get("plotly_chart")] == ["ev_chart"]
