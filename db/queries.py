@@ -218,6 +218,28 @@ def gold_counts(s: Session, *, project_id: int, split: str = "train") -> dict[st
     return out
 
 
+def class_candidates(
+    s: Session, *, model_version_id: int, thresholds: dict[str, float]
+) -> dict[str, dict[str, int]]:
+    """{head: {class: pool samples predicted as that class with confidence >= the head's
+    threshold}} for one model version: the cards a round of these thresholds can offer."""
+    out: dict[str, dict[str, int]] = {h: {} for h in thresholds}
+    for head, t in thresholds.items():
+        for label, n in s.execute(
+            select(Prediction.label, func.count())
+            .join(Sample, Sample.id == Prediction.sample_id)
+            .where(
+                Prediction.model_version_id == model_version_id,
+                Prediction.head == head,
+                Prediction.confidence >= float(t),
+                Sample.split == "pool",
+            )
+            .group_by(Prediction.label)
+        ):
+            out[head][label] = n
+    return out
+
+
 # --------------------------------------------------------------------------- the queue
 
 

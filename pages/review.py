@@ -93,6 +93,48 @@ def _default_threshold(counts: dict[float, int]) -> float:
     return THRESHOLD_STEPS[0]
 
 
+@st.cache_data(ttl=60, show_spinner=False)
+def _round_plan(
+    url: str,
+    project_id: int,
+    model_version_id: int,
+    thresholds: tuple[tuple[str, float], ...],
+    strategy: str,
+    budget: int,
+) -> dict[str, Any] | None:
+    try:
+        return pipeline.round_plan(
+            common.store_at(url),
+            common.settings(),
+            project_id=project_id,
+            model_version_id=model_version_id,
+            thresholds=dict(thresholds),
+            strategy=strategy,
+            budget=budget,
+        )
+    except MeijuError:
+        return None
+
+
+def _plan_table(plan: dict[str, Any]) -> None:
+    """The queue each class will get in the round about to open, per head."""
+    st.markdown("**The queue this round will offer**, per class")
+    cols = st.columns(len(plan["classes"]))
+    for col, (head, rows) in zip(cols, plan["classes"].items(), strict=False):
+        total = sum(r["queue"] for r in rows)
+        col.markdown(f"{head.capitalize()}: **{total}** cards")
+        col.dataframe(
+            pd.DataFrame(rows).set_index("class")[["gold", "candidates", "quota", "queue"]],
+            width="stretch",
+            key=f"rv_plan_{head}",
+        )
+    st.caption(
+        "candidates: pool samples predicted as the class at or above the threshold; quota: most "
+        "pseudo-labels the round accepts for it (the gold distribution fitted to the "
+        "candidates); queue: the cards the class brings to Review."
+    )
+
+
 def round_summary(rnd: dict[str, Any] | None) -> None:
     if rnd is None:
         st.info("No review round is open.")
@@ -164,9 +206,18 @@ def open_round_ui(store, settings, project: dict[str, Any], user: dict[str, Any]
             key="rv_new_budget",
             help="Most pseudo-labels the round may accept per head.",
         )
+        plan = _round_plan(
+            settings.database_url,
+            project["id"],
+            mv_id,
+            tuple(sorted(thresholds.items())),
+            strategy,
+            int(budget),
+        )
+        if plan is not None:
+            _plan_table(plan)
         if st.button("Open round", type="primary", key="rv_open_round"):
             try:
-                pipeline.require_admin(user, "open a review round")
                 rid = pipeline.open_round(
                     store,
                     settings,
@@ -775,6 +826,15 @@ def _history(rows: list[dict[str, Any]], heads: list[str]) -> None:
         )
 
 
+def _empty_queue(store, round_id: int, flt: q.QueueFilter, user: dict[str, Any]) -> None:
+    """No card: say why, and what an admin can change."""
+    reasons = pipeline.empty_queue_reasons(store, round_id=round_id, flt=flt, user=user)
+    lines = [f"- {r['reason']} {r['fix']}" for r in reasons]
+    done = reasons and reasons[0]["reason"].startswith("All ")
+    box = st.success if done else st.warning
+    box("**No card to review.**\n" + "\n".join(lines), icon=":material/inbox:")
+
+
 @st.fragment
 def card_panel(round_id: int, heads: dict[str, list[str]], flt: q.QueueFilter) -> None:
     store, settings, user = common.store(), common.settings(), common.require_user()
@@ -797,10 +857,7 @@ def card_panel(round_id: int, heads: dict[str, list[str]], flt: q.QueueFilter) -
     common.show_flash(key="rv_flash")
     if card is None:
         S.pop("rv_card_labels", None)
-        st.success(
-            "Nothing left to review here: every card above the threshold is decided, or "
-            "predicts classes whose quotas are full."
-        )
+        _empty_queue(store, round_id, flt, user)
         _buttons(-1, list(heads), has_card=False)
         _history(_read_history(store, round_id, user["id"]), list(heads))
         return

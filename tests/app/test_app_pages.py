@@ -266,7 +266,9 @@ def test_empty_queue_says_so(fx):
     with store.write() as s:
         s.get(ReviewRound, ids.round_id).thresholds = {"emotion": 1.01, "intent": 1.01}
     at = signed_in(ids)
-    assert any("Nothing left to review" in x.value for x in at.success)
+    text = " ".join(x.value for x in at.warning)
+    assert "No card to review" in text
+    assert "threshold (emotion ≥ 1.01, intent ≥ 1.01)" in text and "lower threshold" in text
     assert "rv_card" not in at.session_state
     assert at.button(key="rv_accept").disabled
 
@@ -281,6 +283,10 @@ def test_admin_opens_a_round(fx):
     at.number_input(key=f"rv_new_th_{ids.model_version_id}_emotion").set_value(0.6)
     at.radio(key="rv_new_strategy").set_value("proportional")
     at.number_input(key="rv_new_budget").set_value(100)
+    plans = [d.value for d in at.dataframe if "queue" in getattr(d.value, "columns", ())]
+    assert len(plans) == 2  # one per head: the queue each class gets before the round opens
+    assert list(plans[0].columns) == ["gold", "candidates", "quota", "queue"]
+    assert (plans[0]["queue"] <= plans[0]["candidates"]).all()
     at.button(key="rv_open_round").click().run()
     assert not at.exception
     with store.read() as s:
