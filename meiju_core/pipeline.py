@@ -40,6 +40,8 @@ from db.models import (
     utcnow,
 )
 from meiju_core.errors import (
+    BelowThreshold,
+    CardTaken,
     InputError,
     JobError,
     PermissionDenied,
@@ -854,11 +856,28 @@ def decide(
     heads: list[str] | None = None,
     ms_spent: int | None = None,
     model_version_id: int | None = None,
+    confirm_below_threshold: bool = False,
+    admin_override: bool = False,
 ) -> list[int]:
     """Commit one review decision (accept / reject / skip) with its quota check in the same
-    transaction. ``labels`` overrides the predicted class per head; ``model_version_id`` names the
-    model whose predictions were shown (default: the round's). Raises QuotaExceeded (nothing
-    written) or StoreError."""
+    transaction; returns the decision ids.
+
+    ``labels`` overrides the predicted class per head; ``heads`` defaults to the card's heads
+    still undecided; ``model_version_id`` names the model whose predictions were shown (default:
+    the round's). Accepting a predicted class under the round's threshold needs
+    ``confirm_below_threshold`` (the decision is then marked ``below_threshold``). A card is
+    decided once: ``admin_override`` (admins only, logged) replaces another user's decision.
+
+    Raises:
+        QuotaExceeded: the class quota is full (nothing written).
+        CardTaken: the card (or the head asked for) was decided since it was shown, or another
+            annotator holds it.
+        BelowThreshold: an unconfirmed accept under the threshold.
+        PermissionDenied: ``admin_override`` by a user who is not an admin in the store.
+        StoreError: a closed round, an unknown action or no prediction to accept.
+    """
+    if admin_override:
+        require_admin(user, "replace another user's decision", store=store)
     try:
         with store.write() as s:
             ds = q.decide(
@@ -871,10 +890,19 @@ def decide(
                 heads=heads,
                 ms_spent=ms_spent,
                 model_version_id=model_version_id,
+                check_threshold=True,
+                confirmed_below=confirm_below_threshold,
+                admin_override=admin_override,
             )
             return [d.id for d in ds]
     except q.QuotaFull as e:
         raise QuotaExceeded(e.head, e.label, e.quota, e.accepted) from e
+    except q.AlreadyDecided as e:
+        raise CardTaken(str(e), by=e.by, decided=True) from e
+    except q.CardLeased as e:
+        raise CardTaken(str(e), by=e.by, decided=False) from e
+    except q.BelowThreshold as e:
+        raise BelowThreshold(e.head, e.label, e.confidence, e.threshold) from e
     except q.QueueError as e:
         raise StoreError(str(e)) from e
 
@@ -996,11 +1024,17 @@ def bulk_accept(
     items: list[tuple[int, str, str]] | list[tuple[int, str, str, float]],
     user: dict[str, Any] | None,
     model_version_id: int | None = None,
-) -> int:
-    """Accept a previewed set (admins only) in one transaction that re-checks every quota
-    (``db.queries.bulk_accept``). Returns the number accepted; items that would pass a quota or
-    were decided since the preview are skipped."""
-    require_admin(user, "bulk accept pseudo-labels")
+) -> q.BulkResult:
+    """Accept a previewed set (admins only, the role read from the store) in one transaction
+    that re-checks every quota (``db.queries.bulk_accept``). Items that would pass a quota, were
+    decided since the preview, or whose card another annotator holds are skipped and counted in
+    the result (``leased`` names those cards). Undo takes the whole bulk back as one unit.
+
+    Raises:
+        PermissionDenied: not an admin.
+        StoreError: a closed round.
+    """
+    require_admin(user, "bulk accept pseudo-labels", store=store)
     try:
         with store.write() as s:
             return q.bulk_accept(

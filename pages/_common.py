@@ -332,15 +332,16 @@ def _segment(text: str) -> tuple[str, ...]:
 
 
 def transcript_block(card: Any, *, words: bool = False) -> None:
-    """The card's transcript, large, in a ``div.meiju-transcript`` carrying ``data-utt`` (the
-    browser tests read it); ``words``: segmented by jieba, one box per word. ``card`` is a
-    ``db.queries.Card``."""
-    utt = html.escape(card.utt_id)
+    """The card's transcript, large, in a ``div.meiju-transcript`` carrying ``data-utt`` and
+    ``data-sample`` (the key listener and the browser tests read them); ``words``: segmented by
+    jieba, one box per word. ``card`` is a ``db.queries.Card``.
+
+    The text is plain text: escaped and drawn with ``st.html``, never through markdown, so a
+    transcript holding markdown (an image link, say) shows as typed and fetches nothing."""
+    utt, sid = html.escape(card.utt_id), int(card.sample_id)
+    attrs = f"data-utt='{utt}' data-sample='{sid}'"
     if not card.text:
-        st.markdown(
-            f"<div class='meiju-transcript empty' data-utt='{utt}'>(no transcript)</div>",
-            unsafe_allow_html=True,
-        )
+        st.html(f"<div class='meiju-transcript empty' {attrs}>(no transcript)</div>")
         return
     if words:
         body = "".join(
@@ -351,7 +352,7 @@ def transcript_block(card: Any, *, words: bool = False) -> None:
         cls = "meiju-transcript words"
     else:
         body, cls = html.escape(card.text), "meiju-transcript"
-    st.markdown(f"<div class='{cls}' data-utt='{utt}'>{body}</div>", unsafe_allow_html=True)
+    st.html(f"<div class='{cls}' {attrs}>{body}</div>")
 
 
 def media_block(card: Any) -> None:
@@ -361,7 +362,7 @@ def media_block(card: Any) -> None:
     if card.video_path:
         path = Path(card.video_path)
         if not path.exists():
-            st.caption(f"Video not found: `{card.video_path}`")
+            st.caption("The video of this utterance is missing on the server.")
         else:
             st.video(str(path), start_time=start)
             if path.suffix.lower() not in BROWSER_VIDEO:
@@ -370,4 +371,4 @@ def media_block(card: Any) -> None:
         if Path(card.audio_path).exists():
             st.audio(card.audio_path, start_time=start)
         else:
-            st.caption(f"Audio not found: `{card.audio_path}`")
+            st.caption("The audio of this utterance is missing on the server.")

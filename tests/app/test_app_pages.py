@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from streamlit.testing.v1 import AppTest
 
 from db import Store
@@ -121,7 +121,7 @@ def test_review_shows_a_pool_card_with_predictions_and_quota(fx):
     at = signed_in(ids)
     sid = card_id(at)
     assert sid in ids.pool_ids  # only unlabelled samples are pseudo-label candidates
-    assert any("meiju-transcript" in m.value for m in at.markdown)
+    assert any("meiju-transcript" in h.proto.body for h in at.get("html"))
     bars = [p.proto.text for p in at.get("progress")]
     assert sum(t.startswith("quota ") for t in bars) == 2  # one meter per head
     assert len(bars) == 2 * 3 + 2  # top three classes of both heads + the meters
@@ -176,14 +176,76 @@ def test_accept_records_decisions_and_pseudo_labels_and_shows_another_card(fx):
     assert len(hist) == 1
 
 
-def test_accept_one_head_only(fx):
+def test_accept_one_head_keeps_the_card_for_the_other(fx):
+    """I accepts intent and the card stays for emotion (issue 9, item 3); the intent button is
+    then off, and A accepts the head left."""
     store, ids = fx
+    with store.write() as s:  # both heads above the threshold: no confirmation asked
+        s.execute(update(Prediction).values(confidence=0.95))
     at = signed_in(ids)
     first = card_id(at)
     at.button(key="rv_accept_intent").click().run()
     assert decisions(store, first) == [("intent", "accept")]
     assert pseudo(store, first) == {"intent": "accepted"}
+    assert card_id(at) == first
+    assert at.button(key="rv_accept_intent").disabled
+    assert at.button(key="rv_accept").label == "Accept the rest [A]"
+    assert any("accepted] (decided)" in m.value for m in at.markdown)
+    at.button(key="rv_accept").click().run()
+    assert decisions(store, first) == [("intent", "accept"), ("emotion", "accept")]
     assert card_id(at) != first
+
+
+def test_accept_below_the_threshold_asks_first(fx):
+    store, ids = fx
+    at = signed_in(ids)
+    first = card_id(at)
+    with store.write() as s:  # emotion under the round's threshold (0.3), intent above
+        s.execute(
+            update(Prediction)
+            .where(Prediction.sample_id == first, Prediction.head == "emotion")
+            .values(confidence=0.1)
+        )
+        s.execute(
+            update(Prediction)
+            .where(Prediction.sample_id == first, Prediction.head == "intent")
+            .values(confidence=0.9)
+        )
+    at.button(key="rv_accept").click().run()
+    assert decisions(store, first) == []  # never silently accepted
+    assert card_id(at) == first
+    warning = " ".join(w.value for w in at.warning)
+    assert "below the round's threshold 0.30" in warning and "again" in warning
+    at.button(key="rv_accept").click().run()  # the second press confirms
+    with store.read() as s:
+        marks = dict(
+            s.execute(
+                select(Decision.head, Decision.override).where(Decision.sample_id == first)
+            ).all()
+        )
+    assert marks == {"emotion": "below_threshold", "intent": None}
+    assert card_id(at) != first
+
+
+def test_a_card_decided_elsewhere_gives_way_to_the_next(fx):
+    store, ids = fx
+    at = signed_in(ids, role="annotator")
+    first = card_id(at)
+    with store.write() as s:  # meanwhile an admin rejects it (over the lease, as an override)
+        q.decide(
+            s,
+            round_id=ids.round_id,
+            sample_id=first,
+            action="reject",
+            user_id=ids.admin_id,
+            admin_override=True,
+        )
+    at.button(key="rv_reject").click().run()
+    assert not at.exception
+    warning = " ".join(w.value for w in at.warning)
+    assert "already rejected by admin" in warning and "next card" in warning
+    assert card_id(at) != first
+    assert [a for _, a in decisions(store, first)] == ["reject", "reject"]  # the admin's only
 
 
 def test_reject_and_skip(fx):
