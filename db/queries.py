@@ -475,7 +475,6 @@ def _head_query(
             Prediction.sample_id,
             user_id=user_id,
             now=now,
-            skipped="any" if flt.sample_ids is not None else "exclude",
             head=flt.head,
         )
     conds += _card_conditions(rnd, flt, mv_id, Prediction.sample_id, bind_ids=bind_ids)
@@ -632,7 +631,7 @@ def queue(
             if conf > best.get(sid, -1.0):
                 best[sid] = conf
     out = sorted(best, key=lambda i: (-best[i], i))[:limit]
-    if len(out) < limit and flt.sample_ids is None:
+    if len(out) < limit:
         out += skipped_queue(
             s,
             rnd=rnd,

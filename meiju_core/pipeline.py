@@ -106,12 +106,18 @@ def add_user(
         return user.id
 
 
-def authenticate(store: Store, *, name: str, password: str) -> dict[str, Any] | None:
-    with store.read() as s:
-        user = q.get_user(s, name=name)
-        if user is None or not verify_password(user.password_hash, password):
-            return None
-        return {"id": user.id, "name": user.name, "role": user.role}
+def authenticate(
+    store: Store, *, name: str, password: str, address: str | None = None
+) -> dict[str, Any] | None:
+    """The user when name and password match, else None (``meiju_core.auth.authenticate``:
+    per-name and per-address back-off, the same cost for unknown names).
+
+    Raises:
+        SignInThrottled: too many recent failed sign-ins for this name or address.
+    """
+    from meiju_core import auth
+
+    return auth.authenticate(store, name=name, password=password, address=address)
 
 
 def require_admin(user: dict[str, Any] | None, action: str, *, store: Store | None = None) -> None:

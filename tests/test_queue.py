@@ -129,8 +129,6 @@ def reference_queue(store, round_id: int, flt: q.QueueFilter) -> list[int]:
         if confs:
             ranked[sid] = max(confs)
     main = sorted((i for i in ranked if i not in skipped), key=lambda i: (-ranked[i], i))
-    if flt.sample_ids is not None:
-        return sorted(ranked, key=lambda i: (-ranked[i], i))
     return main + [i for i in skipped if i in ranked]
 
 
