@@ -647,6 +647,18 @@ def evaluate(store: Store, *, model_version_id: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- review rounds
 
 
+def promote(store: Store, *, model_version_id: int, user: dict[str, Any] | None) -> None:
+    """Make ``model_version_id`` the promoted model (the previous one is archived).
+
+    Raises:
+        PermissionDenied: ``user`` is given and is not an admin in the store.
+    """
+    if user is not None:
+        require_admin(user, "promote a model version", store=store)
+    with store.write() as s:
+        q.promote(s, model_version_id=model_version_id, user_id=(user or {}).get("id"))
+
+
 def round_plan(
     store: Store,
     settings: Settings,
