@@ -109,8 +109,47 @@ def test_a_missing_project_is_explained(fx, monkeypatch):
     store, ids = fx
     monkeypatch.setenv("MEIJU_PROJECT", "nope")
     at = signed_in(ids)
-    assert any("Project **nope** is not in the store" in e.value for e in at.error)
+    text = " ".join(e.value for e in at.error)
+    assert "Project **nope** does not exist yet" in text
+    assert "sqlite" not in text and "meiju.db" not in text  # no server paths
     assert at.sidebar.button(key="logout")
+
+
+PAGES = (
+    "pages/review.py",
+    "pages/transcripts.py",
+    "pages/training.py",
+    "pages/dashboard.py",
+    "pages/data.py",
+)
+
+
+def _all_text(at: AppTest) -> str:
+    parts = []
+    for kind in ("markdown", "caption", "error", "warning", "info", "success", "text", "title"):
+        parts += [str(getattr(e, "value", "")) for e in getattr(at, kind)]
+    parts += [h.proto.body for h in at.get("html")]
+    parts += [str(b.label) for b in at.button]
+    return "\n".join(parts)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_no_page_shows_server_paths_class_names_or_the_worker_command(fx, tmp_path, page):
+    """What users read (issue 9, item 8): no folder of the server, no exception class name, no
+    `meiju worker` (an empty queue, a missing clip and the job pages included)."""
+    store, ids = fx
+    with store.write() as s:  # a clip that is gone: the card says so without its path
+        s.execute(
+            update(Sample)
+            .where(Sample.split == "pool")
+            .values(video_path=str(tmp_path / "gone" / "clip.mp4"))
+        )
+    at = signed_in(ids, page=page)
+    text = _all_text(at)
+    assert str(tmp_path) not in text and "/tmp/" not in text
+    assert "meiju worker" not in text
+    for name in ("Error:", "Exception", "Traceback", "sqlite:///"):
+        assert name not in text, f"{page} shows {name!r}"
 
 
 # --------------------------------------------------------------------------- review
