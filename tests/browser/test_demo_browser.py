@@ -405,3 +405,26 @@ def test_transcript_payloads_run_nothing_and_fetch_nothing(demo, page):
     assert page.evaluate("() => window.__xss ?? null") is None
     assert dialogs == []
     assert page.remote == [], f"remote fetches: {page.remote}"
+
+
+def test_editor_diff_follows_typing_and_back_returns_to_the_queue(demo, page):
+    server, _ = demo
+    sign_in(page, server.url + "?head=emotion")
+    sid = shown(page)
+    page.get_by_role("link", name="Edit transcript").click()
+    box = page.get_by_label("Transcript", exact=True)
+    box.wait_for(timeout=60_000)
+    wait_idle(page)
+    box.click()
+    box.press("End")
+    page.keyboard.type("吗？")  # no blur, no Ctrl+Enter: the script has not seen it
+    live = page.locator(".meiju-live .live ins")
+    live.first.wait_for(timeout=10_000)
+    assert "".join(live.all_inner_texts()) == "吗？"
+    screenshot(page, "editor_live_diff")
+    page.get_by_role("link", name="Back to Review").click()
+    page.wait_for_selector(CARD, timeout=60_000)
+    ready(page)
+    assert "head=emotion" in page.url  # the queue the user came from, not a one-card queue
+    assert "samples=" not in page.url
+    assert shown(page) == sid
