@@ -8,6 +8,8 @@ is signed in, the project and the current model version with its validation join
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from db import queries as q
@@ -16,8 +18,9 @@ from meiju_core.errors import SignInThrottled
 from pages import _common as common
 from pages import _session
 
-# no page_icon: a material icon favicon is fetched from a remote font server
-st.set_page_config(page_title="MEIJU Review", layout="wide")
+# a local favicon: a material icon as favicon is fetched from a remote font server
+FAVICON = str(Path(__file__).resolve().parent / "docs" / "favicon.png")
+st.set_page_config(page_title="MEIJU Review", page_icon=FAVICON, layout="wide")
 st.html(common.CSS)
 
 

@@ -841,7 +841,7 @@ def empty_queue_reasons(
         elif total and not open_now and not others:
             out.append(
                 {
-                    "reason": f"All {total} cards of this round are decided.",
+                    "reason": f"All {total} cards of this queue are decided.",
                     "fix": "An admin can retrain with the accepted pseudo-labels and open the "
                     "next round.",
                 }
