@@ -8,18 +8,26 @@ is signed in, the project and the current model version with its validation join
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from db import queries as q
-from meiju_core import pipeline
+from meiju_core import auth, pipeline
+from meiju_core.errors import SignInThrottled
 from pages import _common as common
+from pages import _session
 
-st.set_page_config(page_title="MEIJU Review", page_icon=":material/rate_review:", layout="wide")
+# a local favicon: a material icon as favicon is fetched from a remote font server
+FAVICON = str(Path(__file__).resolve().parent / "docs" / "favicon.png")
+st.set_page_config(page_title="MEIJU Review", page_icon=FAVICON, layout="wide")
 st.html(common.CSS)
 
 
 def login_page() -> None:
-    """Name + password, checked against the store (argon2 hashes)."""
+    """Name + password, checked against the store (argon2 hashes, with back-off)."""
+    if st.session_state.pop("signed_out", False):
+        _session.clear_cookie()
     _, mid, _ = st.columns([1, 1.2, 1])
     with mid:
         st.title("MEIJU Review")
@@ -31,17 +39,45 @@ def login_page() -> None:
             )
             submitted = st.form_submit_button("Sign in", type="primary", width="stretch")
         if submitted:
-            found = pipeline.authenticate(common.store(), name=name.strip(), password=password)
+            store = common.store()
+            try:
+                found = pipeline.authenticate(
+                    store, name=name.strip(), password=password, address=_session.address()
+                )
+            except SignInThrottled as e:
+                st.error(f"Too many failed sign-ins: try again in {int(e.retry_after_s) + 1} s.")
+                return
             if found is None:
                 st.error("Wrong name or password.")
             else:
+                key = auth.secret_key(common.settings().data_dir)
+                st.session_state["session_token"] = auth.start_session(
+                    store, key=key, user_id=found["id"], address=_session.address()
+                )
                 st.session_state["user"] = found
                 st.rerun()
 
 
 def logout() -> None:
+    """Sign out: the session ends in the store (its cookie stops working) and is cleared."""
+    token = st.session_state.get("session_token") or _session.cookie_token()
+    auth.end_session(common.store(), key=auth.secret_key(common.settings().data_dir), token=token)
     for key in list(st.session_state):
         del st.session_state[key]
+    st.session_state["signed_out"] = True
+
+
+def resume() -> dict | None:
+    """The user of this browser's session cookie (a reload or a pasted link), if still valid."""
+    token = _session.cookie_token()
+    if not token or st.session_state.get("signed_out"):
+        return None
+    found = auth.resume_session(
+        common.store(), key=auth.secret_key(common.settings().data_dir), token=token
+    )
+    if found is not None:
+        st.session_state["user"], st.session_state["session_token"] = found, token
+    return found
 
 
 def sidebar(user: dict) -> None:
@@ -69,10 +105,13 @@ def sidebar(user: dict) -> None:
             )
 
 
-user = common.user()
+user = common.user() or resume()
 if user is None:
     st.navigation([st.Page(login_page, title="Sign in", url_path="login")], position="hidden").run()
 else:
+    if st.session_state.get("session_token"):
+        with st.sidebar:
+            _session.keep_cookie(st.session_state["session_token"])
     sidebar(user)
     pages = [
         st.Page("pages/review.py", title="Review", icon=":material/task_alt:", default=True),

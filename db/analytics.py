@@ -219,12 +219,15 @@ def acceptance_over_time(
 
 
 def _cards(s: Session, *, round_id: int | None, project_id: int | None):
-    """One row per card (the decision rows of one sample written together), per user in time
-    order: user_id, name, created_at, ms_spent, accept, reject, skip counts."""
+    """One row per card (the decision rows of one sample written together) or per bulk accept,
+    per user in time order: user_id, name, created_at, ms_spent, accept, reject, skip counts,
+    batch id (None for a card)."""
 
     def count(action: str):
         return func.sum(case((Decision.action == action, 1), else_=0))
 
+    # a bulk accept is one action: its rows group by batch, not by sample
+    unit = case((Decision.batch_id.is_not(None), -Decision.batch_id), else_=Decision.sample_id)
     q = (
         select(
             Decision.user_id,
@@ -234,9 +237,10 @@ def _cards(s: Session, *, round_id: int | None, project_id: int | None):
             count("accept"),
             count("reject"),
             count("skip"),
+            func.max(Decision.batch_id),
         )
         .outerjoin(User, User.id == Decision.user_id)
-        .group_by(Decision.user_id, User.name, Decision.sample_id, Decision.created_at)
+        .group_by(Decision.user_id, User.name, unit, Decision.created_at)
         .order_by(Decision.user_id, Decision.created_at)
     )
     return s.execute(_live(q, round_id=round_id, project_id=project_id)).all()
@@ -252,7 +256,9 @@ def annotator_throughput(
     """Per annotator: cards decided, decisions per minute and median seconds per card.
 
     Counts every accept, reject and skip that was not undone, in one round or (``project_id``)
-    every round of a project. One card is the decision rows of one sample written together.
+    every round of a project. One card is the decision rows of one sample written together. A
+    bulk accept is one bulk action (``bulk_actions``, its labels in ``bulk_accepted``), not
+    cards: it counts in neither ``cards`` nor ``per_minute``.
 
     - ``median_s``: median of the cards' ``ms_spent`` (card shown to decision), in seconds; None
       when no card recorded it.
@@ -263,15 +269,22 @@ def annotator_throughput(
 
     Returns:
         ``[{"user_id", "user", "cards", "accepted", "rejected", "skipped", "median_s",
-        "active_min", "per_minute", "first_at", "last_at"}, ...]``, most cards first.
+        "active_min", "per_minute", "bulk_actions", "bulk_accepted", "first_at", "last_at"},
+        ...]``, most cards first (``first_at`` / ``last_at`` None for bulk actions only).
     """
     per_user: dict[int | None, list[tuple]] = defaultdict(list)
     names: dict[int | None, str] = {}
-    for user_id, name, at, ms, acc, rej, skip in _cards(
+    bulk: dict[int | None, list[int]] = defaultdict(list)
+    for user_id, name, at, ms, acc, rej, skip, batch in _cards(
         s, round_id=round_id, project_id=project_id
     ):
         names[user_id] = name or "(unknown)"
+        if batch is not None:  # one bulk action, not cards reviewed one by one
+            bulk[user_id].append(int(acc))
+            continue
         per_user[user_id].append((_as_utc(at), ms, acc, rej, skip))
+    for user_id in bulk:
+        per_user.setdefault(user_id, [])
     out = []
     for user_id, seq in per_user.items():
         active_s, prev = 0.0, None
@@ -291,8 +304,10 @@ def annotator_throughput(
                 "median_s": statistics.median(spent) / 1000.0 if spent else None,
                 "active_min": active_s / 60.0,
                 "per_minute": len(seq) / (active_s / 60.0) if active_s > 0 else None,
-                "first_at": seq[0][0],
-                "last_at": seq[-1][0],
+                "bulk_actions": len(bulk.get(user_id, [])),
+                "bulk_accepted": sum(bulk.get(user_id, [])),
+                "first_at": seq[0][0] if seq else None,
+                "last_at": seq[-1][0] if seq else None,
             }
         )
     return sorted(out, key=lambda r: (-r["cards"], r["user"]))

@@ -266,6 +266,7 @@ class Decision(Base):
         Index("ix_decision_user_time", "user_id", "created_at"),
         Index("ix_decision_round_user", "round_id", "user_id"),  # a user's history, newest first
         Index("ix_decision_undoes", "undoes_id"),  # which decisions are undone
+        Index("ix_decision_batch", "batch_id"),  # the decisions of one bulk accept
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     round_id: Mapped[int] = mapped_column(ForeignKey("review_round.id", ondelete="CASCADE"))
@@ -277,6 +278,10 @@ class Decision(Base):
     user_id: Mapped[int | None] = mapped_column(ForeignKey("user.id"))
     ms_spent: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # the audit event of the bulk accept this decision belongs to (NULL: a card decision)
+    batch_id: Mapped[int | None] = mapped_column(Integer)
+    # why a guard was passed: below_threshold (confirmed by the annotator) or admin_redecide
+    override: Mapped[str | None] = mapped_column(String(16))
 
 
 class PseudoLabel(Base):
@@ -311,6 +316,30 @@ class ReviewLease(Base):
     sample_id: Mapped[int] = mapped_column(ForeignKey("sample.id", ondelete="CASCADE"))
     user_id: Mapped[int | None] = mapped_column(ForeignKey("user.id"))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class LoginSession(Base):
+    """One sign-in. The browser keeps ``id`` in a signed, expiring cookie; the session is valid
+    while ``ended_at`` is NULL and ``expires_at`` is ahead (sign-out sets ``ended_at``)."""
+
+    __tablename__ = "login_session"
+    __table_args__ = (Index("ix_login_session_user", "user_id"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"))
+    address: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class LoginThrottle(Base):
+    """Failed sign-ins under one ``key`` (``user:<name>`` or ``addr:<address>``) since the last
+    success, for the back-off."""
+
+    __tablename__ = "login_throttle"
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class Job(Base):

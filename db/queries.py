@@ -63,6 +63,37 @@ class QuotaFull(QueueError):
         super().__init__(f"quota for {head} {label!r} is full: {accepted} of {quota} accepted")
 
 
+class AlreadyDecided(QueueError):
+    """The card's head was decided (by ``by``, a user name or None) since it was shown."""
+
+    def __init__(self, sample_id: int, head: str, state: str, by: str | None) -> None:
+        self.sample_id, self.head, self.state, self.by = sample_id, head, state, by
+        who = by or "another session"
+        super().__init__(f"{head} of this card was already {state} by {who}")
+
+
+class CardLeased(QueueError):
+    """Another user holds an unexpired lease on the card."""
+
+    def __init__(self, sample_id: int, by: str | None) -> None:
+        self.sample_id, self.by = sample_id, by
+        super().__init__(f"this card is being reviewed by {by or 'another annotator'}")
+
+
+class BelowThreshold(QueueError):
+    """Accepting a predicted class whose confidence is under the round's threshold, unconfirmed."""
+
+    def __init__(self, head: str, label: str, confidence: float, threshold: float) -> None:
+        self.head, self.label, self.confidence, self.threshold = head, label, confidence, threshold
+        super().__init__(
+            f"{head} {label} has confidence {confidence:.2f}, below the round's threshold "
+            f"{threshold:.2f}"
+        )
+
+
+MIN_LEASE_S = 1
+
+
 # --------------------------------------------------------------------------- projects & users
 
 
@@ -215,6 +246,28 @@ def gold_counts(s: Session, *, project_id: int, split: str = "train") -> dict[st
     out: dict[str, dict[str, int]] = {}
     for head, label, n in rows:
         out.setdefault(head, {})[label] = n
+    return out
+
+
+def class_candidates(
+    s: Session, *, model_version_id: int, thresholds: dict[str, float]
+) -> dict[str, dict[str, int]]:
+    """{head: {class: pool samples predicted as that class with confidence >= the head's
+    threshold}} for one model version: the cards a round of these thresholds can offer."""
+    out: dict[str, dict[str, int]] = {h: {} for h in thresholds}
+    for head, t in thresholds.items():
+        for label, n in s.execute(
+            select(Prediction.label, func.count())
+            .join(Sample, Sample.id == Prediction.sample_id)
+            .where(
+                Prediction.model_version_id == model_version_id,
+                Prediction.head == head,
+                Prediction.confidence >= float(t),
+                Sample.split == "pool",
+            )
+            .group_by(Prediction.label)
+        ):
+            out[head][label] = n
     return out
 
 
@@ -417,7 +470,13 @@ def _head_query(
         conds[0] = (Prediction.model_version_id + 0) == mv_id
         conds[1] = (Prediction.head + literal("")) == head
     if open_only:
-        conds += _open_conditions(rnd, Prediction.sample_id, user_id=user_id, now=now)
+        conds += _open_conditions(
+            rnd,
+            Prediction.sample_id,
+            user_id=user_id,
+            now=now,
+            head=flt.head,
+        )
     conds += _card_conditions(rnd, flt, mv_id, Prediction.sample_id, bind_ids=bind_ids)
     q = (
         select(Prediction.sample_id, Prediction.confidence)
@@ -427,15 +486,62 @@ def _head_query(
     return q
 
 
-def _open_conditions(rnd: ReviewRound, sample_col, *, user_id: int | None, now: datetime) -> list:
-    decided = exists().where(PseudoLabel.round_id == rnd.id, PseudoLabel.sample_id == sample_col)
+def _decided_heads(rnd: ReviewRound, sample_col):
+    """SQL scalar: how many heads of the card in ``sample_col`` are decided in the round."""
+    return (
+        select(func.count())
+        .select_from(PseudoLabel)
+        .where(
+            PseudoLabel.round_id == rnd.id,
+            PseudoLabel.sample_id == sample_col,
+            PseudoLabel.head != SKIP_HEAD,
+        )
+        .correlate_except(PseudoLabel)
+        .scalar_subquery()
+    )
+
+
+def _skipped(rnd: ReviewRound, sample_col):
+    return exists().where(
+        PseudoLabel.round_id == rnd.id,
+        PseudoLabel.sample_id == sample_col,
+        PseudoLabel.head == SKIP_HEAD,
+    )
+
+
+def _open_conditions(
+    rnd: ReviewRound,
+    sample_col,
+    *,
+    user_id: int | None,
+    now: datetime,
+    skipped: str = "exclude",
+    head: str | None = None,
+) -> list:
+    """A card is open while some head of the round is undecided (``head`` given, as when the
+    filter names one head: while that head is undecided) and no other user holds an unexpired
+    lease on it. ``skipped``: ``exclude`` (the main queue), ``only`` (the end of the queue,
+    where skipped cards wait) or ``any`` (named cards)."""
     leased = exists().where(
         ReviewLease.round_id == rnd.id,
         ReviewLease.sample_id == sample_col,
         ReviewLease.expires_at > now,
-        ReviewLease.user_id != user_id,
+        ReviewLease.user_id.is_distinct_from(user_id),
     )
-    return [~decided, ~leased]
+    conds = [_decided_heads(rnd, sample_col) < len(rnd.thresholds), ~leased]
+    if head is not None:
+        conds.append(
+            ~exists().where(
+                PseudoLabel.round_id == rnd.id,
+                PseudoLabel.sample_id == sample_col,
+                PseudoLabel.head == head,
+            )
+        )
+    if skipped == "exclude":
+        conds.append(~_skipped(rnd, sample_col))
+    elif skipped == "only":
+        conds.append(_skipped(rnd, sample_col))
+    return conds
 
 
 _STATEMENTS: dict[tuple, Any] = {}  # built queue statements; ``now`` and ``exclude`` are bound
@@ -524,11 +630,70 @@ def queue(
         for sid, conf in s.execute(stmt, params):
             if conf > best.get(sid, -1.0):
                 best[sid] = conf
-    return sorted(best, key=lambda i: (-best[i], i))[:limit]
+    out = sorted(best, key=lambda i: (-best[i], i))[:limit]
+    if len(out) < limit:
+        out += skipped_queue(
+            s,
+            rnd=rnd,
+            flt=flt,
+            user_id=user_id,
+            limit=limit - len(out),
+            exclude=(*exclude, *out),
+            open_labels=open_labels,
+            now=params["now"],
+        )
+    return out
+
+
+def skipped_queue(
+    s: Session,
+    *,
+    rnd: ReviewRound,
+    flt: QueueFilter,
+    user_id: int | None,
+    limit: int,
+    exclude: Iterable[int] = (),
+    open_labels: dict[str, tuple[str, ...]] | None = None,
+    now: datetime | None = None,
+) -> list[int]:
+    """The end of the queue: skipped cards that still match, in the order they were skipped
+    (the one skipped longest ago first)."""
+    skip = aliased(PseudoLabel, name="skip_row")
+    q = (
+        select(skip.sample_id)
+        .where(
+            skip.round_id == rnd.id,
+            skip.head == SKIP_HEAD,
+            *_card_query(
+                rnd,
+                flt,
+                skip.sample_id,
+                now=now or utcnow(),
+                user_id=user_id,
+                open_only=True,
+                open_labels=open_labels,
+                skipped="any",
+            ),
+        )
+        .order_by(skip.decision_id)
+        .limit(int(limit))
+    )
+    exclude = tuple(exclude)
+    if exclude:
+        q = q.where(skip.sample_id.not_in(exclude))
+    return list(s.scalars(q))
 
 
 def _card_query(
-    rnd: ReviewRound, flt: QueueFilter, sample_col, *, now, user_id, open_only, open_labels=None
+    rnd: ReviewRound,
+    flt: QueueFilter,
+    sample_col,
+    *,
+    now,
+    user_id,
+    open_only,
+    open_labels=None,
+    skipped: str = "exclude",
 ):
     """Conditions: the sample in ``sample_col`` is a card of the queue (any head qualifies)."""
     mv_id = flt.model_version_id or rnd.model_version_id
@@ -546,7 +711,9 @@ def _card_query(
         *_card_conditions(rnd, flt, mv_id, sample_col),
     ]
     if open_only:
-        conds += _open_conditions(rnd, sample_col, user_id=user_id, now=now)
+        conds += _open_conditions(
+            rnd, sample_col, user_id=user_id, now=now, skipped=skipped, head=flt.head
+        )
     return conds
 
 
@@ -596,7 +763,8 @@ def queue_size(
     base: int | None = None,
     open_labels: dict[str, tuple[str, ...]] | None = None,
 ) -> int:
-    """Open cards that match ``flt`` (undecided, not leased by anyone, a class with quota left):
+    """Open cards that match ``flt`` (some head undecided, skipped ones included, not leased by
+    anyone, a class with quota left):
     ``base`` (or :func:`candidate_count`) less the matching cards that are decided or leased.
     ``base`` must have been counted with the same ``open_labels``."""
     rnd = s.get(ReviewRound, round_id)
@@ -605,8 +773,19 @@ def queue_size(
     if base is None:
         base = candidate_count(s, round_id=round_id, flt=flt, open_labels=open_labels)
     now = utcnow()
+    if flt.head:  # the head the filter names is decided
+        done = select(PseudoLabel.sample_id.label("sid")).where(
+            PseudoLabel.round_id == round_id, PseudoLabel.head == flt.head
+        )
+    else:  # every head is decided
+        done = (
+            select(PseudoLabel.sample_id.label("sid"))
+            .where(PseudoLabel.round_id == round_id, PseudoLabel.head != SKIP_HEAD)
+            .group_by(PseudoLabel.sample_id)
+            .having(func.count() >= len(rnd.thresholds))
+        )
     taken = union(
-        select(PseudoLabel.sample_id.label("sid")).where(PseudoLabel.round_id == round_id),
+        done,
         select(ReviewLease.sample_id.label("sid")).where(
             ReviewLease.round_id == round_id, ReviewLease.expires_at > now
         ),
@@ -642,10 +821,15 @@ def filtered_candidates(
     out: dict[str, list[tuple[int, list[float]]]] = {}
     for head in _queue_heads(rnd, flt):
         sub = _head_query(rnd, flt, head, user_id=user_id, now=now).subquery()
+        head_done = exists().where(
+            PseudoLabel.round_id == round_id,
+            PseudoLabel.sample_id == Prediction.sample_id,
+            PseudoLabel.head == head,
+        )
         rows = s.execute(
             select(Prediction.sample_id, Prediction.probs)
             .join(sub, sub.c.sample_id == Prediction.sample_id)
-            .where(Prediction.model_version_id == mv_id, Prediction.head == head)
+            .where(Prediction.model_version_id == mv_id, Prediction.head == head, ~head_done)
             .order_by(Prediction.confidence.desc(), Prediction.sample_id)
         ).all()
         out[head] = [(sid, list(probs)) for sid, probs in rows]
@@ -690,8 +874,29 @@ def load_cards(s: Session, *, model_version_id: int, sample_ids: Sequence[int]) 
 def lease(
     s: Session, *, round_id: int, sample_id: int, user_id: int | None, seconds: int = 120
 ) -> bool:
-    """Reserve a card for ``user_id``; False if another user holds an unexpired lease on it."""
+    """Reserve a card for ``user_id`` for ``seconds``.
+
+    Returns False, changing nothing, when another user holds an unexpired lease on it or when
+    every head of the card is decided in the round (a card decided since the queue was read).
+
+    Raises:
+        QueueError: ``seconds`` under 1 (:data:`MIN_LEASE_S`), or a closed round.
+    """
+    if not seconds >= MIN_LEASE_S:  # also refuses NaN
+        raise QueueError(f"a lease lasts at least {MIN_LEASE_S} s, got {seconds}")
+    rnd = _lock_round(s, round_id)
     now = utcnow()
+    decided = s.scalar(
+        select(func.count())
+        .select_from(PseudoLabel)
+        .where(
+            PseudoLabel.round_id == round_id,
+            PseudoLabel.sample_id == sample_id,
+            PseudoLabel.head != SKIP_HEAD,
+        )
+    )
+    if decided >= len(rnd.thresholds):
+        return False
     held = s.scalars(
         select(ReviewLease).where(
             ReviewLease.round_id == round_id, ReviewLease.sample_id == sample_id
@@ -711,6 +916,21 @@ def lease(
         )
     )
     return True
+
+
+def release(s: Session, *, round_id: int, sample_id: int, user_id: int | None) -> None:
+    """Drop ``user_id``'s lease on a card (a skip, or leaving the card)."""
+    s.execute(
+        delete(ReviewLease).where(
+            ReviewLease.round_id == round_id,
+            ReviewLease.sample_id == sample_id,
+            ReviewLease.user_id.is_not_distinct_from(user_id),
+        )
+    )
+
+
+def _user_name(s: Session, user_id: int | None) -> str | None:
+    return s.scalar(select(User.name).where(User.id == user_id)) if user_id is not None else None
 
 
 def _aware(t: datetime) -> datetime:
@@ -744,23 +964,84 @@ def decide(
     heads: Sequence[str] | None = None,
     ms_spent: int | None = None,
     model_version_id: int | None = None,
+    check_threshold: bool = False,
+    confirmed_below: bool = False,
+    admin_override: bool = False,
 ) -> list[Decision]:
     """Record one card decision and update the derived pseudo-label state, quota checked.
 
+    A card is decided once: a head that already has a state in the round (decided by anyone
+    since the card was shown) is refused, and so is a card another user holds an unexpired lease
+    on, unless ``admin_override`` (the user must be an admin; the replaced state is written to the
+    audit log and the decision marked ``admin_redecide``).
+
     Args:
-        action: ``accept`` / ``reject`` for ``heads`` (default: every head of the round), or
-            ``skip`` for the whole card.
+        action: ``accept`` / ``reject`` for ``heads`` (default: every head of the round still
+            undecided on this card), or ``skip`` for the whole card (it goes to the end of the
+            queue and its lease is released).
         labels: head -> class to accept instead of the prediction (an override).
         model_version_id: whose prediction is decided on (label when no override, confidence,
             provenance); default the round's model.
+        check_threshold: refuse to accept a predicted class whose confidence is under the
+            round's threshold for its head, unless ``confirmed_below`` (then the decision is
+            marked ``below_threshold``). A class set in ``labels`` is a human label: no check.
     Raises:
         QuotaFull: accepting would pass a class quota; nothing is written.
-        QueueError: unknown action, closed round, or no prediction to accept.
+        AlreadyDecided: a head to decide (or, by default, every head) is decided already.
+        CardLeased: another user holds the card.
+        BelowThreshold: see ``check_threshold``.
+        QueueError: unknown action, closed round, no prediction to accept, or an
+            ``admin_override`` by a user who is not an admin.
     """
     if action not in ("accept", "reject", "skip"):
         raise QueueError(f"unknown action {action!r}")
     rnd = _lock_round(s, round_id)
     now = utcnow()
+    if admin_override and s.scalar(select(User.role).where(User.id == user_id)) != "admin":
+        raise QueueError("only admins may replace another user's decision")
+    held = s.scalars(
+        select(ReviewLease).where(
+            ReviewLease.round_id == round_id,
+            ReviewLease.sample_id == sample_id,
+            ReviewLease.user_id.is_distinct_from(user_id),
+        )
+    ).first()
+    if held is not None and _aware(held.expires_at) > now and not admin_override:
+        raise CardLeased(sample_id, _user_name(s, held.user_id))
+    states = {
+        p.head: p
+        for p in s.scalars(
+            select(PseudoLabel).where(
+                PseudoLabel.round_id == round_id, PseudoLabel.sample_id == sample_id
+            )
+        )
+    }
+    round_heads = list(rnd.thresholds)
+    undecided = [h for h in round_heads if h not in states]
+    wanted = list(heads) if heads else (undecided if action != "skip" else [])
+    conflicts = [h for h in (wanted if heads else round_heads) if h in states and h != SKIP_HEAD]
+    if heads is None and undecided:
+        conflicts = []
+    if conflicts and not admin_override:
+        first = states[conflicts[0]]
+        by = s.scalar(select(Decision.user_id).where(Decision.id == first.decision_id))
+        raise AlreadyDecided(sample_id, conflicts[0], first.state, _user_name(s, by))
+    if admin_override and conflicts:
+        if not heads:
+            wanted = round_heads
+        audit(
+            s,
+            user_id=user_id,
+            action="admin_redecide",
+            entity="sample",
+            entity_id=sample_id,
+            payload={
+                "round_id": round_id,
+                "replaced": {h: [states[h].state, states[h].label] for h in conflicts},
+                "action": action,
+            },
+        )
+    override = "admin_redecide" if admin_override and (conflicts or held) else None
     if action == "skip":
         d = Decision(
             round_id=round_id,
@@ -770,12 +1051,13 @@ def decide(
             user_id=user_id,
             ms_spent=ms_spent,
             created_at=now,
+            override=override,
         )
         s.add(d)
         s.flush()
         _set_state(s, rnd, sample_id, SKIP_HEAD, "", "skipped", None, d.id)
+        release(s, round_id=round_id, sample_id=sample_id, user_id=user_id)
         return [d]
-    heads = list(heads or rnd.thresholds)
     mv_id = model_version_id or rnd.model_version_id
     preds = {
         p.head: p
@@ -787,13 +1069,20 @@ def decide(
         )
     }
     out = []
-    for head in heads:
+    for head in wanted:
         pred = preds.get(head)
         label = (labels or {}).get(head) or (pred.label if pred else None)
         if label is None:
             raise QueueError(f"sample {sample_id} has no {head} prediction to {action}")
+        mark = override
         if action == "accept":
             _check_quota(s, rnd, head, label, sample_id)
+            human = bool((labels or {}).get(head)) and label != (pred.label if pred else None)
+            th = float(rnd.thresholds.get(head, 0.0))
+            if check_threshold and not human and pred is not None and pred.confidence < th:
+                if not confirmed_below:
+                    raise BelowThreshold(head, label, float(pred.confidence), th)
+                mark = mark or "below_threshold"
         d = Decision(
             round_id=round_id,
             sample_id=sample_id,
@@ -803,6 +1092,7 @@ def decide(
             user_id=user_id,
             ms_spent=ms_spent,
             created_at=now,
+            override=mark,
         )
         s.add(d)
         s.flush()
@@ -810,11 +1100,12 @@ def decide(
         conf = pred.confidence if pred else None
         _set_state(s, rnd, sample_id, head, label, state, conf, d.id, mv_id)
         out.append(d)
-    s.execute(
-        delete(ReviewLease).where(
-            ReviewLease.round_id == round_id, ReviewLease.sample_id == sample_id
+    if len(undecided) <= len([h for h in wanted if h in undecided]):  # the card is done
+        s.execute(
+            delete(ReviewLease).where(
+                ReviewLease.round_id == round_id, ReviewLease.sample_id == sample_id
+            )
         )
-    )
     return out
 
 
@@ -867,6 +1158,20 @@ def _set_state(
     row.label, row.state, row.confidence, row.decision_id = label, state, confidence, decision_id
 
 
+@dataclass
+class BulkResult:
+    """What one bulk accept did. ``leased``: sample ids skipped because another user held them;
+    ``decided``: items skipped because their head was decided or the card skipped;
+    ``full``: items skipped because their class had no quota left; ``batch_id``: the audit
+    event that names the bulk (each decision carries it; None when nothing was accepted)."""
+
+    accepted: int = 0
+    leased: list[int] = field(default_factory=list)
+    decided: int = 0
+    full: int = 0
+    batch_id: int | None = None
+
+
 def bulk_accept(
     s: Session,
     *,
@@ -874,24 +1179,28 @@ def bulk_accept(
     items: Sequence[tuple[int, str, str]],
     user_id: int | None,
     model_version_id: int | None = None,
-) -> int:
+) -> BulkResult:
     """Accept many (sample id, head, class) pseudo-labels in the caller's one write transaction.
 
     Every quota is re-checked here, against the counts inside this transaction (``BEGIN
     IMMEDIATE`` on SQLite, the round row locked on PostgreSQL), so nothing decided since a preview
     can push a class past its quota: an item whose class is full, whose (sample, head) is already
-    decided in the round, or whose sample is not a pool sample of the model is skipped. Items are
-    taken in the given order (a preview lists them most confident first). Each accepted item
-    writes one ``accept`` decision and its pseudo-label; the cards' leases are released.
+    decided in the round, whose card was skipped, whose card another user holds an unexpired
+    lease on (reported in ``leased``), or whose sample is not a pool sample of the model is
+    skipped. Items are taken in the given order (a preview lists them most confident first). Each
+    accepted item writes one ``accept`` decision carrying the bulk's ``batch_id`` (so undo takes
+    the bulk back as one unit) and its pseudo-label; the leases of cards left with no undecided
+    head are released.
 
-    Returns:
-        The number of pseudo-labels accepted (at most ``len(items)``).
+    Raises:
+        QueueError: a closed round.
     """
     rnd = _lock_round(s, round_id)
     mv_id = model_version_id or rnd.model_version_id
     items = list(dict.fromkeys((int(i), str(h), str(c)) for i, h, c in items))
+    result = BulkResult()
     if not items:
-        return 0
+        return result
     counts = accepted_counts(s, round_id=round_id)
     remaining = {
         h: {c: int(n) - counts.get(h, {}).get(c, 0) for c, n in per.items()}
@@ -900,6 +1209,8 @@ def bulk_accept(
     ids = sorted({i for i, _, _ in items})
     taken: set[tuple[int, str]] = set()
     conf: dict[tuple[int, str], float] = {}
+    leased: set[int] = set()
+    now = utcnow()
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         for sid, head in s.execute(
@@ -908,7 +1219,7 @@ def bulk_accept(
             )
         ):
             taken.add((sid, head))
-        for sid, head, c in s.execute(
+        for sid, c_head, c in s.execute(
             select(Prediction.sample_id, Prediction.head, Prediction.confidence)
             .join(Sample, Sample.id == Prediction.sample_id)
             .where(
@@ -917,19 +1228,53 @@ def bulk_accept(
                 Sample.split == "pool",
             )
         ):
-            conf[(sid, head)] = c
+            conf[(sid, c_head)] = c
+        leased.update(
+            s.scalars(
+                select(ReviewLease.sample_id).where(
+                    ReviewLease.round_id == round_id,
+                    ReviewLease.sample_id.in_(chunk),
+                    ReviewLease.expires_at > now,
+                    ReviewLease.user_id.is_distinct_from(user_id),
+                )
+            )
+        )
     skipped_cards = {sid for sid, head in taken if head == SKIP_HEAD}
-    now = utcnow()
     chosen: list[tuple[int, str, str]] = []
     for sid, head, label in items:
-        if (sid, head) in taken or sid in skipped_cards or (sid, head) not in conf:
+        if sid in leased:
+            continue
+        if (sid, head) in taken or sid in skipped_cards:
+            result.decided += 1
+            continue
+        if (sid, head) not in conf:
             continue
         left = remaining.get(head, {}).get(label, 0)
         if left <= 0:
+            result.full += 1
             continue
         remaining[head][label] = left - 1
         taken.add((sid, head))
         chosen.append((sid, head, label))
+    result.leased = sorted(leased & {sid for sid, _, _ in items})
+    result.accepted = len(chosen)
+    event = AuditEvent(
+        user_id=user_id,
+        action="bulk_accept",
+        entity="review_round",
+        entity_id=round_id,
+        payload={
+            "asked": len(items),
+            "accepted": len(chosen),
+            "leased": result.leased[:100],
+            "model_version_id": mv_id,
+        },
+    )
+    s.add(event)
+    s.flush()
+    if not chosen:
+        return result
+    result.batch_id = event.id
     decisions = [
         Decision(
             round_id=round_id,
@@ -939,6 +1284,7 @@ def bulk_accept(
             action="accept",
             user_id=user_id,
             created_at=now,
+            batch_id=event.id,
         )
         for sid, head, label in chosen
     ]
@@ -957,7 +1303,12 @@ def bulk_accept(
         )
         for d in decisions
     )
-    done = sorted({sid for sid, _, _ in chosen})
+    n_heads = len(rnd.thresholds)
+    per_card: dict[int, int] = {}
+    for sid, head in taken:
+        if head != SKIP_HEAD:
+            per_card[sid] = per_card.get(sid, 0) + 1
+    done = sorted({sid for sid, _, _ in chosen if per_card.get(sid, 0) >= n_heads})
     for start in range(0, len(done), 500):
         s.execute(
             delete(ReviewLease).where(
@@ -965,25 +1316,22 @@ def bulk_accept(
                 ReviewLease.sample_id.in_(done[start : start + 500]),
             )
         )
-    audit(
-        s,
-        user_id=user_id,
-        action="bulk_accept",
-        entity="review_round",
-        entity_id=round_id,
-        payload={"asked": len(items), "accepted": len(chosen), "model_version_id": mv_id},
-    )
     s.flush()
-    return len(chosen)
+    return result
 
 
 def undo(
     s: Session, *, round_id: int, user_id: int | None, decision_id: int | None = None
 ) -> int | None:
-    """Compensate the user's latest card decision (or the card of ``decision_id``).
+    """Compensate the user's latest card decision (or the card of ``decision_id``); when that
+    decision belongs to a bulk accept, every decision of the bulk.
 
     Appends one ``undo`` decision per compensated decision and removes the derived pseudo-label
-    rows, so the card returns to the queue. Returns the sample id, or None if nothing to undo.
+    rows, so the card returns to the queue. Returns the sample id (of the latest decision of a
+    bulk), or None if nothing to undo.
+
+    Raises:
+        QueueError: a closed round.
     """
     _lock_round(s, round_id)
     undone = select(Decision.undoes_id).where(
@@ -1000,10 +1348,12 @@ def undo(
     last = s.scalars(q.order_by(Decision.id.desc()).limit(1)).first()
     if last is None:
         return None
-    # every head of that card decision, whichever of its rows ``decision_id`` named
-    group = s.scalars(
-        live.where(Decision.sample_id == last.sample_id, Decision.created_at == last.created_at)
-    ).all()
+    if last.batch_id is not None:  # a bulk accept is undone as one unit
+        group = s.scalars(live.where(Decision.batch_id == last.batch_id)).all()
+    else:  # every head of that card decision, whichever of its rows ``decision_id`` named
+        group = s.scalars(
+            live.where(Decision.sample_id == last.sample_id, Decision.created_at == last.created_at)
+        ).all()
     group = group or [last]
     now = utcnow()
     for d in group:
@@ -1026,7 +1376,8 @@ def undo(
 def history(
     s: Session, *, round_id: int, user_id: int | None = None, limit: int = 10
 ) -> list[dict[str, Any]]:
-    """The user's last ``limit`` card decisions, newest first, each with ``undone`` set.
+    """The user's last ``limit`` card decisions, newest first, each with ``undone`` set; a bulk
+    accept is one entry (``action`` ``bulk accept``, ``cards`` its number of cards).
 
     Reads only the newest rows (``ix_decision_round_user`` is in id order per round and user) and
     the undo decisions that name them (``ix_decision_undoes``), so it does not grow with the
@@ -1043,24 +1394,30 @@ def history(
     undone = set(
         s.scalars(select(Decision.undoes_id).where(Decision.undoes_id.in_([d.id for d, _ in rows])))
     )
-    cards: dict[tuple[int, datetime], dict[str, Any]] = {}
+    cards: dict[tuple, dict[str, Any]] = {}
     for d, utt in rows:
-        key = (d.sample_id, d.created_at)
+        key = ("bulk", d.batch_id) if d.batch_id is not None else (d.sample_id, d.created_at)
         card = cards.setdefault(
             key,
             {
                 "decision_id": d.id,
                 "sample_id": d.sample_id,
                 "utt_id": utt,
-                "action": d.action,
+                "action": "bulk accept" if d.batch_id is not None else d.action,
                 "labels": {},
                 "at": d.created_at,
                 "undone": d.id in undone,
+                "cards": set(),
+                "override": d.override,
             },
         )
-        if d.head:
+        card["cards"].add(d.sample_id)
+        if d.head and d.batch_id is None:
             card["labels"][d.head] = d.label
-    return list(cards.values())[:limit]
+    out = list(cards.values())[:limit]
+    for card in out:
+        card["cards"] = len(card["cards"])
+    return out
 
 
 # --------------------------------------------------------------------------- jobs

@@ -12,7 +12,10 @@
     ├── StoreError              a store invariant was violated
     │   ├── QuotaExceeded       accepting would pass a class quota (``head``, ``label``, ``quota``)
     │   ├── StaleEdit           someone saved the same row first (optimistic lock)
-    │   └── PermissionDenied    the user's role may not do this
+    │   ├── CardTaken           the card was decided, or is held, by someone else (``by``)
+    │   ├── BelowThreshold      accepting a class under the round's threshold, unconfirmed
+    │   ├── PermissionDenied    the user's role may not do this
+    │   └── SignInThrottled     too many failed sign-ins: wait ``retry_after_s``
     └── JobError                a background job failed or was cancelled
 
 Usage::
@@ -104,6 +107,35 @@ class StaleEdit(StoreError):
 
 class PermissionDenied(StoreError):
     """The user's role does not allow this action."""
+
+
+class CardTaken(StoreError):
+    """The card was decided by someone since it was shown (``decided`` True), or another
+    annotator holds it (``decided`` False); ``by`` names that user when known."""
+
+    def __init__(self, message: str, *, by: str | None = None, decided: bool = True) -> None:
+        self.by, self.decided = by, decided
+        super().__init__(message)
+
+
+class BelowThreshold(StoreError):
+    """Accepting a predicted class whose confidence is under the round's threshold without the
+    annotator's confirmation."""
+
+    def __init__(self, head: str, label: str, confidence: float, threshold: float) -> None:
+        self.head, self.label, self.confidence, self.threshold = head, label, confidence, threshold
+        super().__init__(
+            f"{head} {label} has confidence {confidence:.2f}, below the round's threshold "
+            f"{threshold:.2f}"
+        )
+
+
+class SignInThrottled(StoreError):
+    """Too many failed sign-ins for this user or address; try again after ``retry_after_s``."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(f"too many failed sign-ins: try again in {max(1, round(retry_after_s))} s")
 
 
 class JobError(MeijuError):

@@ -35,6 +35,9 @@ PROGRESS_EVERY_S = 1.0
 LOG_TAIL_CHARS = 20_000
 KINDS = ("train", "extract", "predict", "auto_pseudo_label", "demo", "import", "export")
 SINGLETON_KINDS = ("train", "demo")  # at most one queued or running per project
+# kinds only admins may submit from the app (exports are everyone's); a job submitted without a
+# user (the command line, the worker itself) is trusted
+ADMIN_KINDS = ("train", "extract", "predict", "auto_pseudo_label", "demo", "import")
 
 
 # --------------------------------------------------------------------------- submit
@@ -54,9 +57,15 @@ def submit(
 
     Raises StoreError if ``kind`` is unknown, or if a job of a singleton kind (a retrain) is
     already queued or running for the project: the button can be pressed twice, the job runs once.
+    Raises PermissionDenied when ``user`` is given, the kind is one of ``ADMIN_KINDS`` and the
+    store does not have that user as an admin (the role is read from the store, not the page).
     """
     if kind not in KINDS:
         raise StoreError(f"unknown job kind {kind!r}; kinds are {list(KINDS)}")
+    if user is not None and kind in ADMIN_KINDS:
+        from meiju_core.pipeline import require_admin
+
+        require_admin(user, f"start a {kind} job", store=store)
     with store.write() as s:
         if kind in SINGLETON_KINDS:
             busy = q.active_job(s, kind=kind, project_id=project_id)
@@ -87,7 +96,15 @@ def submit(
 
 def cancel(store: Store, *, job_id: int, user: dict[str, Any] | None = None) -> None:
     """Ask a job to stop: a queued job is cancelled at once, a running one at its next progress
-    report (the worker also terminates its subprocess)."""
+    report (the worker also terminates its subprocess).
+
+    Raises PermissionDenied when ``user`` is given and the store does not have that user as an
+    admin (no user: the command line, trusted).
+    """
+    if user is not None:
+        from meiju_core.pipeline import require_admin
+
+        require_admin(user, "cancel a job", store=store)
     with store.write() as s:
         job = s.get(Job, job_id)
         if job.status == "queued":

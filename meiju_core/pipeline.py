@@ -31,6 +31,7 @@ from db.models import (
     Prediction,
     Project,
     PseudoLabel,
+    ReviewLease,
     ReviewRound,
     Sample,
     Transcript,
@@ -39,6 +40,8 @@ from db.models import (
     utcnow,
 )
 from meiju_core.errors import (
+    BelowThreshold,
+    CardTaken,
     InputError,
     JobError,
     PermissionDenied,
@@ -103,16 +106,35 @@ def add_user(
         return user.id
 
 
-def authenticate(store: Store, *, name: str, password: str) -> dict[str, Any] | None:
-    with store.read() as s:
-        user = q.get_user(s, name=name)
-        if user is None or not verify_password(user.password_hash, password):
-            return None
-        return {"id": user.id, "name": user.name, "role": user.role}
+def authenticate(
+    store: Store, *, name: str, password: str, address: str | None = None
+) -> dict[str, Any] | None:
+    """The user when name and password match, else None (``meiju_core.auth.authenticate``:
+    per-name and per-address back-off, the same cost for unknown names).
+
+    Raises:
+        SignInThrottled: too many recent failed sign-ins for this name or address.
+    """
+    from meiju_core import auth
+
+    return auth.authenticate(store, name=name, password=password, address=address)
 
 
-def require_admin(user: dict[str, Any] | None, action: str) -> None:
-    if not user or user.get("role") != "admin":
+def require_admin(user: dict[str, Any] | None, action: str, *, store: Store | None = None) -> None:
+    """Refuse ``action`` unless ``user`` is an admin. Given ``store``, the role is read from the
+    store, not from the page's copy, so a demoted admin's open session loses its rights at once.
+
+    Raises:
+        PermissionDenied: no user, an unknown user, or a role other than admin.
+    """
+    if not user:
+        raise PermissionDenied(f"only admins may {action}")
+    role = user.get("role")
+    if store is not None:
+        with store.read() as s:
+            row = s.get(User, user.get("id")) if user.get("id") is not None else None
+            role = row.role if row is not None else None
+    if role != "admin":
         raise PermissionDenied(f"only admins may {action}")
 
 
@@ -821,6 +843,94 @@ def evaluate(store: Store, *, model_version_id: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- review rounds
 
 
+def promote(store: Store, *, model_version_id: int, user: dict[str, Any] | None) -> None:
+    """Make ``model_version_id`` the promoted model (the previous one is archived).
+
+    Raises:
+        PermissionDenied: ``user`` is given and is not an admin in the store.
+    """
+    if user is not None:
+        require_admin(user, "promote a model version", store=store)
+    with store.write() as s:
+        q.promote(s, model_version_id=model_version_id, user_id=(user or {}).get("id"))
+
+
+def round_plan(
+    store: Store,
+    settings: Settings,
+    *,
+    project_id: int,
+    model_version_id: int,
+    thresholds: dict[str, float] | float | None = None,
+    strategy: str | None = None,
+    budget: int | None = None,
+    explicit: dict[str, dict[str, int]] | None = None,
+) -> dict[str, Any]:
+    """What a round would offer before it opens: per head and class the gold train labels, the
+    candidates (pool samples predicted as the class at or above the head's threshold), the quota
+    and the cards the queue gets (``min(quota, candidates)``).
+
+    Quotas come from the gold distribution (``pseudo.compute_quotas``) and, except for explicit
+    quotas, are then fitted to the candidates (``quota_fit.fit_to_candidates``): the balanced
+    strategy gives 0 to the largest gold classes, which are the ones a model trained on few
+    labels predicts confidently, so unfitted defaults could open a round with no card.
+
+    Returns:
+        ``{"thresholds": {head: t}, "quotas": {head: {class: n}},
+        "classes": {head: [{"class", "gold", "candidates", "quota", "queue"}]}}``.
+    Raises:
+        InputError: a threshold outside [0, 1], an unknown strategy or a negative budget.
+    """
+    from meiju_core.pseudo import compute_quotas
+    from meiju_core.quota_fit import fit_to_candidates
+
+    schema = schema_of(store, project_id)
+    t = settings.threshold if thresholds is None else thresholds
+    th = {h: float(t) for h in schema.head_names} if isinstance(t, (int, float)) else dict(t)
+    for head, value in th.items():
+        if not 0.0 <= float(value) <= 1.0:  # also refuses NaN
+            raise InputError(f"{head} threshold must be between 0 and 1, got {value}", field=head)
+    strategy = strategy or settings.quota_strategy
+    budget = settings.quota_budget if budget is None else int(budget)
+    if budget < 0:
+        raise InputError(f"budget must be 0 or more, got {budget}", field="budget")
+    with store.read() as s:
+        gold = q.gold_counts(s, project_id=project_id)
+        cands = q.class_candidates(s, model_version_id=model_version_id, thresholds=th)
+    quotas: dict[str, dict[str, int]] = {}
+    table: dict[str, list[dict[str, Any]]] = {}
+    for head in schema.head_names:
+        classes = schema.classes(head)
+        g = {c: gold.get(head, {}).get(c, 0) for c in classes}
+        counts = np.array([g[c] for c in classes], dtype=np.int64)
+        try:
+            base = compute_quotas(
+                counts,
+                strategy=strategy,
+                budget=budget,
+                classes=classes,
+                explicit=(explicit or {}).get(head),
+            )
+        except ValueError as e:
+            raise InputError(str(e), field="quotas") from e
+        if strategy != "explicit":
+            base = fit_to_candidates(
+                base, gold=g, candidates=cands.get(head, {}), budget=budget, classes=classes
+            )
+        quotas[head] = {c: int(n) for c, n in base.items()}
+        table[head] = [
+            {
+                "class": c,
+                "gold": g[c],
+                "candidates": cands.get(head, {}).get(c, 0),
+                "quota": quotas[head][c],
+                "queue": min(quotas[head][c], cands.get(head, {}).get(c, 0)),
+            }
+            for c in classes
+        ]
+    return {"thresholds": th, "quotas": quotas, "classes": table}
+
+
 def open_round(
     store: Store,
     settings: Settings,
@@ -833,41 +943,120 @@ def open_round(
     explicit: dict[str, dict[str, int]] | None = None,
     user: dict[str, Any] | None = None,
 ) -> int:
-    """Open a review round with per-head thresholds and per-class quotas computed from the gold
-    train distribution (``meiju_core.pseudo.compute_quotas``). Returns the round id."""
-    from meiju_core.pseudo import compute_quotas
+    """Open a review round with per-head thresholds and the per-class quotas of
+    :func:`round_plan` (gold distribution fitted to the candidates). Returns the round id.
 
-    schema = schema_of(store, project_id)
-    t = settings.threshold if thresholds is None else thresholds
-    th = {h: float(t) for h in schema.head_names} if isinstance(t, (int, float)) else dict(t)
-    strategy = strategy or settings.quota_strategy
-    budget = settings.quota_budget if budget is None else budget
-    with store.read() as s:
-        gold = q.gold_counts(s, project_id=project_id)
-    quotas = {}
-    for head in schema.head_names:
-        classes = schema.classes(head)
-        counts = np.array([gold.get(head, {}).get(c, 0) for c in classes], dtype=np.int64)
-        quotas[head] = {
-            c: int(n)
-            for c, n in compute_quotas(
-                counts,
-                strategy=strategy,
-                budget=budget,
-                classes=classes,
-                explicit=(explicit or {}).get(head),
-            ).items()
-        }
+    Raises:
+        PermissionDenied: ``user`` is given and is not an admin in the store.
+        InputError: see :func:`round_plan`.
+    """
+    if user is not None:
+        require_admin(user, "open a review round", store=store)
+    plan = round_plan(
+        store,
+        settings,
+        project_id=project_id,
+        model_version_id=model_version_id,
+        thresholds=thresholds,
+        strategy=strategy,
+        budget=budget,
+        explicit=explicit,
+    )
     with store.write() as s:
         rnd = q.open_round(
             s,
             project_id=project_id,
             model_version_id=model_version_id,
-            thresholds=th,
-            quotas=quotas,
+            thresholds=plan["thresholds"],
+            quotas=plan["quotas"],
             user_id=(user or {}).get("id"),
         )
         return rnd.id
+
+
+def empty_queue_reasons(
+    store: Store,
+    *,
+    round_id: int,
+    flt: q.QueueFilter | None = None,
+    user: dict[str, Any] | None = None,
+) -> list[dict[str, str]]:
+    """Why the review queue of ``round_id`` (under ``flt``) shows no card, in words a user reads:
+    each reason is ``{"reason": what is true, "fix": what can change it}``, most basic first
+    (no prediction reaches the threshold; the classes predicted have no quota left; every card
+    is decided; cards are held by other annotators; the filter narrows the queue)."""
+    flt = flt or q.QueueFilter()
+    uid = (user or {}).get("id")
+    out: list[dict[str, str]] = []
+    with store.read() as s:
+        rnd = s.get(ReviewRound, round_id)
+        heads = [flt.head] if flt.head else list(rnd.thresholds)
+        th = {h: float(rnd.thresholds[h]) for h in heads if h in rnd.thresholds}
+        mv_id = flt.model_version_id or rnd.model_version_id
+        cands = q.class_candidates(s, model_version_id=mv_id, thresholds=th)
+        status = q.quota_status(s, round_id=round_id)
+        total = q.candidate_count(s, round_id=round_id, flt=flt)
+        open_now = q.queue_size(s, round_id=round_id, flt=flt)
+        now = utcnow()
+        others = s.scalar(
+            select(func.count())
+            .select_from(ReviewLease)
+            .where(
+                ReviewLease.round_id == round_id,
+                ReviewLease.expires_at > now,
+                ReviewLease.user_id.is_distinct_from(uid),
+            )
+        )
+    above = sum(sum(per.values()) for per in cands.values())
+    th_text = ", ".join(f"{h} ≥ {t:.2f}" for h, t in th.items())
+    if above == 0:
+        out.append(
+            {
+                "reason": f"No pool sample reaches the round's threshold ({th_text}).",
+                "fix": "An admin can open a new round with a lower threshold: the open-round "
+                "form shows how many cards each threshold gives.",
+            }
+        )
+    else:
+        full, n_open_classes = [], 0
+        for head, per in cands.items():
+            for label, n in sorted(per.items(), key=lambda kv: -kv[1]):
+                accepted, quota = status.get(head, {}).get(label, (0, 0))
+                if n and accepted >= quota:
+                    full.append(f"{head} {label} ({accepted} of {quota})")
+                elif n:
+                    n_open_classes += 1
+        if n_open_classes == 0:
+            out.append(
+                {
+                    "reason": "Every class the model predicts above the threshold has no quota "
+                    "left: " + ", ".join(full[:8]) + ("…" if len(full) > 8 else "") + ".",
+                    "fix": "An admin can open a new round with a larger budget or other quotas.",
+                }
+            )
+        elif total and not open_now and not others:
+            out.append(
+                {
+                    "reason": f"All {total} cards of this queue are decided.",
+                    "fix": "An admin can retrain with the accepted pseudo-labels and open the "
+                    "next round.",
+                }
+            )
+    if others:
+        out.append(
+            {
+                "reason": f"{others} cards are being reviewed by other annotators right now.",
+                "fix": "They come back if they are left undecided.",
+            }
+        )
+    if flt != q.QueueFilter():
+        out.append(
+            {
+                "reason": "Filters narrow the queue.",
+                "fix": "Clear the filters to see the rest of the round.",
+            }
+        )
+    return out
 
 
 def decide(
@@ -881,11 +1070,28 @@ def decide(
     heads: list[str] | None = None,
     ms_spent: int | None = None,
     model_version_id: int | None = None,
+    confirm_below_threshold: bool = False,
+    admin_override: bool = False,
 ) -> list[int]:
     """Commit one review decision (accept / reject / skip) with its quota check in the same
-    transaction. ``labels`` overrides the predicted class per head; ``model_version_id`` names the
-    model whose predictions were shown (default: the round's). Raises QuotaExceeded (nothing
-    written) or StoreError."""
+    transaction; returns the decision ids.
+
+    ``labels`` overrides the predicted class per head; ``heads`` defaults to the card's heads
+    still undecided; ``model_version_id`` names the model whose predictions were shown (default:
+    the round's). Accepting a predicted class under the round's threshold needs
+    ``confirm_below_threshold`` (the decision is then marked ``below_threshold``). A card is
+    decided once: ``admin_override`` (admins only, logged) replaces another user's decision.
+
+    Raises:
+        QuotaExceeded: the class quota is full (nothing written).
+        CardTaken: the card (or the head asked for) was decided since it was shown, or another
+            annotator holds it.
+        BelowThreshold: an unconfirmed accept under the threshold.
+        PermissionDenied: ``admin_override`` by a user who is not an admin in the store.
+        StoreError: a closed round, an unknown action or no prediction to accept.
+    """
+    if admin_override:
+        require_admin(user, "replace another user's decision", store=store)
     try:
         with store.write() as s:
             ds = q.decide(
@@ -898,10 +1104,19 @@ def decide(
                 heads=heads,
                 ms_spent=ms_spent,
                 model_version_id=model_version_id,
+                check_threshold=True,
+                confirmed_below=confirm_below_threshold,
+                admin_override=admin_override,
             )
             return [d.id for d in ds]
     except q.QuotaFull as e:
         raise QuotaExceeded(e.head, e.label, e.quota, e.accepted) from e
+    except q.AlreadyDecided as e:
+        raise CardTaken(str(e), by=e.by, decided=True) from e
+    except q.CardLeased as e:
+        raise CardTaken(str(e), by=e.by, decided=False) from e
+    except q.BelowThreshold as e:
+        raise BelowThreshold(e.head, e.label, e.confidence, e.threshold) from e
     except q.QueueError as e:
         raise StoreError(str(e)) from e
 
@@ -1074,11 +1289,17 @@ def bulk_accept(
     items: list[tuple[int, str, str]] | list[tuple[int, str, str, float]],
     user: dict[str, Any] | None,
     model_version_id: int | None = None,
-) -> int:
-    """Accept a previewed set (admins only) in one transaction that re-checks every quota
-    (``db.queries.bulk_accept``). Returns the number accepted; items that would pass a quota or
-    were decided since the preview are skipped."""
-    require_admin(user, "bulk accept pseudo-labels")
+) -> q.BulkResult:
+    """Accept a previewed set (admins only, the role read from the store) in one transaction
+    that re-checks every quota (``db.queries.bulk_accept``). Items that would pass a quota, were
+    decided since the preview, or whose card another annotator holds are skipped and counted in
+    the result (``leased`` names those cards). Undo takes the whole bulk back as one unit.
+
+    Raises:
+        PermissionDenied: not an admin.
+        StoreError: a closed round.
+    """
+    require_admin(user, "bulk accept pseudo-labels", store=store)
     try:
         with store.write() as s:
             return q.bulk_accept(

@@ -58,6 +58,39 @@ FLAG_LABELS = {
     ASR_CODE: "ASR transcript",
 }
 
+# How likely fixing a flag changes a label, highest first. Text features see punctuation, and
+# the intent head leans on it: a question with no ？ hides "questioning"; a space used as a
+# clause break merges two clauses (and their intent); ASR words can be wrong outright; a doubled
+# mark (！！, ？？) carries emphasis; a half-width mark and a missing final 。 barely move a
+# prediction (and nearly every CPED line ends without one, so they would rank everything).
+FLAG_IMPACT: dict[str, int] = {
+    "question_no_mark": 5,
+    "space_as_punct": 4,
+    ASR_CODE: 3,
+    "doubled_punct": 2,
+    "halfwidth_punct": 1,
+    "no_final_mark": 0,
+}
+
+
+def impact(codes: Sequence[str]) -> int:
+    """How likely a transcript's flags change its labels: the highest :data:`FLAG_IMPACT` of its
+    codes (-1 without a flag)."""
+    return max((FLAG_IMPACT.get(c, 1) for c in codes), default=-1)
+
+
+def flag_shares(codes: Iterable[Sequence[str]]) -> list[tuple[str, int, float]]:
+    """``(code, transcripts flagged, share of all transcripts)`` per flag kind, most likely to
+    change a label first."""
+    rows = list(codes)
+    counts: dict[str, int] = dict.fromkeys(FLAG_IMPACT, 0)
+    for cs in rows:
+        for c in set(cs):
+            counts[c] = counts.get(c, 0) + 1
+    n = max(1, len(rows))
+    order = sorted(counts, key=lambda c: -FLAG_IMPACT.get(c, 1))
+    return [(c, counts[c], counts[c] / n) for c in order]
+
 
 # --------------------------------------------------------------------------- text
 

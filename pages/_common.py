@@ -33,7 +33,7 @@ CSS = """
                "WenQuanYi Micro Hei", sans-serif;
   font-size: 2.1rem; line-height: 1.55; font-weight: 500;
   padding: 0.6rem 0.9rem; margin: 0.2rem 0 0.6rem 0;
-  border-left: 0.3rem solid #ff4b4b; background: rgba(127, 127, 127, 0.07); border-radius: 0.3rem;
+  border-left: 0.3rem solid #8a99ab; background: rgba(127, 127, 127, 0.07); border-radius: 0.3rem;
 }
 .meiju-transcript.empty { color: #999; font-size: 1.2rem; font-style: italic; }
 .meiju-transcript.words { display: flex; flex-wrap: wrap; gap: 0.25rem 0.45rem; }
@@ -45,6 +45,13 @@ CSS = """
 .meiju-diff ins { background: #d3f5d9; color: #116329; text-decoration: none; }
 .meiju-diff { font-size: 1.5rem; line-height: 1.6; }
 .stTextArea textarea { font-size: 1.45rem; line-height: 1.5; }
+/* colour carries meaning on the review card: green accepts, red rejects */
+.st-key-rv_accept button, .st-key-rv_accept_emotion button, .st-key-rv_accept_intent button {
+  border-color: #2e7d32; color: #1b5e20;
+}
+.st-key-rv_accept button { background: #2e7d32; color: #fff; }
+.st-key-rv_accept button:hover { background: #256b29; color: #fff; }
+.st-key-rv_reject button { border-color: #c62828; color: #b71c1c; }
 </style>
 """
 
@@ -92,8 +99,8 @@ def project() -> dict[str, Any]:
     if info is None:
         cfg = settings()
         st.error(
-            f"Project **{cfg.project}** is not in the store ({cfg.database_url}). "
-            "Build the demo with `meiju demo`, or set `MEIJU_PROJECT`."
+            f"Project **{cfg.project}** does not exist yet. An admin can build the demo "
+            "project (`make run` does) or point the app at another project."
         )
         st.stop()
     return info
@@ -333,15 +340,16 @@ def _segment(text: str) -> tuple[str, ...]:
 
 
 def transcript_block(card: Any, *, words: bool = False) -> None:
-    """The card's transcript, large, in a ``div.meiju-transcript`` carrying ``data-utt`` (the
-    browser tests read it); ``words``: segmented by jieba, one box per word. ``card`` is a
-    ``db.queries.Card``."""
-    utt = html.escape(card.utt_id)
+    """The card's transcript, large, in a ``div.meiju-transcript`` carrying ``data-utt`` and
+    ``data-sample`` (the key listener and the browser tests read them); ``words``: segmented by
+    jieba, one box per word. ``card`` is a ``db.queries.Card``.
+
+    The text is plain text: escaped and drawn with ``st.html``, never through markdown, so a
+    transcript holding markdown (an image link, say) shows as typed and fetches nothing."""
+    utt, sid = html.escape(card.utt_id), int(card.sample_id)
+    attrs = f"data-utt='{utt}' data-sample='{sid}'"
     if not card.text:
-        st.markdown(
-            f"<div class='meiju-transcript empty' data-utt='{utt}'>(no transcript)</div>",
-            unsafe_allow_html=True,
-        )
+        st.html(f"<div class='meiju-transcript empty' {attrs}>(no transcript)</div>")
         return
     if words:
         body = "".join(
@@ -352,7 +360,7 @@ def transcript_block(card: Any, *, words: bool = False) -> None:
         cls = "meiju-transcript words"
     else:
         body, cls = html.escape(card.text), "meiju-transcript"
-    st.markdown(f"<div class='{cls}' data-utt='{utt}'>{body}</div>", unsafe_allow_html=True)
+    st.html(f"<div class='{cls}' {attrs}>{body}</div>")
 
 
 def media_block(card: Any) -> None:
@@ -362,7 +370,7 @@ def media_block(card: Any) -> None:
     if card.video_path:
         path = Path(card.video_path)
         if not path.exists():
-            st.caption(f"Video not found: `{card.video_path}`")
+            st.caption("The video of this utterance is missing on the server.")
         else:
             st.video(str(path), start_time=start)
             if path.suffix.lower() not in BROWSER_VIDEO:
@@ -371,4 +379,4 @@ def media_block(card: Any) -> None:
         if Path(card.audio_path).exists():
             st.audio(card.audio_path, start_time=start)
         else:
-            st.caption(f"Audio not found: `{card.audio_path}`")
+            st.caption("The audio of this utterance is missing on the server.")

@@ -494,6 +494,7 @@ def throughput_table(rows: list[dict[str, Any]]) -> None:
             "accepted",
             "rejected",
             "skipped",
+            "bulk_actions",
             "active_min",
             "last_at",
         ],
@@ -507,6 +508,9 @@ def throughput_table(rows: list[dict[str, Any]]) -> None:
             "cards": st.column_config.NumberColumn("cards", format="%d"),
             "per_minute": st.column_config.NumberColumn("cards / min", format="%.1f"),
             "median_s": st.column_config.NumberColumn("median s / card", format="%.1f"),
+            "bulk_actions": st.column_config.NumberColumn(
+                "bulk accepts", format="%d", help="Each bulk accept counts once, not per card"
+            ),
             "active_min": st.column_config.NumberColumn("active min", format="%.1f"),
             "last_at": "last decision",
         },

@@ -65,7 +65,7 @@ def _submit(kind: str, params: dict[str, Any], project_id: int | None, user: dic
         return
     common.flash(
         "success",
-        f"{kind.capitalize()} queued as job #{job_id}; the worker (`meiju worker`) runs it.",
+        f"{kind.capitalize()} queued as job #{job_id}; it runs in the background.",
         key="dt_flash",
     )
 

@@ -34,11 +34,12 @@ import streamlit as st
 from sqlalchemy import exists, select
 
 from db import queries as q
-from db.models import ModelVersion, Prediction, ReviewRound, Sample
+from db.models import ModelVersion, Prediction, PseudoLabel, ReviewRound, Sample
 from meiju_core import pipeline
-from meiju_core.errors import MeijuError, QuotaExceeded
+from meiju_core.errors import BelowThreshold, CardTaken, MeijuError, QuotaExceeded
 from pages import _common as common
 from pages._inspect import inspect_panel
+from pages._keys import key_listener, new_events
 
 PREFETCH = 8  # card ids fetched ahead in one queue query
 # The queue count is recounted with the queue at most this often; in between, this page's own
@@ -58,7 +59,17 @@ S = st.session_state
 
 def _reset_cards() -> None:
     """Forget the card ids kept for the queue (after a new round or a filter change)."""
-    for key in ("rv_card", "rv_ahead", "rv_left", "rv_focus", "rv_leased", "rv_shown", "rv_bulk"):
+    for key in (
+        "rv_card",
+        "rv_ahead",
+        "rv_left",
+        "rv_focus",
+        "rv_leased",
+        "rv_shown",
+        "rv_bulk",
+        "rv_open_heads",
+        "rv_confirm",
+    ):
         S.pop(key, None)
 
 
@@ -91,6 +102,48 @@ def _default_threshold(counts: dict[float, int]) -> float:
         if counts.get(t, 0) >= 200:
             return t
     return THRESHOLD_STEPS[0]
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _round_plan(
+    url: str,
+    project_id: int,
+    model_version_id: int,
+    thresholds: tuple[tuple[str, float], ...],
+    strategy: str,
+    budget: int,
+) -> dict[str, Any] | None:
+    try:
+        return pipeline.round_plan(
+            common.store_at(url),
+            common.settings(),
+            project_id=project_id,
+            model_version_id=model_version_id,
+            thresholds=dict(thresholds),
+            strategy=strategy,
+            budget=budget,
+        )
+    except MeijuError:
+        return None
+
+
+def _plan_table(plan: dict[str, Any]) -> None:
+    """The queue each class will get in the round about to open, per head."""
+    st.markdown("**The queue this round will offer**, per class")
+    cols = st.columns(len(plan["classes"]))
+    for col, (head, rows) in zip(cols, plan["classes"].items(), strict=False):
+        total = sum(r["queue"] for r in rows)
+        col.markdown(f"{head.capitalize()}: **{total}** cards")
+        col.dataframe(
+            pd.DataFrame(rows).set_index("class")[["gold", "candidates", "quota", "queue"]],
+            width="stretch",
+            key=f"rv_plan_{head}",
+        )
+    st.caption(
+        "candidates: pool samples predicted as the class at or above the threshold; quota: most "
+        "pseudo-labels the round accepts for it (the gold distribution fitted to the "
+        "candidates); queue: the cards the class brings to Review."
+    )
 
 
 def round_summary(rnd: dict[str, Any] | None) -> None:
@@ -164,9 +217,18 @@ def open_round_ui(store, settings, project: dict[str, Any], user: dict[str, Any]
             key="rv_new_budget",
             help="Most pseudo-labels the round may accept per head.",
         )
+        plan = _round_plan(
+            settings.database_url,
+            project["id"],
+            mv_id,
+            tuple(sorted(thresholds.items())),
+            strategy,
+            int(budget),
+        )
+        if plan is not None:
+            _plan_table(plan)
         if st.button("Open round", type="primary", key="rv_open_round"):
             try:
-                pipeline.require_admin(user, "open a review round")
                 rid = pipeline.open_round(
                     store,
                     settings,
@@ -494,9 +556,25 @@ def _load_view(store, round_id: int, user_id: int, flt: q.QueueFilter) -> dict[s
         rnd = s.get(ReviewRound, round_id)
         mv_id = flt.model_version_id or rnd.model_version_id
         cards = q.load_cards(s, model_version_id=mv_id, sample_ids=ids[:1])
+        states = (
+            {
+                p.head: (p.state, p.label)
+                for p in s.scalars(
+                    select(PseudoLabel).where(
+                        PseudoLabel.round_id == round_id,
+                        PseudoLabel.sample_id == ids[0],
+                        PseudoLabel.head != q.SKIP_HEAD,
+                    )
+                )
+            }
+            if cards
+            else {}
+        )
         return {
             "ids": ids,
             "card": cards[0] if cards else None,
+            "states": states,
+            "thresholds": dict(rnd.thresholds),
             "model_version_id": mv_id,
             "round_model": rnd.model_version_id,
             "quotas": quotas,
@@ -558,18 +636,40 @@ def _next_digit_head(heads: list[str]) -> None:
 # --------------------------------------------------------------------------- decisions
 
 
-def _decide(action: str, sample_id: int, heads: list[str] | None = None) -> None:
-    """Button callback: commit one decision on the card the button was drawn for (accepting with
-    the digit overrides, and the classes shown when another model's predictions are shown)."""
+def _card_done(sample_id: int) -> None:
+    """Forget a card this session finished (decided, skipped, or taken by someone else)."""
     decided = S.setdefault("rv_decided", [])
-    if sample_id in decided:  # a second key press that reached the old card
-        return
+    decided.append(sample_id)
+    del decided[:-50]
+    S["rv_ahead"] = [i for i in S.get("rv_ahead", []) if i != sample_id]
+    if S.get("rv_card") == sample_id:
+        S.pop("rv_card", None)
+    if S.get("rv_focus") == sample_id:
+        S.pop("rv_focus", None)
+    S.pop("rv_override", None)
+    S.pop("rv_confirm", None)
+    S.pop("rv_open_heads", None)
+
+
+def _decide(action: str, sample_id: int, heads: list[str] | None = None) -> bool:
+    """Commit one decision on the card ``sample_id`` (button callback; keys come through
+    :func:`_on_keys`): accepting with the digit overrides and with the classes shown when
+    another model's predictions are shown. ``heads`` None means the card's heads still open.
+
+    The card stays while a head is left to review (E, then I); a skip sends it to the end of
+    the queue. An accept of a head under the round's threshold asks for a second press first.
+    A card decided or held by someone else since it was shown gives way to the next card, with
+    a message. Returns whether a decision was recorded."""
+    if sample_id in S.get("rv_decided", []):  # a click that reached a card already done
+        return False
     ms = int((time.monotonic() - S.get("rv_shown", time.monotonic())) * 1000)
     labels: dict[str, str] | None = None
     mv_id = S.get("rv_card_model")
     if action == "accept":
         shown = dict(S.get("rv_card_labels") or {}) if mv_id else {}
         labels = {**shown, **_overrides(sample_id)} or None
+    asked = (sample_id, action, tuple(heads or ()))
+    confirmed = S.get("rv_confirm") == asked
     try:
         pipeline.decide(
             common.store(),
@@ -581,7 +681,24 @@ def _decide(action: str, sample_id: int, heads: list[str] | None = None) -> None
             labels=labels,
             ms_spent=ms,
             model_version_id=mv_id,
+            confirm_below_threshold=confirmed,
         )
+    except BelowThreshold as e:
+        S["rv_confirm"] = asked
+        again = (
+            "A"
+            if not heads
+            else _head_keys(list(S.get("rv_heads", [])) or heads).get(heads[0], "the same key")
+        )
+        common.flash(
+            "warning",
+            f"**{e.head.capitalize()} {e.label}** has confidence {e.confidence:.2f}, below the "
+            f"round's threshold {e.threshold:.2f}. Press **{again}** again to accept it anyway "
+            "(recorded as a below-threshold accept), or set another class with the digits, "
+            "accept the other head only, or reject.",
+            key="rv_flash",
+        )
+        return False
     except QuotaExceeded as e:
         common.flash(
             "warning",
@@ -589,15 +706,93 @@ def _decide(action: str, sample_id: int, heads: list[str] | None = None) -> None
             "Override the class, accept the other head only, reject or skip.",
             key="rv_flash",
         )
-        return
+        return False
+    except CardTaken as e:
+        common.flash(
+            "warning",
+            f"Not recorded: {e} since this card was shown. Here is the next card.",
+            key="rv_flash",
+        )
+        _card_done(sample_id)
+        return False
     except MeijuError as e:
         common.flash("error", str(e), key="rv_flash")
-        return
-    decided.append(sample_id)
-    del decided[:-50]
-    S["rv_left"] = max(0, S.get("rv_left", 1) - 1)
-    S.pop("rv_focus", None)
-    S.pop("rv_override", None)
+        return False
+    S.pop("rv_confirm", None)
+    open_heads = [h for h in S.get("rv_open_heads", []) if h not in (heads or [])]
+    if action != "skip" and heads and open_heads:  # the other head is still to review
+        S["rv_open_heads"] = open_heads
+        S["rv_focus"] = sample_id
+        return True
+    _card_done(sample_id)
+    S["rv_left"] = max(0, S.get("rv_left", 1) - (0 if action == "skip" else 1))
+    return True
+
+
+def _advance() -> int | None:
+    """After a key finished the card, make the next kept card the current one (leased, its
+    classes and open heads read), so the next key of a quick series decides that card."""
+    store, settings, user = common.store(), common.settings(), common.user()
+    done = set(S.get("rv_decided", []))
+    ahead = [i for i in S.get("rv_ahead", []) if i not in done]
+    while ahead:
+        sid = ahead.pop(0)
+        S["rv_ahead"] = list(ahead)
+        if not _lease(store, settings, S["rv_round"], user["id"], sid):
+            continue
+        mv_id = S.get("rv_card_model")
+        with store.read() as s:
+            rnd = s.get(ReviewRound, S["rv_round"])
+            cards = q.load_cards(
+                s, model_version_id=mv_id or rnd.model_version_id, sample_ids=[sid]
+            )
+            decided = set(
+                s.scalars(
+                    select(PseudoLabel.head).where(
+                        PseudoLabel.round_id == rnd.id, PseudoLabel.sample_id == sid
+                    )
+                )
+            )
+        if not cards:
+            continue
+        S["rv_card"], S["rv_shown"] = sid, time.monotonic()
+        S["rv_card_labels"] = {h: p["label"] for h, p in cards[0].predictions.items()}
+        S["rv_open_heads"] = [h for h in S.get("rv_heads", []) if h not in decided]
+        return sid
+    return None
+
+
+def _on_keys() -> None:
+    """Key listener callback: apply every new key press, in order, each to the card current when
+    it is applied (a quick series decides one card after another)."""
+    heads = list(S.get("rv_heads", []))
+    head_keys = {k: h for h, k in _head_keys(heads).items()}
+    for key, _shown in new_events(S.get("rv_keys") or {}, S.setdefault("rv_key_seq", {})):
+        card = S.get("rv_card")
+        if key == "U":
+            _undo()
+            continue
+        if key == "H":
+            _next_digit_head(heads)
+            continue
+        if card is None:
+            card = _advance()
+            if card is None:
+                continue
+        if key in ("A", "X", "S") or key in head_keys:
+            action = {"A": "accept", "X": "reject", "S": "skip"}.get(key, "accept")
+            only = [head_keys[key]] if key in head_keys else None
+            _decide(action, card, only)
+            if S.get("rv_card") is None:
+                _advance()
+        elif key == "0":
+            _clear_override(card)
+        elif key in DIGITS:
+            head = S.get("rv_digit_head") or (heads[0] if heads else None)
+            classes = (S.get("rv_classes") or {}).get(head, [])
+            k = DIGITS.index(key)
+            if head and k < len(classes):
+                _set_override(card, head, classes[k])
 
 
 def _undo(decision_id: int | None = None) -> None:
@@ -608,12 +803,27 @@ def _undo(decision_id: int | None = None) -> None:
     if sample_id is None:
         common.flash("info", "Nothing to undo.", key="rv_flash")
         return
-    S["rv_focus"] = sample_id
+    current = S.get("rv_card")
+    S["rv_focus"] = S["rv_card"] = sample_id
+    S["rv_shown"] = time.monotonic()
+    ahead = [i for i in S.get("rv_ahead", []) if i not in (sample_id, current)]
+    S["rv_ahead"] = ([current] if current not in (None, sample_id) else []) + ahead
+    with common.store().read() as s:
+        decided = set(
+            s.scalars(
+                select(PseudoLabel.head).where(
+                    PseudoLabel.round_id == S["rv_round"], PseudoLabel.sample_id == sample_id
+                )
+            )
+        )
+    S["rv_open_heads"] = [h for h in S.get("rv_heads", []) if h not in decided]
+    S.pop("rv_override", None)
+    S.pop("rv_confirm", None)
     if "rv_left" in S:
         S["rv_left"] += 1
-    decided = S.get("rv_decided", [])
-    if sample_id in decided:
-        decided.remove(sample_id)
+    done = S.get("rv_decided", [])
+    if sample_id in done:
+        done.remove(sample_id)
     common.flash("info", "Undone: the card is back.", key="rv_flash")
 
 
@@ -621,8 +831,16 @@ def _undo(decision_id: int | None = None) -> None:
 
 
 def _predictions(
-    card: q.Card, heads: dict[str, list[str]], quotas: dict, overrides: dict[str, str]
+    card: q.Card,
+    heads: dict[str, list[str]],
+    quotas: dict,
+    overrides: dict[str, str],
+    states: dict[str, tuple[str, str]],
+    thresholds: dict[str, float],
 ) -> None:
+    """Each head's prediction. Colour carries meaning: green a head accepted on this card, red a
+    head rejected, orange a confidence under the round's threshold (accepting asks twice), blue
+    a class set by the annotator."""
     cols = st.columns(len(heads))
     for col, (head, classes) in zip(cols, heads.items(), strict=False):
         pred = card.predictions.get(head)
@@ -632,13 +850,27 @@ def _predictions(
                 st.caption("no prediction")
                 continue
             chosen = overrides.get(head)
-            if chosen:
+            state = states.get(head)
+            if state:
+                colour = "green" if state[0] == "accepted" else "red"
+                icon = ":material/check_circle:" if state[0] == "accepted" else ":material/cancel:"
+                st.markdown(
+                    f"**{head.capitalize()}** · :{colour}[{icon} **{state[1]}** {state[0]}] "
+                    "(decided)"
+                )
+            elif chosen:
                 st.markdown(
                     f"**{head.capitalize()}** · ~~{pred['label']}~~ → :blue[**{chosen}**] "
-                    "(override)"
+                    "(your class)"
                 )
             else:
-                st.markdown(f"**{head.capitalize()}** · :red[**{pred['label']}**]")
+                st.markdown(f"**{head.capitalize()}** · **{pred['label']}**")
+            th = float(thresholds.get(head, 0.0))
+            if not state and not chosen and pred["confidence"] < th:
+                st.markdown(
+                    f":orange[:material/warning: confidence {pred['confidence']:.2f} is below "
+                    f"the round's threshold {th:.2f}]"
+                )
             for label, p in common.top3(pred["probs"] or [], classes):
                 st.progress(min(1.0, max(0.0, p)), text=f"{label} · {p:.2f}")
             paths = pred.get("paths")
@@ -656,14 +888,15 @@ def _predictions(
             st.progress(value, text=f"quota {label}: {accepted} / {quota}")
 
 
-def _buttons(card_id: int, heads: list[str], has_card: bool) -> None:
+def _buttons(card_id: int, heads: list[str], has_card: bool, open_heads: list[str]) -> None:
+    """The decision buttons (keys in brackets; the key listener presses them, see ``_keys``)."""
     keys = _head_keys(heads)
     row = st.container(horizontal=True, gap="small", key="rv_buttons")
+    both = len(open_heads) == len(heads)
     row.button(
-        "Accept both",
+        "Accept both [A]" if both else "Accept the rest [A]",
         key="rv_accept",
         type="primary",
-        shortcut="A",
         disabled=not has_card,
         on_click=_decide,
         args=("accept", card_id),
@@ -672,32 +905,30 @@ def _buttons(card_id: int, heads: list[str], has_card: bool) -> None:
     for head in heads:
         if head in keys:
             row.button(
-                f"Accept {head} only",
+                f"Accept {head} only [{keys[head]}]",
                 key=f"rv_accept_{head}",
-                shortcut=keys[head],
-                disabled=not has_card,
+                disabled=not has_card or head not in open_heads,
                 on_click=_decide,
                 args=("accept", card_id, [head]),
             )
     row.button(
-        "Reject",
+        "Reject [X]",
         key="rv_reject",
-        shortcut="X",
         disabled=not has_card,
         on_click=_decide,
         args=("reject", card_id),
         icon=":material/close:",
     )
     row.button(
-        "Skip",
+        "Skip [S]",
         key="rv_skip",
-        shortcut="S",
         disabled=not has_card,
         on_click=_decide,
         args=("skip", card_id),
         icon=":material/skip_next:",
+        help="The card goes to the end of the queue",
     )
-    row.button("Undo", key="rv_undo", shortcut="U", on_click=_undo, icon=":material/undo:")
+    row.button("Undo [U]", key="rv_undo", on_click=_undo, icon=":material/undo:")
 
 
 def _class_keys(card_id: int, heads: dict[str, list[str]], has_card: bool) -> str:
@@ -712,9 +943,8 @@ def _class_keys(card_id: int, heads: dict[str, list[str]], has_card: bool) -> st
         horizontal=True, gap="small", vertical_alignment="center", key="rv_class_keys"
     )
     row.button(
-        f"Digits: {head}",
+        f"Digits: {head} [H]",
         key="rv_digit_head_btn",
-        shortcut="H",
         on_click=_next_digit_head,
         args=(names,),
         icon=":material/swap_horiz:",
@@ -723,18 +953,16 @@ def _class_keys(card_id: int, heads: dict[str, list[str]], has_card: bool) -> st
     )
     for k, label in enumerate(heads[head][: len(DIGITS)]):
         row.button(
-            label,  # the button shows its key beside the label
+            f"{DIGITS[k]} {label}",
             key=f"rv_digit_{k + 1}",
-            shortcut=DIGITS[k],
             type="primary" if label == chosen else "tertiary",
             disabled=not has_card,
             on_click=_set_override,
             args=(card_id, head, label),
         )
     row.button(
-        "clear",
+        "0 clear",
         key="rv_digit_0",
-        shortcut="0",
         type="tertiary",
         disabled=not has_card,
         on_click=_clear_override,
@@ -747,9 +975,11 @@ def _key_map(heads: list[str], digit_head: str, n_classes: int) -> None:
     keys = _head_keys(heads)
     one = " · ".join(f"**{k}** {h} only" for h, k in keys.items())
     st.caption(
-        f"Keys: **A** accept both · {one} · **X** reject · **S** skip · **U** undo · "
+        f"Keys: **A** accept both (the heads still open) · {one} (the card stays for the "
+        f"other head) · **X** reject · **S** skip to the end of the queue · **U** undo · "
         f"**1–{n_classes}** set the {digit_head} class (**H** other head, **0** clear), then "
-        "A / E / I accept with it. No key fires while you type in a text box."
+        "A / E / I accept with it. Keys work whatever you clicked last, except while you type "
+        "in a text box."
     )
 
 
@@ -762,7 +992,15 @@ def _history(rows: list[dict[str, Any]], heads: list[str]) -> None:
     # stable keys let the browser update the rows in place instead of rebuilding them
     for k, d in enumerate(rows):
         labels = ", ".join(f"{h} {d['labels'][h]}" for h in heads if h in d["labels"])
-        text = f"`{d['utt_id']}` · **{d['action']}** · {labels or 'whole card'} · {common.ago(d['at'])}"
+        if d["action"] == "bulk accept":
+            what = f"{d['cards']} cards"
+            text = f"**bulk accept** · {what} · {common.ago(d['at'])}"
+        else:
+            note = " (below threshold)" if d.get("override") == "below_threshold" else ""
+            text = (
+                f"`{d['utt_id']}` · **{d['action']}**{note} · {labels or 'whole card'} · "
+                f"{common.ago(d['at'])}"
+            )
         line = st.container(horizontal=True, vertical_alignment="center", key=f"rv_h_{k}")
         line.markdown(f"~~{text}~~ (undone)" if d["undone"] else text, width="stretch")
         line.button(
@@ -775,9 +1013,25 @@ def _history(rows: list[dict[str, Any]], heads: list[str]) -> None:
         )
 
 
+def _empty_queue(store, round_id: int, flt: q.QueueFilter, user: dict[str, Any]) -> None:
+    """No card: say why, and what an admin can change."""
+    reasons = pipeline.empty_queue_reasons(store, round_id=round_id, flt=flt, user=user)
+    lines = [f"- {r['reason']} {r['fix']}" for r in reasons]
+    done = reasons and reasons[0]["reason"].startswith("All ")
+    box = st.success if done else st.warning
+    box("**No card to review.**\n" + "\n".join(lines), icon=":material/inbox:")
+
+
+def _review_keys(heads: dict[str, list[str]]) -> list[str]:
+    keys = ["A", "X", "S", "U", "H", "0", *DIGITS[: max(len(c) for c in heads.values())]]
+    return keys + list(_head_keys(list(heads)).values())
+
+
 @st.fragment
 def card_panel(round_id: int, heads: dict[str, list[str]], flt: q.QueueFilter) -> None:
     store, settings, user = common.store(), common.settings(), common.require_user()
+    S["rv_heads"], S["rv_classes"] = list(heads), {h: list(c) for h, c in heads.items()}
+    key_listener(_review_keys(heads), key="rv_keys", on_keys=_on_keys)
     for _ in range(3):  # another annotator may take a card between the read and the lease
         view = _load_view(store, round_id, user["id"], flt)
         card = view["card"]
@@ -791,26 +1045,27 @@ def card_panel(round_id: int, heads: dict[str, list[str]], flt: q.QueueFilter) -
         S.pop("rv_card", None)
     elif S.get("rv_card") != card.sample_id:
         S["rv_card"], S["rv_shown"] = card.sample_id, time.monotonic()
+        S.pop("rv_confirm", None)
     S["rv_ahead"] = view["ids"][1:]
     S.pop("rv_focus", None)
 
     common.show_flash(key="rv_flash")
     if card is None:
         S.pop("rv_card_labels", None)
-        st.success(
-            "Nothing left to review here: every card above the threshold is decided, or "
-            "predicts classes whose quotas are full."
-        )
-        _buttons(-1, list(heads), has_card=False)
+        _empty_queue(store, round_id, flt, user)
+        _buttons(-1, list(heads), has_card=False, open_heads=[])
         _history(_read_history(store, round_id, user["id"]), list(heads))
         return
     # what an accept records: the classes shown (another model's, when the filter names one)
     S["rv_card_labels"] = {h: p["label"] for h, p in card.predictions.items()}
+    open_heads = [h for h in heads if h not in view["states"]]
+    S["rv_open_heads"] = open_heads
     other_model = view["model_version_id"] != view["round_model"]
     S["rv_card_model"] = view["model_version_id"] if other_model else None
     overrides = _overrides(card.sample_id)
     left = S.get("rv_left", 0)
-    top = st.container(horizontal=True, vertical_alignment="center", key="rv_card_top")
+    area = st.container(key="rv_card_area")
+    top = area.container(horizontal=True, vertical_alignment="center", key="rv_card_top")
     top.markdown(
         f"<span class='meiju-utt'>{html.escape(card.utt_id)}</span> · {html.escape(card.source)}"
         f" · transcript {html.escape(card.transcript_source or '–')}"
@@ -824,18 +1079,24 @@ def card_panel(round_id: int, heads: dict[str, list[str]], flt: q.QueueFilter) -
         TRANSCRIPTS_PAGE,
         label="Edit transcript",
         icon=":material/edit_note:",
-        query_params={"sample": str(card.sample_id)},
+        query_params={"sample": str(card.sample_id), "back": _back_query()},
     )
-    main, side = st.columns([3, 2], gap="large")
+    main, side = area.columns([3, 2], gap="large")
     with main:
         common.transcript_block(card, words=bool(S.get("rv_words")))
         common.media_block(card)
     with side:
-        _predictions(card, heads, view["quotas"], overrides)
-    _buttons(card.sample_id, list(heads), has_card=True)
-    digit_head = _class_keys(card.sample_id, heads, has_card=True)
+        _predictions(card, heads, view["quotas"], overrides, view["states"], view["thresholds"])
+    with area:
+        _buttons(card.sample_id, list(heads), has_card=True, open_heads=open_heads)
+        digit_head = _class_keys(card.sample_id, heads, has_card=True)
     _key_map(list(heads), digit_head, min(len(heads[digit_head]), len(DIGITS)))
     _history(_read_history(store, round_id, user["id"]), list(heads))
+
+
+def _back_query() -> str:
+    """The Review queue's URL parameters, for the editor's "Back to Review" link."""
+    return urlencode(S.get("rv_params", {}), safe=",")
 
 
 # --------------------------------------------------------------------------- bulk accept
@@ -859,7 +1120,7 @@ def _run_bulk_accept(round_id: int, flt: q.QueueFilter) -> None:
         return
     items = bulk["result"]["items"]
     try:
-        n = pipeline.bulk_accept(
+        res = pipeline.bulk_accept(
             common.store(),
             round_id=round_id,
             items=items,
@@ -869,9 +1130,20 @@ def _run_bulk_accept(round_id: int, flt: q.QueueFilter) -> None:
     except MeijuError as e:
         common.flash("error", str(e), key="rv_page_flash")
         return
-    skipped = len(items) - n
-    note = f" ({skipped} skipped: decided or quota filled since the preview)" if skipped else ""
-    common.flash("success", f"Bulk accepted {n} pseudo-labels{note}.", key="rv_page_flash")
+    notes = []
+    if res.leased:
+        notes.append(f"{len(res.leased)} cards left out: other annotators hold them")
+    if res.decided:
+        notes.append(f"{res.decided} decided since the preview")
+    if res.full:
+        notes.append(f"{res.full} over a quota filled since the preview")
+    note = f" ({'; '.join(notes)})" if notes else ""
+    common.flash(
+        "success",
+        f"Bulk accepted {res.accepted} pseudo-labels{note}. **U** (Undo) takes the whole bulk "
+        "back.",
+        key="rv_page_flash",
+    )
     _reset_cards()
 
 

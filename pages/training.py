@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from db import queries as q
-from meiju_core import jobs
+from meiju_core import jobs, pipeline
 from meiju_core.errors import MeijuError
 from pages import _common as common
 
@@ -84,7 +84,11 @@ def retrain_ui(store, settings, project: dict[str, Any], user: dict[str, Any]) -
 
 
 def _cancel(job_id: int) -> None:
-    jobs.cancel(common.store(), job_id=job_id, user=common.user())
+    try:
+        jobs.cancel(common.store(), job_id=job_id, user=common.user())
+    except MeijuError as e:
+        common.flash("error", str(e), key="tr_flash")
+        return
     common.flash("info", f"Cancel requested for job #{job_id}.", key="tr_flash")
 
 
@@ -202,8 +206,11 @@ def promote_ui(store, versions: list[dict[str, Any]], user: dict[str, Any]) -> N
         "Model version to promote", choices, format_func=names.get, key="tr_promote_pick"
     )
     if row.button("Promote", key="tr_promote", icon=":material/verified:"):
-        with store.write() as s:
-            q.promote(s, model_version_id=mv_id, user_id=user["id"])
+        try:
+            pipeline.promote(store, model_version_id=mv_id, user=user)
+        except MeijuError as e:
+            st.error(str(e))
+            return
         common.flash("success", f"Model version #{mv_id} is now promoted.", key="tr_flash")
         st.rerun()
 

@@ -14,8 +14,10 @@ time. "Bulk fix" applies one rule (``meiju_core.transcript_rules``) to every mat
 a preview of the first changes, one confirmation, then one version-checked save per transcript;
 the ones someone saved in between are skipped and listed.
 
-``?sample=<id>`` opens that sample's transcript (the Review page links here that way); the URL
-follows the open transcript, and "Back to Review" returns with ``?samples=<id>``.
+``?sample=<id>`` opens that sample's transcript (the Review page links here that way, with
+``back=`` holding its queue's filters); the URL follows the open transcript, and "Back to Review"
+returns to the queue the user came from (its filters; the card is still the one shown), or, for a
+transcript opened otherwise, to a queue of that sample (``?samples=<id>``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import pandas as pd
 import streamlit as st
@@ -31,6 +34,7 @@ from meiju_core import pipeline, text
 from meiju_core import transcript_rules as TR
 from meiju_core.errors import MeijuError, StaleEdit
 from pages import _common as common
+from pages._live_diff import live_diff
 
 PAGE_SIZE = 20
 PREVIEW_ROWS = 10
@@ -44,7 +48,8 @@ S = st.session_state
 
 @dataclass(frozen=True)
 class Index:
-    """Every transcript of the project: flagged first, then by utterance id."""
+    """Every transcript of the project, the flags most likely to change a label first
+    (``transcript_rules.FLAG_IMPACT``), then by utterance id."""
 
     order: tuple[int, ...]
     utt: dict[int, str]
@@ -72,7 +77,8 @@ def transcript_index(url: str, project_id: int, stamp: tuple[int, int, int]) -> 
     memo.update(fresh)
     codes = {sid: fresh[(sid, version, source)] for sid, _, source, version, _ in rows}
     utt = {sid: u for sid, u, *_ in rows}
-    order = sorted(codes, key=lambda sid: (not codes[sid], utt[sid]))
+    # most likely to change a label first (a question without ？ before a missing final 。)
+    order = sorted(codes, key=lambda sid: (-TR.impact(codes[sid]), utt[sid]))
     return Index(tuple(order), utt, {sid: src for sid, _, src, *_ in rows}, codes)
 
 
@@ -138,7 +144,12 @@ def list_ui(store, project_id: int, index: Index) -> list[int]:
     flagged = sum(1 for c in index.codes.values() if c)
     st.caption(
         f"{len(ids)} match · {flagged} of {len(index.order)} flagged in the project · "
-        f"page {page} of {pages} · flagged first"
+        f"page {page} of {pages} · the flags most likely to change a label first"
+    )
+    shares = TR.flag_shares(index.codes.values())
+    st.caption(
+        "Flagged per kind: "
+        + " · ".join(f"{TR.FLAG_LABELS.get(c, c)} **{p:.1%}** ({n})" for c, n, p in shares)
     )
     if not shown:
         st.info("No transcript matches.")
@@ -176,6 +187,9 @@ def open_sample(index: Index, shown: list[int]) -> int | None:
         if asked.isdigit():
             S["ts_open"] = int(asked)
             S["ts_from_review"] = int(asked)
+            if "back" in st.query_params:  # the Review queue it came from (its filters)
+                S["ts_back"] = {"sample": int(asked), "params": st.query_params.get("back", "")}
+                del st.query_params["back"]
     sid = S.get("ts_open") or (shown[0] if shown else None)
     if sid is not None and st.query_params.get("sample") != str(sid):
         S["ts_qp_seen"] = str(sid)
@@ -305,7 +319,11 @@ def editor_ui(store, project_id: int, sample_id: int, user: dict, index: Index) 
         return
     head = st.container(horizontal=True, vertical_alignment="center")
     head.subheader(tr["utt_id"], anchor=False)
-    back = {"samples": str(sample_id)} if tr["split"] == "pool" else None
+    came = S.get("ts_back") or {}
+    if came.get("sample") == sample_id:  # back to the queue the user came from
+        back = dict(parse_qsl(came.get("params", ""))) or None
+    else:
+        back = {"samples": str(sample_id)} if tr["split"] == "pool" else None
     head.page_link(
         REVIEW_PAGE, label="Back to Review", icon=":material/arrow_back:", query_params=back
     )
@@ -370,9 +388,10 @@ def editor_ui(store, project_id: int, sample_id: int, user: dict, index: Index) 
     if save:
         _save(store, tr, base, edited, user)
     common.show_flash(key="ts_flash")
-    if edited != base["text"]:
-        st.markdown("**Your change** (not saved yet)")
-        st.markdown(diff_html(base["text"], edited), unsafe_allow_html=True)
+    # follows the box while typing (a text area reaches the script only when it loses focus)
+    live_diff(
+        widget_key=key, base=base["text"], current=edited, label="Your change (not saved yet)"
+    )
     if tr["original_text"] != edited:
         st.markdown("**Original → current**")
         st.markdown(diff_html(tr["original_text"], edited, size="1.15rem"), unsafe_allow_html=True)

@@ -40,6 +40,16 @@ def demo(tmp_path_factory):
     store.dispose()
 
 
+def test_demo_round_opens_on_cards(demo):
+    """The first screen of the demo is a card, not "nothing left" (issue 9, item 1): the
+    balanced quotas used to give 0 to the only classes the model predicts confidently."""
+    settings, store, summary = demo
+    with store.read() as s:
+        rnd = q.active_round(s, project_id=summary["project_id"])
+        assert q.queue_size(s, round_id=rnd.id) > 0
+        assert q.queue(s, round_id=rnd.id, limit=1)
+
+
 def test_demo_has_real_utterances_features_and_a_model(demo):
     settings, store, summary = demo
     pid = summary["project_id"]

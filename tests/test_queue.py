@@ -68,8 +68,28 @@ def reference_queue(store, round_id: int, flt: q.QueueFilter) -> list[int]:
             .join(Sample, Sample.id == Prediction.sample_id)
             .where(Prediction.model_version_id == mv, Sample.split == "pool")
         ).all()
-        decided = set(
-            s.scalars(select(PseudoLabel.sample_id).where(PseudoLabel.round_id == rnd.id))
+        n_heads = len(rnd.thresholds)
+        decided = set(  # a card leaves the queue once every head is decided
+            s.scalars(
+                select(PseudoLabel.sample_id)
+                .where(PseudoLabel.round_id == rnd.id, PseudoLabel.head != q.SKIP_HEAD)
+                .group_by(PseudoLabel.sample_id)
+                .having(func.count() >= n_heads)
+            )
+        )
+        skipped = list(  # skipped cards wait at the end, the earliest skip first
+            s.scalars(
+                select(PseudoLabel.sample_id)
+                .where(PseudoLabel.round_id == rnd.id, PseudoLabel.head == q.SKIP_HEAD)
+                .order_by(PseudoLabel.decision_id)
+            )
+        )
+        head_done = set(
+            s.execute(
+                select(PseudoLabel.sample_id, PseudoLabel.head).where(
+                    PseudoLabel.round_id == rnd.id
+                )
+            ).all()
         )
         thresholds = dict(rnd.thresholds)
         quotas = {h: dict(per) for h, per in rnd.quotas.items()}
@@ -87,6 +107,8 @@ def reference_queue(store, round_id: int, flt: q.QueueFilter) -> list[int]:
     ranked = {}
     for sid, preds in cards.items():
         if sid in decided or (flt.sample_ids is not None and sid not in flt.sample_ids):
+            continue
+        if flt.head and (sid, flt.head) in head_done:  # the filtered head is decided
             continue
         if flt.unseen_pairs is not None:
             pair = (preds["emotion"][0], preds["intent"][0])
@@ -106,7 +128,8 @@ def reference_queue(store, round_id: int, flt: q.QueueFilter) -> list[int]:
         ]
         if confs:
             ranked[sid] = max(confs)
-    return sorted(ranked, key=lambda i: (-ranked[i], i))
+    main = sorted((i for i in ranked if i not in skipped), key=lambda i: (-ranked[i], i))
+    return main + [i for i in skipped if i in ranked]
 
 
 def set_pool_pairs(store, fx) -> dict[int, tuple[str, str]]:
@@ -310,14 +333,14 @@ def test_bulk_accept_stops_at_every_quota(store, fx):
     items = [(sid, "emotion", "happy") for sid in fx.pool_ids[:10]]
     items += [(sid, "intent", "wishing") for sid in fx.pool_ids[5:15]]
     with store.write() as s:
-        n = q.bulk_accept(s, round_id=fx.round_id, items=items, user_id=fx.admin_id)
-    assert n == 6
+        res = q.bulk_accept(s, round_id=fx.round_id, items=items, user_id=fx.admin_id)
+    assert (res.accepted, res.full, res.leased) == (6, 14, [])
     assert accepted(store, "emotion", "happy") == 3 and accepted(store, "intent", "wishing") == 3
     with store.read() as s:
         firsts = set(s.scalars(select(PseudoLabel.sample_id).where(PseudoLabel.label == "happy")))
     assert firsts == set(fx.pool_ids[:3])  # taken in the order given
     with store.write() as s:  # every quota is full now: nothing more
-        assert q.bulk_accept(s, round_id=fx.round_id, items=items, user_id=None) == 0
+        assert q.bulk_accept(s, round_id=fx.round_id, items=items, user_id=None).accepted == 0
     with store.read() as s:
         assert s.scalar(select(func.count()).select_from(Decision)) == 6
 
@@ -343,7 +366,8 @@ def test_bulk_accept_skips_decided_cards_and_non_pool_samples(store, fx):
         (fx.pool_ids[2], "emotion", "sad"),  # a duplicate
     ]
     with store.write() as s:
-        assert q.bulk_accept(s, round_id=fx.round_id, items=items, user_id=fx.admin_id) == 2
+        res = q.bulk_accept(s, round_id=fx.round_id, items=items, user_id=fx.admin_id)
+    assert (res.accepted, res.decided) == (2, 2)
     with store.read() as s:
         rows = s.execute(
             select(PseudoLabel.sample_id, PseudoLabel.head, PseudoLabel.state).order_by(
@@ -407,7 +431,7 @@ def test_bulk_accept_never_passes_a_quota_racing_a_decide_in_another_process(sto
                 round_id=fx.round_id,
                 items=[(sid, "emotion", "anger") for sid in odd[start : start + 2]],
                 user_id=fx.admin_id,
-            )
+            ).accepted
         time.sleep(0.01)
     single = int(proc.communicate(timeout=120)[0].strip())
     assert bulk + single == 10
@@ -445,7 +469,7 @@ def test_bulk_preview_is_the_automatic_rule_on_the_filtered_queue(store, fx):
         )
     admin = {"id": fx.admin_id, "role": "admin"}
     n = pipeline.bulk_accept(store, round_id=fx.round_id, items=preview["items"], user=admin)
-    assert n == len(preview["items"])
+    assert n.accepted == len(preview["items"])
     with store.read() as s:
         status = q.quota_status(s, round_id=fx.round_id)["intent"]
     assert all(a <= quota for a, quota in status.values())

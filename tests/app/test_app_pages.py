@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from streamlit.testing.v1 import AppTest
 
 from db import Store
@@ -109,8 +109,47 @@ def test_a_missing_project_is_explained(fx, monkeypatch):
     store, ids = fx
     monkeypatch.setenv("MEIJU_PROJECT", "nope")
     at = signed_in(ids)
-    assert any("Project **nope** is not in the store" in e.value for e in at.error)
+    text = " ".join(e.value for e in at.error)
+    assert "Project **nope** does not exist yet" in text
+    assert "sqlite" not in text and "meiju.db" not in text  # no server paths
     assert at.sidebar.button(key="logout")
+
+
+PAGES = (
+    "pages/review.py",
+    "pages/transcripts.py",
+    "pages/training.py",
+    "pages/dashboard.py",
+    "pages/data.py",
+)
+
+
+def _all_text(at: AppTest) -> str:
+    parts = []
+    for kind in ("markdown", "caption", "error", "warning", "info", "success", "text", "title"):
+        parts += [str(getattr(e, "value", "")) for e in getattr(at, kind)]
+    parts += [h.proto.body for h in at.get("html")]
+    parts += [str(b.label) for b in at.button]
+    return "\n".join(parts)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_no_page_shows_server_paths_class_names_or_the_worker_command(fx, tmp_path, page):
+    """What users read (issue 9, item 8): no folder of the server, no exception class name, no
+    `meiju worker` (an empty queue, a missing clip and the job pages included)."""
+    store, ids = fx
+    with store.write() as s:  # a clip that is gone: the card says so without its path
+        s.execute(
+            update(Sample)
+            .where(Sample.split == "pool")
+            .values(video_path=str(tmp_path / "gone" / "clip.mp4"))
+        )
+    at = signed_in(ids, page=page)
+    text = _all_text(at)
+    assert str(tmp_path) not in text and "/tmp/" not in text
+    assert "meiju worker" not in text
+    for name in ("Error:", "Exception", "Traceback", "sqlite:///"):
+        assert name not in text, f"{page} shows {name!r}"
 
 
 # --------------------------------------------------------------------------- review
@@ -121,7 +160,7 @@ def test_review_shows_a_pool_card_with_predictions_and_quota(fx):
     at = signed_in(ids)
     sid = card_id(at)
     assert sid in ids.pool_ids  # only unlabelled samples are pseudo-label candidates
-    assert any("meiju-transcript" in m.value for m in at.markdown)
+    assert any("meiju-transcript" in h.proto.body for h in at.get("html"))
     bars = [p.proto.text for p in at.get("progress")]
     assert sum(t.startswith("quota ") for t in bars) == 2  # one meter per head
     assert len(bars) == 2 * 3 + 2  # top three classes of both heads + the meters
@@ -176,14 +215,76 @@ def test_accept_records_decisions_and_pseudo_labels_and_shows_another_card(fx):
     assert len(hist) == 1
 
 
-def test_accept_one_head_only(fx):
+def test_accept_one_head_keeps_the_card_for_the_other(fx):
+    """I accepts intent and the card stays for emotion (issue 9, item 3); the intent button is
+    then off, and A accepts the head left."""
     store, ids = fx
+    with store.write() as s:  # both heads above the threshold: no confirmation asked
+        s.execute(update(Prediction).values(confidence=0.95))
     at = signed_in(ids)
     first = card_id(at)
     at.button(key="rv_accept_intent").click().run()
     assert decisions(store, first) == [("intent", "accept")]
     assert pseudo(store, first) == {"intent": "accepted"}
+    assert card_id(at) == first
+    assert at.button(key="rv_accept_intent").disabled
+    assert at.button(key="rv_accept").label == "Accept the rest [A]"
+    assert any("accepted] (decided)" in m.value for m in at.markdown)
+    at.button(key="rv_accept").click().run()
+    assert decisions(store, first) == [("intent", "accept"), ("emotion", "accept")]
     assert card_id(at) != first
+
+
+def test_accept_below_the_threshold_asks_first(fx):
+    store, ids = fx
+    at = signed_in(ids)
+    first = card_id(at)
+    with store.write() as s:  # emotion under the round's threshold (0.3), intent above
+        s.execute(
+            update(Prediction)
+            .where(Prediction.sample_id == first, Prediction.head == "emotion")
+            .values(confidence=0.1)
+        )
+        s.execute(
+            update(Prediction)
+            .where(Prediction.sample_id == first, Prediction.head == "intent")
+            .values(confidence=0.9)
+        )
+    at.button(key="rv_accept").click().run()
+    assert decisions(store, first) == []  # never silently accepted
+    assert card_id(at) == first
+    warning = " ".join(w.value for w in at.warning)
+    assert "below the round's threshold 0.30" in warning and "again" in warning
+    at.button(key="rv_accept").click().run()  # the second press confirms
+    with store.read() as s:
+        marks = dict(
+            s.execute(
+                select(Decision.head, Decision.override).where(Decision.sample_id == first)
+            ).all()
+        )
+    assert marks == {"emotion": "below_threshold", "intent": None}
+    assert card_id(at) != first
+
+
+def test_a_card_decided_elsewhere_gives_way_to_the_next(fx):
+    store, ids = fx
+    at = signed_in(ids, role="annotator")
+    first = card_id(at)
+    with store.write() as s:  # meanwhile an admin rejects it (over the lease, as an override)
+        q.decide(
+            s,
+            round_id=ids.round_id,
+            sample_id=first,
+            action="reject",
+            user_id=ids.admin_id,
+            admin_override=True,
+        )
+    at.button(key="rv_reject").click().run()
+    assert not at.exception
+    warning = " ".join(w.value for w in at.warning)
+    assert "already rejected by admin" in warning and "next card" in warning
+    assert card_id(at) != first
+    assert [a for _, a in decisions(store, first)] == ["reject", "reject"]  # the admin's only
 
 
 def test_reject_and_skip(fx):
@@ -266,7 +367,9 @@ def test_empty_queue_says_so(fx):
     with store.write() as s:
         s.get(ReviewRound, ids.round_id).thresholds = {"emotion": 1.01, "intent": 1.01}
     at = signed_in(ids)
-    assert any("Nothing left to review" in x.value for x in at.success)
+    text = " ".join(x.value for x in at.warning)
+    assert "No card to review" in text
+    assert "threshold (emotion ≥ 1.01, intent ≥ 1.01)" in text and "lower threshold" in text
     assert "rv_card" not in at.session_state
     assert at.button(key="rv_accept").disabled
 
@@ -281,6 +384,10 @@ def test_admin_opens_a_round(fx):
     at.number_input(key=f"rv_new_th_{ids.model_version_id}_emotion").set_value(0.6)
     at.radio(key="rv_new_strategy").set_value("proportional")
     at.number_input(key="rv_new_budget").set_value(100)
+    plans = [d.value for d in at.dataframe if "queue" in getattr(d.value, "columns", ())]
+    assert len(plans) == 2  # one per head: the queue each class gets before the round opens
+    assert list(plans[0].columns) == ["gold", "candidates", "quota", "queue"]
+    assert (plans[0]["queue"] <= plans[0]["candidates"]).all()
     at.button(key="rv_open_round").click().run()
     assert not at.exception
     with store.read() as s:

@@ -9,6 +9,7 @@ browser (``tests/browser/test_pages_browser.py``); here the keyboard path to a c
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
 import streamlit as st
@@ -279,11 +280,25 @@ def test_flagged_transcripts_come_first(fx):
     with store.write() as s:  # one clean transcript
         clean = s.scalars(select(Transcript).where(Transcript.sample_id == ids.pool_ids[0])).one()
         clean.text = "好的。"
+    with store.write() as s:  # a question without ？ (may change the intent) and a line
+        # with only a missing final mark (nearly every CPED line): the question ranks first
+        q_tr = s.scalars(select(Transcript).where(Transcript.sample_id == ids.pool_ids[5])).one()
+        q_tr.text = "你吃饭了吗"
+        plain = s.scalars(select(Transcript).where(Transcript.sample_id == ids.pool_ids[1])).one()
+        plain.text = "我吃饭了"
     at = signed_in(ids, page="pages/transcripts.py")
     listed = at.dataframe[0].value
     flags = list(listed["flags"])
     assert flags[0] != ""
     assert flags == sorted(flags, key=lambda f: f == "")  # flagged first
+    assert "question without ？" in flags[0]
+    ranks = [
+        max((TR.FLAG_IMPACT[c] for c in TR.FLAG_IMPACT if TR.FLAG_LABELS[c] in f), default=-1)
+        for f in flags
+    ]
+    assert ranks == sorted(ranks, reverse=True)  # most likely to change a label first
+    shares = next(c.value for c in at.caption if c.value.startswith("Flagged per kind"))
+    assert "question without ？" in shares and "%" in shares
     at.toggle(key="ts_flagged").set_value(True).run()
     assert all(f for f in at.dataframe[0].value["flags"])
     at.selectbox(key="ts_code").set_value("space_as_punct").run()
@@ -304,6 +319,21 @@ def test_query_param_opens_that_transcript_and_links_back(fx):
     link = at.get("page_link")[0].proto
     assert link.label == "Back to Review"
     assert "samples" in link.query_string and str(sid) in link.query_string
+
+
+def test_back_to_review_returns_to_the_queue_it_came_from(fx):
+    """Opened from a filtered Review queue, the editor links back to that queue, not to a
+    one-card queue of the sample (issue 9, item 7)."""
+    store, ids = fx
+    sid = ids.pool_ids[3]
+    at = signed_in(ids, page="pages/transcripts.py")
+    at.query_params["sample"] = str(sid)
+    at.query_params["back"] = "head=intent&min=0.4"
+    at.run()
+    assert not at.exception
+    link = next(p.proto for p in at.get("page_link") if p.proto.label == "Back to Review")
+    assert parse_qs(link.query_string) == {"head": ["intent"], "min": ["0.4"]}
+    assert "back" not in at.query_params
 
 
 def test_apply_one_flag_with_its_button_then_accept_all_and_save(fx):
