@@ -164,11 +164,25 @@ def user_add(
 
 
 @app.command()
-def worker() -> None:
-    """Run the job worker (huey consumer) until Ctrl-C."""
-    from meiju_core.jobs import run_worker
+def worker(
+    lane: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Lane to run: train (training, one at a time) or io (imports, exports, "
+            "extraction, prediction); repeat for both (the default)."
+        ),
+    ] = None,
+) -> None:
+    """Run the job worker until Ctrl-C: one process per lane, so an export never waits behind a
+    retrain; jobs whose process died are re-queued (training resumes) or failed."""
+    from meiju_core.jobs import LANES, run_worker
 
-    run_worker(_settings())
+    lanes = tuple(lane or LANES)
+    bad = [x for x in lanes if x not in LANES]
+    if bad:
+        typer.secho(f"error: --lane {bad[0]!r}: lanes are {', '.join(LANES)}", fg="red", err=True)
+        raise typer.Exit(2)
+    run_worker(_settings(), lanes=lanes)
 
 
 @app.command()

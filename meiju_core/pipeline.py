@@ -181,8 +181,13 @@ def load_split(
     schema: LabelSchema,
     round_id: int | None = None,
     with_gold: bool = True,
+    progress: Progress | None = None,
+    span: tuple[float, float] = (0.0, 1.0),
 ) -> SplitData:
     """Features and labels of one or more splits.
+
+    ``progress`` (optional) hears ``{"progress", "message"}`` while the feature files load, the
+    fraction mapped into ``span``.
 
     Gold labels come from ``gold_label``; with ``round_id``, accepted pseudo-labels of that round
     are added per head (a label accepted for one head trains only that head). Pool samples with
@@ -224,7 +229,17 @@ def load_split(
         samples = [r for r in samples if r.id in labelled]
     ids = [r.id for r in samples]
     feats: dict[str, list[np.ndarray | None]] = {m: [] for m in MODALITIES if m in dims}
-    for sid in ids:
+    last = time.monotonic()
+    for k, sid in enumerate(ids):
+        if progress is not None and time.monotonic() - last >= 1.0:
+            last = time.monotonic()
+            lo, hi = span
+            progress(
+                {
+                    "progress": lo + (hi - lo) * k / len(ids),
+                    "message": f"loading {'+'.join(splits)} features: {k} of {len(ids)}",
+                }
+            )
         for m in feats:
             path = files.get((sid, m))
             feats[m].append(np.load(path) if path else None)
@@ -256,13 +271,19 @@ def train(
     job_id: int | None = None,
     epochs: int | None = None,
     progress: Progress = _noop,
+    resume: bool = False,
+    threads: int | None = None,
 ) -> int:
     """Train stage 1 (gold) or stage 2 (gold + accepted pseudo-labels of ``round_id``), register a
     model version with its metrics on valid and test, and predict every sample.
 
     Stage 2 starts from the encoders and fusion layers of the round's model (or the promoted one).
-    Returns the new model version id. Raises JobError when cancelled, InputError when the project
-    has no features or no labels.
+    A job's checkpoints go to a folder named after the job (``stage2-paper-job17``), so with
+    ``resume`` a re-queued job continues from its last finished epoch (``meiju_core.resume``).
+    ``threads`` caps torch's CPU threads (the worker passes its ``job_threads`` setting so a
+    retrain does not starve the app). Returns the new model version id. Raises JobError when
+    cancelled, InputError when the project has no features or no labels, ValueError when the
+    resume file belongs to another schedule.
     """
     from meiju_core import train as tr
 
@@ -275,8 +296,15 @@ def train(
         with store.read() as s:
             rnd = q.active_round(s, project_id=project_id)
             round_id = rnd.id if rnd else None
+    progress({"progress": 0.0, "message": "loading features"})
     train_split = load_split(
-        store, project_id=project_id, split="train", feature_set_id=fs_id, schema=schema
+        store,
+        project_id=project_id,
+        split="train",
+        feature_set_id=fs_id,
+        schema=schema,
+        progress=progress,
+        span=(0.0, 0.03),
     )
     if stage == 2 and round_id is not None:
         pseudo = load_split(
@@ -287,10 +315,18 @@ def train(
             schema=schema,
             round_id=round_id,
             with_gold=False,
+            progress=progress,
+            span=(0.03, 0.04),
         )
         train_split = _concat(train_split, pseudo)
     valid = load_split(
-        store, project_id=project_id, split="valid", feature_set_id=fs_id, schema=schema
+        store,
+        project_id=project_id,
+        split="valid",
+        feature_set_id=fs_id,
+        schema=schema,
+        progress=progress,
+        span=(0.04, 0.05),
     )
     if not train_split.sample_ids or not valid.sample_ids:
         raise InputError("the project needs labelled train and valid samples to train")
@@ -306,8 +342,11 @@ def train(
         seed=settings.seed,
         device=settings.device,
         epochs=epochs,
+        threads=threads,
     )
-    name = f"stage{stage}-{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = f"stage{stage}-{preset}-" + (
+        f"job{job_id}" if job_id is not None else time.strftime("%Y%m%d-%H%M%S")
+    )
     out_dir = settings.checkpoint_dir / f"project{project_id}" / name
 
     def on_epoch(event: dict[str, Any]) -> Any:
@@ -332,10 +371,14 @@ def train(
         init_from=init_from,
         callback=on_epoch,
         schema=schema,
+        resume=resume,
     )
     seconds = time.perf_counter() - t0
     if getattr(result, "cancelled", False):
         raise JobError("training was cancelled")
+    from meiju_core import resume as resume_state
+
+    resume_state.discard(out_dir)
     snapshot = _snapshot(train_split.data, schema, round_id)
     with store.write() as s:
         mv = ModelVersion(
@@ -381,17 +424,20 @@ def presets(
     seed: int = 336,
     device: str = "auto",
     epochs: int | None = None,
+    threads: int | None = None,
 ):
     """Model and training configs of a preset: ``paper`` (the Track I winner's model and
     recipe), ``baseline`` (the official MEIJU baseline exactly) or ``fast`` (the paper model on a
     short schedule, for CPU demos). ``epochs`` shortens any schedule (a third flat, the rest
-    decaying). Raises InputError for an unknown preset."""
+    decaying); ``threads`` caps torch's CPU threads. Raises InputError for an unknown preset."""
     from meiju_core.model import ModelConfig
     from meiju_core.train import TrainConfig
 
     if preset not in PRESETS:
         raise InputError(f"unknown preset {preset!r}; presets are {list(PRESETS)}", field="preset")
     overrides: dict[str, Any] = {"seed": seed, "device": device}
+    if threads:
+        overrides["threads"] = int(threads)
     if epochs is not None:
         overrides |= {"epochs_flat": epochs // 3, "epochs_decay": epochs - epochs // 3}
     model_cls = ModelConfig.baseline if preset == "baseline" else ModelConfig.paper

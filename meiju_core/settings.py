@@ -44,6 +44,12 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
         "may use, 1 runs it serially.",
     ),
     ("lease_seconds", 120, "How long a review card stays reserved for one annotator."),
+    (
+        "job_threads",
+        1,
+        "CPU threads torch may use for training inside the worker, so a retrain does not starve "
+        "the app and the other lane's jobs; 0 means one per core.",
+    ),
     ("project", "demo", "Name of the active project."),
 )
 
@@ -76,6 +82,7 @@ class Settings:
     seed: int
     extract_workers: int
     lease_seconds: int
+    job_threads: int
     project: str
 
     @classmethod
