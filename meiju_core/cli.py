@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from meiju_core.errors import MeijuError
+from meiju_core.errors import InputError, MeijuError
 from meiju_core.settings import SETTINGS, Settings
 
 app = typer.Typer(
@@ -28,8 +28,12 @@ app = typer.Typer(
 )
 user_app = typer.Typer(help="Manage users.", no_args_is_help=True)
 export_app = typer.Typer(help="Export labels and predictions.", no_args_is_help=True)
+import_app = typer.Typer(
+    help="Import utterances, label lists, a MEIJU release or feature files.", no_args_is_help=True
+)
 app.add_typer(user_app, name="user")
 app.add_typer(export_app, name="export")
+app.add_typer(import_app, name="import")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _state: dict[str, Any] = {}
@@ -391,6 +395,178 @@ def export_submission(
     with _friendly():
         n = pipeline.export_submission(store, project_id=info["id"], path=path, split=split)
     typer.echo(f"{n} rows written to {path}")
+
+
+@export_app.command("labels")
+def export_labels_cmd(
+    path: Annotated[Path, typer.Argument(help="Output CSV.")] = Path("labels.csv"),
+    round_id: Annotated[int | None, typer.Option("--round", help="Only this round's.")] = None,
+) -> None:
+    """Gold labels and accepted pseudo-labels with provenance (source, model, reviewer)."""
+    from meiju_core.io.export import export_labels
+
+    settings, store, info = _store_and_project()
+    with _friendly():
+        n = export_labels(store, settings, project_id=info["id"], path=path, round_id=round_id)
+    typer.echo(f"{n} rows written to {path}")
+
+
+@export_app.command("decisions")
+def export_decisions_cmd(
+    path: Annotated[Path, typer.Argument(help="Output CSV.")] = Path("decisions.csv"),
+    round_id: Annotated[int | None, typer.Option("--round", help="Only this round's.")] = None,
+) -> None:
+    """The review decision log (who decided what, when, with undo links)."""
+    from meiju_core.io.export import export_decisions
+
+    settings, store, info = _store_and_project()
+    with _friendly():
+        n = export_decisions(store, settings, project_id=info["id"], path=path, round_id=round_id)
+    typer.echo(f"{n} rows written to {path}")
+
+
+@export_app.command("edits")
+def export_edits_cmd(
+    path: Annotated[Path, typer.Argument(help="Output CSV.")] = Path("transcript_edits.csv"),
+) -> None:
+    """Every transcript edit (before, after, editor, time)."""
+    from meiju_core.io.export import export_transcript_edits
+
+    settings, store, info = _store_and_project()
+    with _friendly():
+        n = export_transcript_edits(store, settings, project_id=info["id"], path=path)
+    typer.echo(f"{n} rows written to {path}")
+
+
+@export_app.command("baseline")
+def export_baseline_cmd(
+    out_dir: Annotated[Path, typer.Argument(help="Output folder.")] = Path("baseline"),
+    set_name: Annotated[str, typer.Option("--set", help="Feature set name.")] = "builtin",
+    fill_missing: Annotated[
+        bool, typer.Option(help="Zeros for a missing modality instead of skipping.")
+    ] = False,
+) -> None:
+    """A feature set in the official MEIJU baseline's layout (features, lists, config)."""
+    from sqlalchemy import select
+
+    from db.models import FeatureSet
+    from meiju_core.io.meiju import export_baseline_layout
+
+    _s, store, info = _store_and_project()
+    with _friendly():
+        with store.read() as s:
+            fs = s.scalar(
+                select(FeatureSet.id).where(
+                    FeatureSet.project_id == info["id"], FeatureSet.name == set_name
+                )
+            )
+        if fs is None:
+            raise InputError(f"no feature set {set_name!r} in the project", field="--set")
+        out = export_baseline_layout(store, info["id"], fs, out_dir, fill_missing=fill_missing)
+    typer.echo(f"written {out.written} to {out.target_root}; config {out.config_path}")
+    typer.echo(f"baseline flags: {out.flags}")
+
+
+def _import(params: dict[str, Any], *, project: bool = True, prepare: bool = True) -> None:
+    """Run one import (``meiju_core.io.imports``), then extract and predict the new utterances
+    with the current model unless ``prepare`` is off; print the summary and the new cards."""
+    from meiju_core import pipeline
+    from meiju_core.io.imports import run_import
+
+    if project:
+        settings, store, info = _store_and_project()
+        project_id = info["id"]
+    else:
+        settings, project_id = _settings(), None
+        store = pipeline.open_store(settings)
+    with _friendly():
+        before = None if project_id is None else pipeline.open_cards(store, project_id=project_id)
+        summary = run_import(store, project_id=project_id, params=params)
+        shown = {k: v for k, v in summary.items() if k in ("samples", "splits", "transcripts")}
+        typer.echo(f"imported {params['path']}: {shown or summary}")
+        if project_id is not None and prepare:
+            with _bar("extracting and predicting") as update:
+                out = pipeline.prepare_new_samples(
+                    store, settings, project_id=project_id, progress=update, cards_before=before
+                )
+            if out.get("new_cards") is not None:
+                typer.echo(f"{out['new_cards']} new cards in the Review queue")
+            if out.get("note"):
+                typer.echo(out["note"])
+
+
+_PREPARE = typer.Option(
+    help="Extract features and predict the new utterances with the current model afterwards."
+)
+
+
+@import_app.command("csv")
+def import_csv_cmd(
+    path: Annotated[Path, typer.Argument(help="CSV of utterances (UTF-8).")],
+    default_split: Annotated[
+        str | None, typer.Option(help="Split of rows without one (train/valid/test/pool).")
+    ] = None,
+    prepare: Annotated[bool, _PREPARE] = True,
+) -> None:
+    """Utterances (id, text, split, labels per head) into the project: all rows or none."""
+    params = {"source": "csv", "path": str(path)}
+    if default_split is not None:
+        params["default_split"] = default_split
+    _import(params, prepare=prepare)
+
+
+@import_app.command("labels")
+def import_labels_cmd(
+    path: Annotated[Path, typer.Argument(help="MEIJU label list (<utt_id> <emotion> <intent>).")],
+    split: Annotated[str, typer.Option(help="Split of the listed utterances.")] = "train",
+    prepare: Annotated[bool, _PREPARE] = True,
+) -> None:
+    """A MEIJU label list into the project: all lines or none."""
+    _import({"source": "labels", "path": str(path), "split": split}, prepare=prepare)
+
+
+@import_app.command("release")
+def import_release_cmd(
+    path: Annotated[Path, typer.Argument(help="Folder holding Track1/<Lang> (or that folder).")],
+    project_name: Annotated[str, typer.Option("--name", help="New project's name.")],
+    lang: Annotated[str, typer.Option(help="Mandarin or English.")] = "Mandarin",
+    probe_media: Annotated[bool, typer.Option(help="Read each media file's duration.")] = True,
+) -> None:
+    """A MEIJU 2025 Track I release folder into a new project."""
+    params = {
+        "source": "release",
+        "path": str(path),
+        "project_name": project_name,
+        "lang": lang,
+        "probe_media": probe_media,
+    }
+    _import(params, project=False)
+
+
+@import_app.command("npy")
+def import_npy_cmd(
+    path: Annotated[Path, typer.Argument(help="Folder of <modality dir>/<utt_id>.npy files.")],
+    set_name: Annotated[str, typer.Option("--set", help="Feature set name.")] = "meiju-npy",
+    replace: Annotated[bool, typer.Option(help="Replace a feature set of that name.")] = False,
+) -> None:
+    """Per-utterance feature files (the baseline's FRAME features) as a feature set."""
+    params = {"source": "npy", "path": str(path), "set_name": set_name, "replace": replace}
+    _import(params, prepare=False)
+
+
+@app.command()
+def transcribe(
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many samples.")] = None,
+) -> None:
+    """ASR (Whisper) transcripts for the pool samples that have none; re-runs continue."""
+    from meiju_core.io.meiju import transcribe_pool
+
+    _s, store, info = _store_and_project()
+    with _friendly(), _bar("transcribing the pool") as update:
+        out = transcribe_pool(store, info["id"], limit=limit, progress=update)
+    typer.echo(f"{out.done} transcripts stored in {out.seconds:.1f} s")
+    for utt, why in out.failed.items():
+        typer.echo(f"  {utt}: {why}")
 
 
 @app.command()

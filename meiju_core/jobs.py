@@ -561,35 +561,31 @@ def _run_demo(store, settings, project_id, params, user, reporter) -> dict[str, 
 
 
 def _run_import(store, settings, project_id, params, user, reporter) -> dict[str, Any]:
-    """``params``: ``{"source": "csv", "path", "default_split"?}`` into the job's project, or
+    """``params``: ``{"source": "csv", "path", "default_split"?}`` or ``{"source": "labels",
+    "path", "split"}`` into the job's project, then (unless ``"prepare": False``) feature
+    extraction and prediction with the current model, so the new utterances reach Review; or
     ``{"source": "release", "path", "project_name", "lang"?, "probe_media"?}`` (a new project).
-    Admins only, checked again here. All or nothing, as the import functions are."""
-    import dataclasses
-    import json
-
+    Admins only, checked again here. The import is all or nothing, as the import functions are.
+    Returns the import summary plus ``{"prepared": {...}}`` (see
+    :func:`meiju_core.pipeline.prepare_new_samples`: ``new_cards`` in the Review queue)."""
     from meiju_core import pipeline
+    from meiju_core.io import imports
 
     pipeline.require_admin(user, "import data")
-    path = params["path"]
-    reporter({"progress": 0.05, "message": f"importing {path}"})
-    if params.get("source") == "release":
-        from meiju_core.io.meiju import import_release
-
-        summary = import_release(
-            store,
-            path,
-            project_name=params["project_name"],
-            lang=params.get("lang", "Mandarin"),
-            probe_media=bool(params.get("probe_media", True)),
+    source = params.get("source", "csv")
+    reporter({"progress": 0.02, "message": f"importing {Path(params['path']).name}"})
+    before = None if project_id is None else pipeline.open_cards(store, project_id=project_id)
+    summary = imports.run_import(store, project_id=project_id, params=params)
+    reporter({"progress": 0.2, "message": f"imported {summary.get('samples', 0)} utterances"})
+    if source != "release" and params.get("prepare", True):
+        summary["prepared"] = pipeline.prepare_new_samples(
+            store, settings, project_id=project_id, progress=reporter, cards_before=before
         )
-    else:
-        from meiju_core.io.tables import import_csv
-
-        summary = import_csv(
-            store, path, project_id=project_id, default_split=params.get("default_split")
-        )
-    reporter({"progress": 1.0, "message": f"imported {path}"})
-    return json.loads(json.dumps(dataclasses.asdict(summary), default=str))
+        new = summary["prepared"].get("new_cards")
+        if new is not None:
+            reporter({"message": f"{new} new cards in the Review queue"})
+    reporter({"progress": 1.0, "message": "import finished"})
+    return summary
 
 
 def _run_export(store, settings, project_id, params, user, reporter) -> dict[str, Any]:

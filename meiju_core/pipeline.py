@@ -161,6 +161,76 @@ def extract_features(
     )
 
 
+def _scaled(progress: Progress, lo: float, hi: float, label: str) -> Progress:
+    """``progress`` with a sub-step's 0..1 mapped into ``lo..hi`` and its message prefixed."""
+
+    def report(event: dict[str, Any]) -> Any:
+        out = dict(event)
+        if "progress" in out:
+            out["progress"] = lo + (hi - lo) * float(out["progress"])
+        if out.get("message"):
+            out["message"] = f"{label}: {out['message']}"
+        return progress(out)
+
+    return report
+
+
+def open_cards(store: Store, *, project_id: int) -> int | None:
+    """Open cards in the Review queue of the project's open round (None when no round is open)."""
+    with store.read() as s:
+        rnd = q.active_round(s, project_id=project_id)
+        return None if rnd is None else q.queue_size(s, round_id=rnd.id)
+
+
+def prepare_new_samples(
+    store: Store,
+    settings: Settings,
+    *,
+    project_id: int,
+    progress: Progress = _noop,
+    cards_before: int | None = None,
+) -> dict[str, Any]:
+    """After an import: extract the features the new samples lack (the project's feature set, by
+    default builtin) and predict them with the project's current model, so they reach Review.
+
+    Returns ``{"feature_set_id", "predictions", "model_version_id", "queue_cards",
+    "new_cards", "note"}``; ``new_cards`` is the growth of the open round's queue since
+    ``cards_before``. Without a model version nothing is predicted and ``note`` says so. Raises
+    JobError when cancelled, MediaError / InputError as extraction and prediction do.
+    """
+    set_name = settings.feature_set if settings.feature_set in ("builtin", "pretrained") else None
+    out: dict[str, Any] = {"predictions": 0, "model_version_id": None, "note": None}
+    with store.read() as s:
+        mv = q.current_model(s, project_id=project_id)
+        if mv is not None:
+            fs = s.get(FeatureSet, mv.config.get("feature_set_id"))
+            set_name = fs.name if fs is not None else set_name
+        mv_id = mv.id if mv is not None else None
+    if set_name in ("builtin", "pretrained"):
+        out["feature_set_id"] = extract_features(
+            store,
+            settings,
+            project_id=project_id,
+            set_name=set_name,
+            progress=_scaled(progress, 0.2, 0.8, "extracting features"),
+        )
+    if mv_id is None:
+        out["note"] = "the project has no model yet: train one to predict the new utterances"
+    else:
+        progress({"progress": 0.85, "message": f"predicting with model version {mv_id}"})
+        out["predictions"] = predict(store, settings, model_version_id=mv_id, missing_only=True)
+        evaluate(store, model_version_id=mv_id)  # labelled imports change the scores
+        out["model_version_id"] = mv_id
+    after = open_cards(store, project_id=project_id)
+    out["queue_cards"] = after
+    out["new_cards"] = (
+        None if after is None or cards_before is None else max(0, after - cards_before)
+    )
+    if after is None and out["note"] is None:
+        out["note"] = "no review round is open: open one to review the new utterances"
+    return out
+
+
 # --------------------------------------------------------------------------- training data
 
 
@@ -183,8 +253,9 @@ def load_split(
     with_gold: bool = True,
     progress: Progress | None = None,
     span: tuple[float, float] = (0.0, 1.0),
+    only: set[int] | None = None,
 ) -> SplitData:
-    """Features and labels of one or more splits.
+    """Features and labels of one or more splits (of the samples in ``only`` when given).
 
     ``progress`` (optional) hears ``{"progress", "message"}`` while the feature files load, the
     fraction mapped into ``span``.
@@ -227,6 +298,8 @@ def load_split(
     if round_id is not None:
         labelled = {sid for sid, _ in labels}
         samples = [r for r in samples if r.id in labelled]
+    if only is not None:
+        samples = [r for r in samples if r.id in only]
     ids = [r.id for r in samples]
     feats: dict[str, list[np.ndarray | None]] = {m: [] for m in MODALITIES if m in dims}
     last = time.monotonic()
@@ -514,6 +587,7 @@ def predict(
     model_version_id: int,
     result: Any = None,
     splits: tuple[str, ...] = ("train", "valid", "test", "pool"),
+    missing_only: bool = False,
 ) -> int:
     """Write every sample's per-head probabilities, argmax label and confidence for one model
     version (replacing any it had), and for a head with several interaction paths (the intent
@@ -524,13 +598,33 @@ def predict(
     first: one temperature per head fitted on the valid split's gold labels
     (``meiju_core.pseudo.temperature_scale``; Guo et al. 2017), recorded in the model version's
     ``config["temperature"]``. Argmax labels, and so every F1, are unchanged; confidences become
-    calibrated, so that a pseudo-label threshold of 0.9 keeps labels about 90 % right."""
+    calibrated, so that a pseudo-label threshold of 0.9 keeps labels about 90 % right.
+
+    With ``missing_only`` (after an import), only samples without a prediction of this model
+    version are predicted, with the temperatures already stored; the other rows stay."""
     from meiju_core import train as tr
 
+    only = None
     with store.read() as s:
         mv = s.get(ModelVersion, model_version_id)
         project_id, fs_id = mv.project_id, mv.config["feature_set_id"]
         checkpoint = mv.config.get("checkpoints") or mv.checkpoint_path
+        stored_temperatures = mv.config.get("temperature") or {}
+        if missing_only:
+            have = select(Prediction.sample_id).where(
+                Prediction.model_version_id == model_version_id
+            )
+            only = set(
+                s.scalars(
+                    select(Sample.id).where(
+                        Sample.project_id == project_id,
+                        Sample.split.in_(splits),
+                        Sample.id.not_in(have),
+                    )
+                )
+            )
+    if only is not None and not only:
+        return 0
     schema = schema_of(store, project_id)
     split = load_split(
         store,
@@ -539,6 +633,7 @@ def predict(
         feature_set_id=fs_id,
         schema=schema,
         with_gold=False,
+        only=only,
     )
     probs, path_probs = tr.predict(
         result if result is not None else checkpoint,
@@ -546,11 +641,14 @@ def predict(
         device=settings.device,
         return_paths=True,
     )
-    temperatures = (
-        _fit_temperatures(store, project_id, schema, split.sample_ids, probs)
-        if settings.calibrate
-        else {}
-    )
+    if only is not None:
+        temperatures = dict(stored_temperatures)
+    else:
+        temperatures = (
+            _fit_temperatures(store, project_id, schema, split.sample_ids, probs)
+            if settings.calibrate
+            else {}
+        )
     rows = []
     for head in schema.head_names:
         p = np.asarray(probs[head], dtype=np.float64)
@@ -577,11 +675,13 @@ def predict(
                 }
             )
     with store.write() as s:
-        s.execute(delete(Prediction).where(Prediction.model_version_id == model_version_id))
+        if only is None:
+            s.execute(delete(Prediction).where(Prediction.model_version_id == model_version_id))
         for start in range(0, len(rows), 5000):
             s.execute(insert(Prediction), rows[start : start + 5000])
-        mv = s.get(ModelVersion, model_version_id)
-        mv.config = {**mv.config, "temperature": temperatures or None}
+        if only is None:
+            mv = s.get(ModelVersion, model_version_id)
+            mv.config = {**mv.config, "temperature": temperatures or None}
     return len(rows)
 
 
