@@ -25,6 +25,7 @@ app = typer.Typer(
     help="MEIJU Review: pseudo-label review and retraining for joint emotion + intent models.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
 user_app = typer.Typer(help="Manage users.", no_args_is_help=True)
 export_app = typer.Typer(help="Export labels and predictions.", no_args_is_help=True)
@@ -46,9 +47,10 @@ def _global(
     project: Annotated[str | None, typer.Option(help="Project name.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
 ) -> None:
-    _state["settings"] = Settings.load(
-        data_dir=data_dir, database_url=database_url, project=project, device=device
-    )
+    with _friendly():
+        _state["settings"] = Settings.load(
+            data_dir=data_dir, database_url=database_url, project=project, device=device
+        )
 
 
 def _settings() -> Settings:
@@ -91,7 +93,8 @@ def _store_and_project():
     from meiju_core import pipeline
 
     settings = _settings()
-    store = pipeline.open_store(settings)
+    with _friendly():
+        store = pipeline.open_store(settings)
     info = pipeline.project_info(store, name=settings.project)
     if info is None:
         typer.secho(
@@ -578,7 +581,22 @@ def settings() -> None:
 
 
 def main() -> None:
-    app()
+    """The ``meiju`` entry point: any error a person can fix is one line on stderr, exit 1."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        app()
+    except MeijuError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise SystemExit(1) from None
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        typer.secho(f"error: {where}{e.strerror or e}", fg="red", err=True)
+        raise SystemExit(1) from None
+    except SQLAlchemyError as e:
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        typer.secho(f"error: database: {reason}", fg="red", err=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ returning the string ``"cancel"`` asks a long step to stop.
 from __future__ import annotations
 
 import csv
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,10 +61,30 @@ def _noop(_event: dict[str, Any]) -> None:
 
 
 def open_store(settings: Settings, *, upgrade: bool = True) -> Store:
-    """The project's store at ``settings.database_url``, migrated to the newest schema."""
-    store = Store(settings.database_url)
-    if upgrade:
-        store.upgrade()
+    """The project's store at ``settings.database_url``, migrated to the newest schema.
+
+    Raises InputError when the data folder cannot be created or written (``MEIJU_DATA_DIR``)
+    and StoreError when the database cannot be reached (the URL's host, not a traceback)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        probe = settings.data_dir / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise InputError(
+            f"the data folder {settings.data_dir} is not writable ({e.strerror or e}); set "
+            "MEIJU_DATA_DIR or --data-dir to a folder you can write",
+            field="data_dir",
+        ) from None
+    try:
+        store = Store(settings.database_url)
+        if upgrade:
+            store.upgrade()
+    except SQLAlchemyError as e:
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise StoreError(f"cannot open the database: {reason}") from None
     return store
 
 
@@ -88,9 +109,17 @@ def verify_password(password_hash: str | None, password: str) -> bool:
 def add_user(
     store: Store, *, name: str, role: str = "annotator", password: str | None = None
 ) -> int:
-    """Create or update a user; returns its id. Raises InputError for an unknown role."""
+    """Create or update a user; returns its id. Raises InputError for an unknown role, a name
+    that is empty or has control characters, or an empty (or all-space) password."""
+    from meiju_core.validate import id_problem
+
     if role not in ("annotator", "admin"):
         raise InputError(f"unknown role {role!r}; roles are annotator and admin", field="role")
+    problem = id_problem(name.strip()) if name is not None else "empty name"
+    if problem:
+        raise InputError(problem.replace("id", "name", 1), field="name")
+    if password is not None and not password.strip():
+        raise InputError("the password is empty", field="password")
     with store.write() as s:
         user = q.get_user(s, name=name)
         if user is None:
@@ -202,8 +231,10 @@ def prepare_new_samples(
     out: dict[str, Any] = {"predictions": 0, "model_version_id": None, "note": None}
     with store.read() as s:
         mv = q.current_model(s, project_id=project_id)
+        if mv is not None and (mv.config or {}).get("feature_set_id") is None:
+            mv = None  # a model version without features (imported predictions) cannot predict
         if mv is not None:
-            fs = s.get(FeatureSet, mv.config.get("feature_set_id"))
+            fs = s.get(FeatureSet, mv.config["feature_set_id"])
             set_name = fs.name if fs is not None else set_name
         mv_id = mv.id if mv is not None else None
     if set_name in ("builtin", "pretrained"):
@@ -215,7 +246,10 @@ def prepare_new_samples(
             progress=_scaled(progress, 0.2, 0.8, "extracting features"),
         )
     if mv_id is None:
-        out["note"] = "the project has no model yet: train one to predict the new utterances"
+        out["note"] = (
+            "the project has no model that can predict yet: train one to predict the new "
+            "utterances"
+        )
     else:
         progress({"progress": 0.85, "message": f"predicting with model version {mv_id}"})
         out["predictions"] = predict(store, settings, model_version_id=mv_id, missing_only=True)
@@ -784,14 +818,27 @@ def open_round(
     user: dict[str, Any] | None = None,
 ) -> int:
     """Open a review round with per-head thresholds and per-class quotas computed from the gold
-    train distribution (``meiju_core.pseudo.compute_quotas``). Returns the round id."""
+    train distribution (``meiju_core.pseudo.compute_quotas``). Returns the round id.
+
+    Everything is checked before the open round is closed: raises InputError for a threshold
+    outside [0, 1] or NaN, an unknown head, or a budget below 1; the open round stays open."""
     from meiju_core.pseudo import compute_quotas
+    from meiju_core.validate import unit_interval_problem
 
     schema = schema_of(store, project_id)
     t = settings.threshold if thresholds is None else thresholds
-    th = {h: float(t) for h in schema.head_names} if isinstance(t, (int, float)) else dict(t)
+    th = {h: t for h in schema.head_names} if not isinstance(t, dict) else dict(t)
+    for head, value in th.items():
+        if head not in schema.head_names:
+            raise InputError(f"unknown head {head!r}; heads are {schema.head_names}", field=head)
+        problem = unit_interval_problem(value)
+        if problem:
+            raise InputError(f"threshold {problem}", field=f"threshold {head}")
+        th[head] = float(value)
     strategy = strategy or settings.quota_strategy
     budget = settings.quota_budget if budget is None else budget
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise InputError(f"budget {budget!r} must be a whole number >= 1", field="budget")
     with store.read() as s:
         gold = q.gold_counts(s, project_id=project_id)
     quotas = {}
@@ -999,11 +1046,15 @@ def save_transcript(
 ) -> int:
     """Save a transcript edit if nobody saved since ``expected_version``; records the edit with
     its kind (punctuation-only or lexical), editor and time. Returns the new version.
-    Raises StaleEdit when the stored version moved on, InputError on HTML."""
+    Raises StaleEdit when the stored version moved on, InputError on HTML or a control or
+    invisible character (NUL, a line break, U+202E)."""
     from meiju_core.text import has_html, is_punctuation_only_change
+    from meiju_core.validate import text_problem
 
     if has_html(text):
         raise InputError("transcripts are plain text; remove the HTML markup", field="text")
+    if text_problem(text):
+        raise InputError(text_problem(text), field="text")
     with store.write() as s:
         tr = s.scalars(select(Transcript).where(Transcript.sample_id == sample_id)).one()
         if tr.version != expected_version:
@@ -1068,6 +1119,9 @@ def export_submission(
     by_utt: dict[str, dict[str, str]] = {}
     for utt, head, label in rows:
         by_utt.setdefault(utt, {})[head] = label
+    from meiju_core.io.export import check_target
+
+    check_target(Path(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)

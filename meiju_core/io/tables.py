@@ -51,7 +51,7 @@ from db import Store
 from db.models import SPLITS, TRANSCRIPT_SOURCES, GoldLabel, Project, Sample, Transcript
 from meiju_core.errors import ImportDataError, InputError, LabelError
 from meiju_core.schema import LabelSchema
-from meiju_core.text import has_html
+from meiju_core.validate import id_problem, text_problem
 
 ID_HEADERS = ("utt_id", "filename", "name", "id", "utterance_id", "file")
 TEXT_HEADERS = ("text", "subtitle", "sentence", "transcript", "transcription", "utterance")
@@ -147,6 +147,18 @@ def read_utf8(path: Path) -> str:
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise ImportDataError(
             "the file is UTF-16, not UTF-8; re-save it as UTF-8 and import it again", path=str(path)
+        )
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        line = data[:nul].count(b"\n") + 1
+        sixteen = data[:4096].count(b"\x00") * 3 > min(len(data), 4096)
+        raise ImportDataError(
+            "the file looks like UTF-16 without a byte-order mark (every other byte is NUL); "
+            "re-save it as UTF-8 and import it again"
+            if sixteen
+            else f"the file contains a NUL byte on line {line}; it is not a text file",
+            path=str(path),
+            row=line,
         )
     try:
         return data.decode("utf-8-sig")
@@ -288,8 +300,9 @@ def _csv_row(
         return None
     n_before = len(problems.items)
     utt_id = strip_extension(record[cols.id])
-    if not utt_id:
-        problems.add("empty id", row=row, field=header[cols.id])
+    bad_id = id_problem(utt_id)
+    if bad_id:
+        problems.add(bad_id, row=row, field=header[cols.id])
     split = default_split
     if cols.split is not None and record[cols.split].strip():
         split = _split_value(record[cols.split])
@@ -302,12 +315,9 @@ def _csv_row(
     elif split is None:
         problems.add("empty split and no default split given", row=row, field=header[cols.split])
     text = record[cols.text].strip() if cols.text is not None else ""
-    if has_html(text):
-        problems.add(
-            "the transcript contains HTML (a tag or an entity); remove it before importing",
-            row=row,
-            field=header[cols.text],
-        )
+    bad_text = text_problem(text) if text else None
+    if bad_text:
+        problems.add(bad_text, row=row, field=header[cols.text])
     labels: dict[str, str] = {}
     for head, col in cols.labels.items():
         try:
@@ -484,6 +494,10 @@ def import_label_list(
                 labels[head] = label
         if labels and split == "pool":
             problems.add("a pool sample cannot carry gold labels", row=line_no)
+        bad_id = id_problem(strip_extension(fields[0]))
+        if bad_id:
+            problems.add(bad_id, row=line_no, field="utt_id")
+            continue
         rows.append(
             (
                 line_no,
