@@ -18,6 +18,7 @@ MAX_DB_INT = 2**63 - 1
 # U+2066-2069), marks, zero-width characters and the BOM.
 _HIDDEN = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F)}
 _HIDDEN |= {"\u200b", "\u200c", "\u200d", "\u2060", "\ufeff"}
+_CONTROL_NAMES = {"\x00": "NUL", "\n": "a line break", "\r": "a carriage return", "\t": "a tab"}
 
 
 def _bad_char(value: str, *, allow_tab: bool = False) -> str | None:
@@ -25,8 +26,8 @@ def _bad_char(value: str, *, allow_tab: bool = False) -> str | None:
         if ch == "\t" and allow_tab:
             continue
         if unicodedata.category(ch) == "Cc" or ch in _HIDDEN or ch in "\u2028\u2029":
-            name = unicodedata.name(ch, "")
-            return f"U+{ord(ch):04X}" + (f" ({name})" if name else " (a control character)")
+            name = unicodedata.name(ch, "") or _CONTROL_NAMES.get(ch, "a control character")
+            return f"U+{ord(ch):04X} ({name})"
     return None
 
 
