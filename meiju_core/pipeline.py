@@ -247,8 +247,7 @@ def prepare_new_samples(
         )
     if mv_id is None:
         out["note"] = (
-            "the project has no model that can predict yet: train one to predict the new "
-            "utterances"
+            "the project has no model that can predict yet: train one to predict the new utterances"
         )
     else:
         progress({"progress": 0.85, "message": f"predicting with model version {mv_id}"})
