@@ -12,6 +12,9 @@ from db import queries as q
 from db.fixtures import build_fixture
 from db.models import Base, Decision, PseudoLabel, ReviewRound
 
+# the store, queue, quota, lease and concurrency tests run on both databases (tests/conftest.py)
+STORE_BACKENDS = ("sqlite", "postgresql")
+
 
 @pytest.fixture
 def fx(store):
@@ -33,6 +36,8 @@ def test_migration_matches_models(store):
 
 
 def test_sqlite_pragmas(store):
+    if not store.is_sqlite:
+        pytest.skip("SQLite only")
     with store.read() as s:
         conn = s.connection()
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
