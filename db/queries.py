@@ -691,6 +691,8 @@ def lease(
     s: Session, *, round_id: int, sample_id: int, user_id: int | None, seconds: int = 120
 ) -> bool:
     """Reserve a card for ``user_id``; False if another user holds an unexpired lease on it."""
+    if s.get_bind().dialect.name != "sqlite":  # serialise leases, as BEGIN IMMEDIATE does on SQLite
+        s.execute(select(ReviewRound.id).where(ReviewRound.id == round_id).with_for_update())
     now = utcnow()
     held = s.scalars(
         select(ReviewLease).where(
