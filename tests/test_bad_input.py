@@ -355,3 +355,23 @@ def test_cli_errors_are_one_clear_line_and_change_nothing(ctx):
     assert _snapshot(ctx.store) == before  # the team's open round is still open, nothing stored
     with ctx.store.read() as s:
         assert q.active_round(s, project_id=ctx.ids.project_id) is not None
+
+
+def test_a_streamed_import_rolls_back_earlier_batches_and_finds_duplicates_across_them(
+    ctx, monkeypatch
+):
+    from meiju_core.io import tables
+
+    monkeypatch.setattr(tables, "BATCH_ROWS", 2)
+    before = _snapshot(ctx.store)
+    good = "".join(f"s{k},你好,pool,,\n" for k in range(5))
+    for tail, row, match in (
+        ("bad/id,你好,pool,,\n", 7, "path"),
+        ("s1,再见,pool,,\n", 7, "earlier in this file"),
+    ):
+        with pytest.raises(InputError, match=match) as info:
+            import_csv(ctx.store, ctx.file(HEADER + good + tail), project_id=ctx.ids.project_id)
+        assert info.value.row == row
+        assert _snapshot(ctx.store) == before  # the batches already inserted were rolled back
+    out = import_csv(ctx.store, ctx.file(HEADER + good), project_id=ctx.ids.project_id)
+    assert out.samples == 5 and out.splits == {"pool": 5}

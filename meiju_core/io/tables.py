@@ -499,9 +499,26 @@ def _import_records(
     splits: Counter[str] = Counter()
     n = transcripts = 0
     with store.write() as s:
-        stored = set(s.scalars(select(Sample.utt_id).where(Sample.project_id == project_id)))
+        # ids are checked within a batch here and against the store (earlier batches included)
+        # before each insert, so memory never holds every id of a large file
         first_row: dict[str, int] = {}
-        batch: list[SampleRow] = []
+        batch: list[tuple[int, SampleRow]] = []
+
+        def flush() -> None:
+            stored = _stored_ids(s, project_id, [b.utt_id for _, b in batch])
+            for row_, sample_ in batch:
+                if sample_.utt_id in stored:
+                    problems.add(
+                        f"id {sample_.utt_id!r} is already stored in project {project_id} "
+                        "(or earlier in this file)",
+                        row=row_,
+                        field=id_field,
+                    )
+            if not problems.items:
+                bulk_insert(s, project_id, [b for _, b in batch])
+            batch.clear()
+            first_row.clear()
+
         for row, record in enumerate(reader, start=2):
             if not any(cell.strip() for cell in record):
                 continue  # a blank line
@@ -527,27 +544,19 @@ def _import_records(
                 )
                 continue
             first_row[sample.utt_id] = row
-            if sample.utt_id in stored:
-                problems.add(
-                    f"id {sample.utt_id!r} is already stored in project {project_id}",
-                    row=row,
-                    field=id_field,
-                )
-                continue
             n += 1
             transcripts += sample.text is not None
             splits[sample.split] += 1
             for head, label in sample.labels.items():
                 labels[head][label] += 1
-            if not problems.items:
-                batch.append(sample)
-                if len(batch) >= BATCH_ROWS:
-                    bulk_insert(s, project_id, batch)
-                    batch = []
+            batch.append((row, sample))
+            if len(batch) >= BATCH_ROWS:
+                flush()
+        if batch:
+            flush()
         if not n and not problems.items:
             problems.add("no rows to import")
         problems.raise_if_any()  # rolls every inserted batch back
-        bulk_insert(s, project_id, batch)
     used = cols.used(header)
     return ImportSummary(
         path=str(path),
@@ -715,6 +724,21 @@ def _store_rows(
         splits=dict(Counter(sample.split for _, sample in rows)),
         labels=labels,
     )
+
+
+def _stored_ids(session: Session, project_id: int, utt_ids: Sequence[str]) -> set[str]:
+    """Which of ``utt_ids`` the project already has (in chunks under SQLite's parameter limit)."""
+    found: set[str] = set()
+    for start in range(0, len(utt_ids), 900):
+        found.update(
+            session.scalars(
+                select(Sample.utt_id).where(
+                    Sample.project_id == project_id,
+                    Sample.utt_id.in_(utt_ids[start : start + 900]),
+                )
+            )
+        )
+    return found
 
 
 def bulk_insert(session: Session, project_id: int, rows: Sequence[SampleRow]) -> list[int]:
