@@ -11,7 +11,7 @@ PORT ?= 8501
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run demo worker test lint format browser bench clean
+.PHONY: install run demo worker test lint format browser postgres bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,14 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver fonts-wqy-microhei >/dev/null; \
 	  else echo "install Debian's chromium: sudo apt-get install chromium chromium-driver"; exit 1; fi; }
 
+# Debian's PostgreSQL server binaries (initdb, pg_ctl): the store, queue, quota, lease and
+# concurrency tests also run on PostgreSQL, on a throw-away server each test session starts
+# (tests/conftest.py: initdb in a temporary folder, a free port, stopped at the end).
+postgres:
+	@{ command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; \
+	  else echo "install Debian's postgresql: sudo apt-get install postgresql"; exit 1; fi; }
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -45,7 +53,7 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: install browser lint
+test: install browser postgres lint
 	$(BIN)/pytest
 
 bench: install

@@ -347,6 +347,8 @@ class Job(Base):
 
     ``progress`` is 0..1; ``detail`` holds live figures (stage, epoch, loss, validation scores);
     ``log`` is the tail of the job's log; ``heartbeat_at`` is touched by the worker while running.
+    ``pid`` and ``host`` name the process running the job (so a worker can tell a job whose process
+    is gone); ``attempts`` counts starts (a re-queued train job resumes from its last epoch).
     """
 
     __tablename__ = "job"
@@ -367,6 +369,9 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    host: Mapped[str | None] = mapped_column(String(255))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class AuditEvent(Base):

@@ -1433,8 +1433,13 @@ def active_job(s: Session, *, kind: str, project_id: int | None = None) -> Job |
     return s.scalars(q.order_by(Job.id.desc())).first()
 
 
-def latest_jobs(s: Session, *, project_id: int | None = None, limit: int = 10) -> list[Job]:
+def latest_jobs(
+    s: Session, *, project_id: int | None = None, limit: int = 10, kind: str | None = None
+) -> list[Job]:
+    """The newest jobs, of one ``kind`` when given."""
     q = select(Job)
     if project_id is not None:
         q = q.where(Job.project_id == project_id)
+    if kind is not None:
+        q = q.where(Job.kind == kind)
     return list(s.scalars(q.order_by(Job.id.desc()).limit(limit)))

@@ -18,18 +18,23 @@ from typing import Annotated, Any
 
 import typer
 
-from meiju_core.errors import MeijuError
+from meiju_core.errors import InputError, MeijuError
 from meiju_core.settings import SETTINGS, Settings
 
 app = typer.Typer(
     help="MEIJU Review: pseudo-label review and retraining for joint emotion + intent models.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
 user_app = typer.Typer(help="Manage users.", no_args_is_help=True)
 export_app = typer.Typer(help="Export labels and predictions.", no_args_is_help=True)
+import_app = typer.Typer(
+    help="Import utterances, label lists, a MEIJU release or feature files.", no_args_is_help=True
+)
 app.add_typer(user_app, name="user")
 app.add_typer(export_app, name="export")
+app.add_typer(import_app, name="import")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _state: dict[str, Any] = {}
@@ -42,9 +47,10 @@ def _global(
     project: Annotated[str | None, typer.Option(help="Project name.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
 ) -> None:
-    _state["settings"] = Settings.load(
-        data_dir=data_dir, database_url=database_url, project=project, device=device
-    )
+    with _friendly():
+        _state["settings"] = Settings.load(
+            data_dir=data_dir, database_url=database_url, project=project, device=device
+        )
 
 
 def _settings() -> Settings:
@@ -87,7 +93,8 @@ def _store_and_project():
     from meiju_core import pipeline
 
     settings = _settings()
-    store = pipeline.open_store(settings)
+    with _friendly():
+        store = pipeline.open_store(settings)
     info = pipeline.project_info(store, name=settings.project)
     if info is None:
         typer.secho(
@@ -164,11 +171,25 @@ def user_add(
 
 
 @app.command()
-def worker() -> None:
-    """Run the job worker (huey consumer) until Ctrl-C."""
-    from meiju_core.jobs import run_worker
+def worker(
+    lane: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Lane to run: train (training, one at a time) or io (imports, exports, "
+            "extraction, prediction); repeat for both (the default)."
+        ),
+    ] = None,
+) -> None:
+    """Run the job worker until Ctrl-C: one process per lane, so an export never waits behind a
+    retrain; jobs whose process died are re-queued (training resumes) or failed."""
+    from meiju_core.jobs import LANES, run_worker
 
-    run_worker(_settings())
+    lanes = tuple(lane or LANES)
+    bad = [x for x in lanes if x not in LANES]
+    if bad:
+        typer.secho(f"error: --lane {bad[0]!r}: lanes are {', '.join(LANES)}", fg="red", err=True)
+        raise typer.Exit(2)
+    run_worker(_settings(), lanes=lanes)
 
 
 @app.command()
@@ -497,6 +518,178 @@ def export_submission(
     typer.echo(f"{n} rows written to {path}")
 
 
+@export_app.command("labels")
+def export_labels_cmd(
+    path: Annotated[Path, typer.Argument(help="Output CSV.")] = Path("labels.csv"),
+    round_id: Annotated[int | None, typer.Option("--round", help="Only this round's.")] = None,
+) -> None:
+    """Gold labels and accepted pseudo-labels with provenance (source, model, reviewer)."""
+    from meiju_core.io.export import export_labels
+
+    settings, store, info = _store_and_project()
+    with _friendly():
+        n = export_labels(store, settings, project_id=info["id"], path=path, round_id=round_id)
+    typer.echo(f"{n} rows written to {path}")
+
+
+@export_app.command("decisions")
+def export_decisions_cmd(
+    path: Annotated[Path, typer.Argument(help="Output CSV.")] = Path("decisions.csv"),
+    round_id: Annotated[int | None, typer.Option("--round", help="Only this round's.")] = None,
+) -> None:
+    """The review decision log (who decided what, when, with undo links)."""
+    from meiju_core.io.export import export_decisions
+
+    settings, store, info = _store_and_project()
+    with _friendly():
+        n = export_decisions(store, settings, project_id=info["id"], path=path, round_id=round_id)
+    typer.echo(f"{n} rows written to {path}")
+
+
+@export_app.command("edits")
+def export_edits_cmd(
+    path: Annotated[Path, typer.Argument(help="Output CSV.")] = Path("transcript_edits.csv"),
+) -> None:
+    """Every transcript edit (before, after, editor, time)."""
+    from meiju_core.io.export import export_transcript_edits
+
+    settings, store, info = _store_and_project()
+    with _friendly():
+        n = export_transcript_edits(store, settings, project_id=info["id"], path=path)
+    typer.echo(f"{n} rows written to {path}")
+
+
+@export_app.command("baseline")
+def export_baseline_cmd(
+    out_dir: Annotated[Path, typer.Argument(help="Output folder.")] = Path("baseline"),
+    set_name: Annotated[str, typer.Option("--set", help="Feature set name.")] = "builtin",
+    fill_missing: Annotated[
+        bool, typer.Option(help="Zeros for a missing modality instead of skipping.")
+    ] = False,
+) -> None:
+    """A feature set in the official MEIJU baseline's layout (features, lists, config)."""
+    from sqlalchemy import select
+
+    from db.models import FeatureSet
+    from meiju_core.io.meiju import export_baseline_layout
+
+    _s, store, info = _store_and_project()
+    with _friendly():
+        with store.read() as s:
+            fs = s.scalar(
+                select(FeatureSet.id).where(
+                    FeatureSet.project_id == info["id"], FeatureSet.name == set_name
+                )
+            )
+        if fs is None:
+            raise InputError(f"no feature set {set_name!r} in the project", field="--set")
+        out = export_baseline_layout(store, info["id"], fs, out_dir, fill_missing=fill_missing)
+    typer.echo(f"written {out.written} to {out.target_root}; config {out.config_path}")
+    typer.echo(f"baseline flags: {out.flags}")
+
+
+def _import(params: dict[str, Any], *, project: bool = True, prepare: bool = True) -> None:
+    """Run one import (``meiju_core.io.imports``), then extract and predict the new utterances
+    with the current model unless ``prepare`` is off; print the summary and the new cards."""
+    from meiju_core import pipeline
+    from meiju_core.io.imports import run_import
+
+    if project:
+        settings, store, info = _store_and_project()
+        project_id = info["id"]
+    else:
+        settings, project_id = _settings(), None
+        store = pipeline.open_store(settings)
+    with _friendly():
+        before = None if project_id is None else pipeline.open_cards(store, project_id=project_id)
+        summary = run_import(store, project_id=project_id, params=params)
+        shown = {k: v for k, v in summary.items() if k in ("samples", "splits", "transcripts")}
+        typer.echo(f"imported {params['path']}: {shown or summary}")
+        if project_id is not None and prepare:
+            with _bar("extracting and predicting") as update:
+                out = pipeline.prepare_new_samples(
+                    store, settings, project_id=project_id, progress=update, cards_before=before
+                )
+            if out.get("new_cards") is not None:
+                typer.echo(f"{out['new_cards']} new cards in the Review queue")
+            if out.get("note"):
+                typer.echo(out["note"])
+
+
+_PREPARE = typer.Option(
+    help="Extract features and predict the new utterances with the current model afterwards."
+)
+
+
+@import_app.command("csv")
+def import_csv_cmd(
+    path: Annotated[Path, typer.Argument(help="CSV of utterances (UTF-8).")],
+    default_split: Annotated[
+        str | None, typer.Option(help="Split of rows without one (train/valid/test/pool).")
+    ] = None,
+    prepare: Annotated[bool, _PREPARE] = True,
+) -> None:
+    """Utterances (id, text, split, labels per head) into the project: all rows or none."""
+    params = {"source": "csv", "path": str(path)}
+    if default_split is not None:
+        params["default_split"] = default_split
+    _import(params, prepare=prepare)
+
+
+@import_app.command("labels")
+def import_labels_cmd(
+    path: Annotated[Path, typer.Argument(help="MEIJU label list (<utt_id> <emotion> <intent>).")],
+    split: Annotated[str, typer.Option(help="Split of the listed utterances.")] = "train",
+    prepare: Annotated[bool, _PREPARE] = True,
+) -> None:
+    """A MEIJU label list into the project: all lines or none."""
+    _import({"source": "labels", "path": str(path), "split": split}, prepare=prepare)
+
+
+@import_app.command("release")
+def import_release_cmd(
+    path: Annotated[Path, typer.Argument(help="Folder holding Track1/<Lang> (or that folder).")],
+    project_name: Annotated[str, typer.Option("--name", help="New project's name.")],
+    lang: Annotated[str, typer.Option(help="Mandarin or English.")] = "Mandarin",
+    probe_media: Annotated[bool, typer.Option(help="Read each media file's duration.")] = True,
+) -> None:
+    """A MEIJU 2025 Track I release folder into a new project."""
+    params = {
+        "source": "release",
+        "path": str(path),
+        "project_name": project_name,
+        "lang": lang,
+        "probe_media": probe_media,
+    }
+    _import(params, project=False)
+
+
+@import_app.command("npy")
+def import_npy_cmd(
+    path: Annotated[Path, typer.Argument(help="Folder of <modality dir>/<utt_id>.npy files.")],
+    set_name: Annotated[str, typer.Option("--set", help="Feature set name.")] = "meiju-npy",
+    replace: Annotated[bool, typer.Option(help="Replace a feature set of that name.")] = False,
+) -> None:
+    """Per-utterance feature files (the baseline's FRAME features) as a feature set."""
+    params = {"source": "npy", "path": str(path), "set_name": set_name, "replace": replace}
+    _import(params, prepare=False)
+
+
+@app.command()
+def transcribe(
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many samples.")] = None,
+) -> None:
+    """ASR (Whisper) transcripts for the pool samples that have none; re-runs continue."""
+    from meiju_core.io.meiju import transcribe_pool
+
+    _s, store, info = _store_and_project()
+    with _friendly(), _bar("transcribing the pool") as update:
+        out = transcribe_pool(store, info["id"], limit=limit, progress=update)
+    typer.echo(f"{out.done} transcripts stored in {out.seconds:.1f} s")
+    for utt, why in out.failed.items():
+        typer.echo(f"  {utt}: {why}")
+
+
 @app.command()
 def settings() -> None:
     """Show every setting, its value and its help."""
@@ -506,7 +699,22 @@ def settings() -> None:
 
 
 def main() -> None:
-    app()
+    """The ``meiju`` entry point: any error a person can fix is one line on stderr, exit 1."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        app()
+    except MeijuError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise SystemExit(1) from None
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        typer.secho(f"error: {where}{e.strerror or e}", fg="red", err=True)
+        raise SystemExit(1) from None
+    except SQLAlchemyError as e:
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        typer.secho(f"error: database: {reason}", fg="red", err=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

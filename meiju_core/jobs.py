@@ -1,33 +1,49 @@
 """Background jobs: huey (``SqliteHuey``) dispatches, the ``job`` table is the source of truth.
 
 The app never does heavy work in its own process. It calls ``submit``, which writes a ``job`` row
-(status ``queued``) and enqueues its id. The worker (``meiju worker``) takes the id and runs the
-job in a fresh subprocess (``python -m meiju_core.jobs run ID``), so CUDA, memory and crashes stay
-out of the worker and a cancel can always stop it. The subprocess writes status, progress, live
-figures, a log tail and a heartbeat to the row, throttled to one short write transaction every
-``PROGRESS_EVERY_S`` seconds; the app polls the row.
+(status ``queued``) and enqueues its id on the job's **lane**: ``train`` (training and the demo
+build, one at a time) or ``io`` (imports, exports, extraction, prediction, auto pseudo-labels), so
+an export never waits behind a retrain. The worker (``meiju worker``) runs one huey consumer per
+lane, each in its own process; a lane runs each job in a fresh subprocess (``python -m
+meiju_core.jobs run ID``), so CUDA, memory and crashes stay out of the worker and a cancel can
+always stop it. The subprocess writes its pid and host, status, progress, live figures, a log tail
+and a heartbeat to the row, throttled to one short write transaction every ``PROGRESS_EVERY_S``
+seconds; the app polls the row.
 
-Job kinds map to one pipeline function each (``KINDS``). On start the worker re-enqueues jobs left
-``queued`` and fails jobs left ``running`` by a worker that died, so the row never lies.
+Crashes: lane processes and job processes die with their parent (``PR_SET_PDEATHSIG`` on Linux),
+so a ``kill -9`` of the worker leaves no orphan training. A worker, at start and then every
+``REAP_EVERY_S`` seconds, looks at every ``running`` row: a job whose process is gone (its pid on
+this host is dead, or on another host its heartbeat is older than ``STALE_AFTER_S``) is re-queued
+when it can resume (a train job continues from its last epoch checkpoint, up to
+``MAX_ATTEMPTS`` starts) and failed with a reason otherwise. Checkpoint folders that no model
+version and no queued or running job refers to are removed (``clean_checkpoints``).
+
+Job kinds map to one pipeline function each (``KINDS``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
 from db import Store
 from db import queries as q
-from db.models import Job, utcnow
+from db.models import Job, ModelVersion, utcnow
 from meiju_core.errors import JobError, StoreError
 from meiju_core.settings import Settings
 
@@ -38,6 +54,19 @@ SINGLETON_KINDS = ("train", "demo")  # at most one queued or running per project
 # kinds only admins may submit from the app (exports are everyone's); a job submitted without a
 # user (the command line, the worker itself) is trusted
 ADMIN_KINDS = ("train", "extract", "predict", "auto_pseudo_label", "demo", "import")
+
+LANES = ("train", "io")
+TRAIN_LANE_KINDS = ("train", "demo")  # one at a time; every other kind runs on the io lane
+RESUMABLE_KINDS = ("train",)  # re-queued after a crash, continuing from the last epoch
+MAX_ATTEMPTS = 5  # starts of one job before a crash fails it for good
+REAP_EVERY_S = 5.0
+STALE_AFTER_S = 60.0  # heartbeat age after which a job on another host counts as gone
+CHECKPOINT_GRACE_S = 3600.0  # an unreferenced checkpoint folder younger than this is kept
+
+
+def lane_of(kind: str) -> str:
+    """The lane a job kind runs on: ``train`` for training and the demo build, else ``io``."""
+    return "train" if kind in TRAIN_LANE_KINDS else "io"
 
 
 # --------------------------------------------------------------------------- submit
@@ -90,7 +119,7 @@ def submit(
         )
         job_id = job.id
     if enqueue:
-        get_huey(str(settings.queue_path)).run_job(job_id)
+        get_huey(str(settings.queue_path), lane_of(kind)).run_job(job_id)
     return job_id
 
 
@@ -119,13 +148,34 @@ def cancel(store: Store, *, job_id: int, user: dict[str, Any] | None = None) -> 
 
 
 @functools.cache
-def get_huey(queue_path: str, immediate: bool = False):
-    """The huey instance for a queue file, with the ``run_job`` task registered on it."""
+def get_huey(queue_path: str, lane: str = "io", immediate: bool = False):
+    """The huey instance of one lane in a queue file, with the ``run_job`` task registered on it.
+    Both lanes share the file (huey keeps a queue name per row). Raises JobError for an unknown
+    lane."""
     from huey import SqliteHuey
 
-    huey = SqliteHuey("meiju", filename=queue_path, immediate=immediate)
+    if lane not in LANES:
+        raise JobError(f"unknown lane {lane!r}; lanes are {list(LANES)}")
+    huey = SqliteHuey(f"meiju-{lane}", filename=queue_path, immediate=immediate)
     huey.run_job = huey.task(name="run_job")(_run_job_task)
     return huey
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGKILL when its parent dies (Linux), so a job
+    or lane process never outlives a killed worker. None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def preexec() -> None:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
 
 
 def _run_job_task(job_id: int) -> None:
@@ -145,7 +195,11 @@ def run_subprocess(settings: Settings, job_id: int, *, poll_s: float = 0.5) -> i
         "MEIJU_DATA_DIR": str(settings.data_dir),
         "MEIJU_DATABASE_URL": settings.database_url,
     }
-    proc = subprocess.Popen([sys.executable, "-m", "meiju_core.jobs", "run", str(job_id)], env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meiju_core.jobs", "run", str(job_id)],
+        env=env,
+        preexec_fn=_die_with_parent(os.getpid()),
+    )
     while proc.poll() is None:
         time.sleep(poll_s)
         with store.read() as s:
@@ -172,40 +226,204 @@ def _soft_wait(proc: subprocess.Popen, seconds: float) -> bool:
     return proc.poll() is None
 
 
-def recover(store: Store, settings: Settings, *, stale_after_s: float = 60.0) -> list[int]:
-    """Worker start-up: fail jobs whose worker died, re-enqueue queued ones. Returns ids enqueued."""
-    huey = get_huey(str(settings.queue_path))
-    huey.flush()  # the job table is the truth; rebuild the queue from it
-    cutoff = utcnow() - timedelta(seconds=stale_after_s)
+HOST = socket.gethostname()
+
+
+def process_alive(pid: int | None) -> bool:
+    """Whether ``pid`` is a live job process on this host (a zombie or a recycled pid running
+    something else counts as gone)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = f"/proc/{pid}"
+    if os.path.isdir(proc):
+        try:
+            with open(f"{proc}/stat", encoding="ascii", errors="replace") as f:
+                if f.read().rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
+                    return False
+            with open(f"{proc}/cmdline", "rb") as f:
+                return b"meiju_core.jobs" in f.read()
+        except OSError:
+            return False
+    return True
+
+
+def _gone(job: Job, cutoff) -> str | None:
+    """Why a ``running`` job's process is gone, or None while it may still be working."""
+    if job.host == HOST and job.pid:
+        if not process_alive(job.pid):
+            return f"its process (pid {job.pid} on {job.host}) is gone"
+        return None
+    beat = q._aware(job.heartbeat_at or job.started_at or job.created_at)
+    if beat < cutoff:
+        where = f"pid {job.pid} on {job.host}" if job.pid else "no process recorded"
+        return f"no heartbeat since {beat:%H:%M:%S} UTC ({where})"
+    return None
+
+
+def reap(
+    store: Store,
+    settings: Settings,
+    *,
+    stale_after_s: float | None = None,
+    enqueue: bool = True,
+) -> dict[str, list[int]]:
+    """Fail or re-queue every ``running`` job whose process is gone (see the module docstring).
+
+    A resumable job (a train job) with fewer than ``MAX_ATTEMPTS`` starts goes back to ``queued``
+    with ``params["resume"] = True`` and is enqueued on its lane; any other is failed with the
+    reason on its row. Returns ``{"requeued": [ids], "failed": [ids]}``.
+    """
+    stale = STALE_AFTER_S if stale_after_s is None else stale_after_s
+    cutoff = utcnow() - timedelta(seconds=stale)
+    out: dict[str, list[int]] = {"requeued": [], "failed": []}
     with store.write() as s:
         for job in s.scalars(select(Job).where(Job.status == "running")):
-            beat = q._aware(job.heartbeat_at or job.started_at or job.created_at)
-            if beat < cutoff:
+            why = _gone(job, cutoff)
+            if why is None:
+                continue
+            stamp = time.strftime("%H:%M:%S")
+            if job.kind in RESUMABLE_KINDS and (job.attempts or 0) < MAX_ATTEMPTS:
+                job.status, job.pid, job.host = "queued", None, None
+                job.params = {**(job.params or {}), "resume": True}
+                job.log = (job.log or "") + (
+                    f"{stamp} the worker stopped: {why}; re-queued to resume from the last "
+                    "finished epoch\n"
+                )
+                out["requeued"].append(job.id)
+            else:
                 job.status, job.finished_at = "failed", utcnow()
-                job.error = "the worker stopped while this job was running"
+                tries = f" after {job.attempts} starts" if job.kind in RESUMABLE_KINDS else ""
+                job.error = f"the worker stopped while this job was running{tries}: {why}"
+                job.log = (job.log or "") + f"{stamp} {job.error}\n"
+                out["failed"].append(job.id)
+        kinds = {j.id: j.kind for j in s.scalars(select(Job).where(Job.id.in_(out["requeued"])))}
+    if enqueue:
+        for job_id in out["requeued"]:
+            get_huey(str(settings.queue_path), lane_of(kinds[job_id])).run_job(job_id)
+    return out
+
+
+def recover(store: Store, settings: Settings, *, stale_after_s: float | None = None) -> list[int]:
+    """Worker start-up: rebuild both lanes' queues from the job table (re-queue or fail jobs whose
+    process is gone, enqueue every queued job), clean unreferenced checkpoint folders. Returns the
+    ids enqueued."""
+    for lane in LANES:
+        get_huey(str(settings.queue_path), lane).flush()  # the job table is the truth
+    reap(store, settings, stale_after_s=stale_after_s, enqueue=False)
+    with store.read() as s:
         queued = [
-            j.id for j in s.scalars(select(Job).where(Job.status == "queued").order_by(Job.id))
+            (j.id, j.kind)
+            for j in s.scalars(select(Job).where(Job.status == "queued").order_by(Job.id))
         ]
-    for job_id in queued:
-        huey.run_job(job_id)
-    return queued
+    for job_id, kind in queued:
+        get_huey(str(settings.queue_path), lane_of(kind)).run_job(job_id)
+    with contextlib.suppress(OSError):
+        clean_checkpoints(store, settings)
+    return [job_id for job_id, _ in queued]
 
 
-def run_worker(settings: Settings, *, workers: int = 1) -> None:
-    """Run the huey consumer in this process until interrupted (``meiju worker``)."""
+def clean_checkpoints(
+    store: Store, settings: Settings, *, grace_s: float = CHECKPOINT_GRACE_S
+) -> list[Path]:
+    """Remove checkpoint folders (``<data_dir>/checkpoints/project*/*``) that no model version
+    and no queued or running job refers to, and that nothing wrote to for ``grace_s`` seconds
+    (a ``meiju train`` in progress registers its folder only at the end). Returns the removed
+    folders."""
+    root = settings.checkpoint_dir
+    if not root.is_dir():
+        return []
+    keep: set[Path] = set()
+    with store.read() as s:
+        for path, config in s.execute(select(ModelVersion.checkpoint_path, ModelVersion.config)):
+            for p in [path, *((config or {}).get("checkpoints") or {}).values()]:
+                if p:
+                    keep.add(Path(p).resolve().parent)
+        active = [j.id for j in s.scalars(select(Job).where(Job.status.in_(q.ACTIVE_JOB_STATES)))]
+    removed = []
+    now = time.time()
+    for folder in sorted(root.glob("project*/*")):
+        if not folder.is_dir() or folder.resolve() in keep:
+            continue
+        if any(folder.name.endswith(f"-job{j}") for j in active):
+            continue
+        newest = max([folder.stat().st_mtime] + [f.stat().st_mtime for f in folder.iterdir()])
+        if now - newest < grace_s:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def run_lane(settings: Settings, lane: str) -> None:
+    """Run one lane's huey consumer in this process until SIGINT / SIGTERM: one job at a time,
+    each in its own subprocess. Raises JobError for an unknown lane."""
     from huey.consumer import Consumer
 
-    store = Store(settings.database_url)
-    store.upgrade()
-    recover(store, settings)
     consumer = Consumer(
-        get_huey(str(settings.queue_path)),
-        workers=workers,
+        get_huey(str(settings.queue_path), lane),
+        workers=1,
         worker_type="thread",
         periodic=False,
         check_worker_health=True,
     )
     consumer.run()
+
+
+def run_worker(settings: Settings, *, lanes: tuple[str, ...] = LANES) -> None:
+    """``meiju worker``: recover, then run one lane process per lane (each dies with this process)
+    and reap jobs whose process is gone every ``REAP_EVERY_S`` seconds, until SIGINT / SIGTERM.
+    A lane process that exits on its own is restarted."""
+    store = Store(settings.database_url)
+    store.upgrade()
+    recover(store, settings)
+    env = {
+        **os.environ,
+        "MEIJU_DATA_DIR": str(settings.data_dir),
+        "MEIJU_DATABASE_URL": settings.database_url,
+        "MEIJU_QUEUE_PATH": str(settings.queue_path),
+    }
+    stop = threading.Event()
+
+    def on_signal(signum, _frame) -> None:
+        stop.set()
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    procs: dict[str, subprocess.Popen] = {}
+
+    def start(lane: str) -> None:
+        procs[lane] = subprocess.Popen(
+            [sys.executable, "-m", "meiju_core.jobs", "lane", lane],
+            env=env,
+            preexec_fn=_die_with_parent(os.getpid()),
+        )
+
+    try:
+        for lane in lanes:
+            start(lane)
+        while not stop.wait(REAP_EVERY_S):
+            for lane, proc in procs.items():
+                if proc.poll() is not None and not stop.is_set():
+                    start(lane)
+            with contextlib.suppress(Exception):  # a busy store must not stop the worker
+                reap(store, settings)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        store.dispose()
 
 
 # --------------------------------------------------------------------------- running one job
@@ -262,6 +480,7 @@ def execute(store: Store, settings: Settings, job_id: int) -> dict[str, Any] | N
         if job.status != "queued":
             return None
         job.status, job.started_at, job.heartbeat_at = "running", utcnow(), utcnow()
+        job.pid, job.host, job.attempts = os.getpid(), HOST, (job.attempts or 0) + 1
         kind, params, project_id = job.kind, dict(job.params), job.project_id
         user = None
         if job.created_by:
@@ -317,6 +536,8 @@ def _run_train(store, settings, project_id, params, user, reporter) -> dict[str,
         epochs=params.get("epochs"),
         job_id=reporter.job_id,
         progress=reporter,
+        resume=bool(params.get("resume")),
+        threads=settings.job_threads or None,
     )
     return {"model_version_id": mv_id}
 
@@ -363,35 +584,31 @@ def _run_demo(store, settings, project_id, params, user, reporter) -> dict[str, 
 
 
 def _run_import(store, settings, project_id, params, user, reporter) -> dict[str, Any]:
-    """``params``: ``{"source": "csv", "path", "default_split"?}`` into the job's project, or
+    """``params``: ``{"source": "csv", "path", "default_split"?}`` or ``{"source": "labels",
+    "path", "split"}`` into the job's project, then (unless ``"prepare": False``) feature
+    extraction and prediction with the current model, so the new utterances reach Review; or
     ``{"source": "release", "path", "project_name", "lang"?, "probe_media"?}`` (a new project).
-    Admins only, checked again here. All or nothing, as the import functions are."""
-    import dataclasses
-    import json
-
+    Admins only, checked again here. The import is all or nothing, as the import functions are.
+    Returns the import summary plus ``{"prepared": {...}}`` (see
+    :func:`meiju_core.pipeline.prepare_new_samples`: ``new_cards`` in the Review queue)."""
     from meiju_core import pipeline
+    from meiju_core.io import imports
 
     pipeline.require_admin(user, "import data")
-    path = params["path"]
-    reporter({"progress": 0.05, "message": f"importing {path}"})
-    if params.get("source") == "release":
-        from meiju_core.io.meiju import import_release
-
-        summary = import_release(
-            store,
-            path,
-            project_name=params["project_name"],
-            lang=params.get("lang", "Mandarin"),
-            probe_media=bool(params.get("probe_media", True)),
+    source = params.get("source", "csv")
+    reporter({"progress": 0.02, "message": f"importing {Path(params['path']).name}"})
+    before = None if project_id is None else pipeline.open_cards(store, project_id=project_id)
+    summary = imports.run_import(store, project_id=project_id, params=params)
+    reporter({"progress": 0.2, "message": f"imported {summary.get('samples', 0)} utterances"})
+    if source != "release" and params.get("prepare", True):
+        summary["prepared"] = pipeline.prepare_new_samples(
+            store, settings, project_id=project_id, progress=reporter, cards_before=before
         )
-    else:
-        from meiju_core.io.tables import import_csv
-
-        summary = import_csv(
-            store, path, project_id=project_id, default_split=params.get("default_split")
-        )
-    reporter({"progress": 1.0, "message": f"imported {path}"})
-    return json.loads(json.dumps(dataclasses.asdict(summary), default=str))
+        new = summary["prepared"].get("new_cards")
+        if new is not None:
+            reporter({"message": f"{new} new cards in the Review queue"})
+    reporter({"progress": 1.0, "message": "import finished"})
+    return summary
 
 
 def _run_export(store, settings, project_id, params, user, reporter) -> dict[str, Any]:
@@ -425,16 +642,23 @@ RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m meiju_core.jobs run JOB_ID``: the subprocess entry point."""
+    """``python -m meiju_core.jobs run JOB_ID``: the job subprocess entry point;
+    ``python -m meiju_core.jobs lane train|io``: one lane's consumer (started by the worker)."""
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2 or argv[0] != "run":
-        print("usage: python -m meiju_core.jobs run JOB_ID", file=sys.stderr)
+    if len(argv) != 2 or argv[0] not in ("run", "lane"):
+        print("usage: python -m meiju_core.jobs run JOB_ID | lane train|io", file=sys.stderr)
         return 2
     settings = Settings.load()
+    if argv[0] == "lane":
+        run_lane(settings, argv[1])
+        return 0
     store = Store(settings.database_url)
     execute(store, settings, int(argv[1]))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # run the imported module, not __main__: huey names tasks by module (meiju_core.jobs.run_job)
+    from meiju_core.jobs import main as _main
+
+    raise SystemExit(_main())

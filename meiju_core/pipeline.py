@@ -12,6 +12,7 @@ returning the string ``"cancel"`` asks a long step to stop.
 from __future__ import annotations
 
 import csv
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,10 +64,30 @@ def _noop(_event: dict[str, Any]) -> None:
 
 
 def open_store(settings: Settings, *, upgrade: bool = True) -> Store:
-    """The project's store at ``settings.database_url``, migrated to the newest schema."""
-    store = Store(settings.database_url)
-    if upgrade:
-        store.upgrade()
+    """The project's store at ``settings.database_url``, migrated to the newest schema.
+
+    Raises InputError when the data folder cannot be created or written (``MEIJU_DATA_DIR``)
+    and StoreError when the database cannot be reached (the URL's host, not a traceback)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        probe = settings.data_dir / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise InputError(
+            f"the data folder {settings.data_dir} is not writable ({e.strerror or e}); set "
+            "MEIJU_DATA_DIR or --data-dir to a folder you can write",
+            field="data_dir",
+        ) from None
+    try:
+        store = Store(settings.database_url)
+        if upgrade:
+            store.upgrade()
+    except SQLAlchemyError as e:
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise StoreError(f"cannot open the database: {reason}") from None
     return store
 
 
@@ -91,9 +112,17 @@ def verify_password(password_hash: str | None, password: str) -> bool:
 def add_user(
     store: Store, *, name: str, role: str = "annotator", password: str | None = None
 ) -> int:
-    """Create or update a user; returns its id. Raises InputError for an unknown role."""
+    """Create or update a user; returns its id. Raises InputError for an unknown role, a name
+    that is empty or has control characters, or an empty (or all-space) password."""
+    from meiju_core.validate import id_problem
+
     if role not in ("annotator", "admin"):
         raise InputError(f"unknown role {role!r}; roles are annotator and admin", field="role")
+    problem = id_problem(name.strip()) if name is not None else "empty name"
+    if problem:
+        raise InputError(problem.replace("id", "name", 1), field="name")
+    if password is not None and not password.strip():
+        raise InputError("the password is empty", field="password")
     with store.write() as s:
         user = q.get_user(s, name=name)
         if user is None:
@@ -183,6 +212,80 @@ def extract_features(
     )
 
 
+def _scaled(progress: Progress, lo: float, hi: float, label: str) -> Progress:
+    """``progress`` with a sub-step's 0..1 mapped into ``lo..hi`` and its message prefixed."""
+
+    def report(event: dict[str, Any]) -> Any:
+        out = dict(event)
+        if "progress" in out:
+            out["progress"] = lo + (hi - lo) * float(out["progress"])
+        if out.get("message"):
+            out["message"] = f"{label}: {out['message']}"
+        return progress(out)
+
+    return report
+
+
+def open_cards(store: Store, *, project_id: int) -> int | None:
+    """Open cards in the Review queue of the project's open round (None when no round is open)."""
+    with store.read() as s:
+        rnd = q.active_round(s, project_id=project_id)
+        return None if rnd is None else q.queue_size(s, round_id=rnd.id)
+
+
+def prepare_new_samples(
+    store: Store,
+    settings: Settings,
+    *,
+    project_id: int,
+    progress: Progress = _noop,
+    cards_before: int | None = None,
+) -> dict[str, Any]:
+    """After an import: extract the features the new samples lack (the project's feature set, by
+    default builtin) and predict them with the project's current model, so they reach Review.
+
+    Returns ``{"feature_set_id", "predictions", "model_version_id", "queue_cards",
+    "new_cards", "note"}``; ``new_cards`` is the growth of the open round's queue since
+    ``cards_before``. Without a model version nothing is predicted and ``note`` says so. Raises
+    JobError when cancelled, MediaError / InputError as extraction and prediction do.
+    """
+    set_name = settings.feature_set if settings.feature_set in ("builtin", "pretrained") else None
+    out: dict[str, Any] = {"predictions": 0, "model_version_id": None, "note": None}
+    with store.read() as s:
+        mv = q.current_model(s, project_id=project_id)
+        if mv is not None and (mv.config or {}).get("feature_set_id") is None:
+            mv = None  # a model version without features (imported predictions) cannot predict
+        if mv is not None:
+            fs = s.get(FeatureSet, mv.config["feature_set_id"])
+            set_name = fs.name if fs is not None else set_name
+        mv_id = mv.id if mv is not None else None
+    if set_name in ("builtin", "pretrained"):
+        out["feature_set_id"] = extract_features(
+            store,
+            settings,
+            project_id=project_id,
+            set_name=set_name,
+            progress=_scaled(progress, 0.2, 0.8, "extracting features"),
+        )
+    if mv_id is None:
+        out["note"] = (
+            "the project has no model that can predict yet: train one to predict the new utterances"
+        )
+    else:
+        progress({"progress": 0.85, "message": f"predicting with model version {mv_id}"})
+        out["predictions"] = predict(store, settings, model_version_id=mv_id, missing_only=True)
+        evaluate(store, model_version_id=mv_id)  # labelled imports change the scores
+        out["model_version_id"] = mv_id
+    after = open_cards(store, project_id=project_id)
+    out["queue_cards"] = after
+    out["new_cards"] = (
+        None if after is None or cards_before is None else max(0, after - cards_before)
+    )
+    if after is None and out["note"] is None:
+        out["note"] = "no review round is open: open one to review the new utterances"
+    return out
+
+
 # --------------------------------------------------------------------------- training data
 
 
@@ -203,8 +306,14 @@ def load_split(
     schema: LabelSchema,
     round_id: int | None = None,
     with_gold: bool = True,
+    progress: Progress | None = None,
+    span: tuple[float, float] = (0.0, 1.0),
+    only: set[int] | None = None,
 ) -> SplitData:
-    """Features and labels of one or more splits.
+    """Features and labels of one or more splits (of the samples in ``only`` when given).
+
+    ``progress`` (optional) hears ``{"progress", "message"}`` while the feature files load, the
+    fraction mapped into ``span``.
 
     Gold labels come from ``gold_label``; with ``round_id``, accepted pseudo-labels of that round
     are added per head (a label accepted for one head trains only that head). Pool samples with
@@ -244,9 +353,21 @@ def load_split(
     if round_id is not None:
         labelled = {sid for sid, _ in labels}
         samples = [r for r in samples if r.id in labelled]
+    if only is not None:
+        samples = [r for r in samples if r.id in only]
     ids = [r.id for r in samples]
     feats: dict[str, list[np.ndarray | None]] = {m: [] for m in MODALITIES if m in dims}
-    for sid in ids:
+    last = time.monotonic()
+    for k, sid in enumerate(ids):
+        if progress is not None and time.monotonic() - last >= 1.0:
+            last = time.monotonic()
+            lo, hi = span
+            progress(
+                {
+                    "progress": lo + (hi - lo) * k / len(ids),
+                    "message": f"loading {'+'.join(splits)} features: {k} of {len(ids)}",
+                }
+            )
         for m in feats:
             path = files.get((sid, m))
             feats[m].append(np.load(path) if path else None)
@@ -278,16 +399,22 @@ def train(
     job_id: int | None = None,
     epochs: int | None = None,
     progress: Progress = _noop,
+    resume: bool = False,
+    threads: int | None = None,
 ) -> int:
     """Train stage 1 (gold) or stage 2 (gold + accepted pseudo-labels of ``round_id``), register a
     model version with its metrics on valid and test, and predict every sample.
 
     Stage 2 starts from the round's model (or the current one) and keeps its architecture: the
     paper preset fine-tunes every stage-1 weight, the baseline preset takes the encoders and
-    fusion layers of its pretrain model (``ModelConfig.stage2_init``).
+    fusion layers of its pretrain model (``ModelConfig.stage2_init``). A job's checkpoints go to a
+    folder named after the job (``stage2-paper-job17``), so with ``resume`` a re-queued job
+    continues from its last finished epoch (``meiju_core.resume``). ``threads`` caps torch's CPU
+    threads (the worker passes its ``job_threads`` setting so a retrain does not starve the app).
     Returns the new model version id. Raises JobError when cancelled, InputError when the project
     has no features or no labels, or when stage 2 would start from an ensemble version (it has no
-    weights of its own: open the round on one of its members).
+    weights of its own: open the round on one of its members), ValueError when the resume file
+    belongs to another schedule.
     """
     from meiju_core import train as tr
 
@@ -300,8 +427,15 @@ def train(
         with store.read() as s:
             rnd = q.active_round(s, project_id=project_id)
             round_id = rnd.id if rnd else None
+    progress({"progress": 0.0, "message": "loading features"})
     train_split = load_split(
-        store, project_id=project_id, split="train", feature_set_id=fs_id, schema=schema
+        store,
+        project_id=project_id,
+        split="train",
+        feature_set_id=fs_id,
+        schema=schema,
+        progress=progress,
+        span=(0.0, 0.03),
     )
     if stage == 2 and round_id is not None:
         pseudo = load_split(
@@ -312,10 +446,18 @@ def train(
             schema=schema,
             round_id=round_id,
             with_gold=False,
+            progress=progress,
+            span=(0.03, 0.04),
         )
         train_split = _concat(train_split, pseudo)
     valid = load_split(
-        store, project_id=project_id, split="valid", feature_set_id=fs_id, schema=schema
+        store,
+        project_id=project_id,
+        split="valid",
+        feature_set_id=fs_id,
+        schema=schema,
+        progress=progress,
+        span=(0.04, 0.05),
     )
     if not train_split.sample_ids or not valid.sample_ids:
         raise InputError("the project needs labelled train and valid samples to train")
@@ -331,13 +473,16 @@ def train(
         seed=settings.seed,
         device=settings.device,
         epochs=epochs,
+        threads=threads,
+    )
+    name = f"stage{stage}-{preset}-" + (
+        f"job{job_id}" if job_id is not None else time.strftime("%Y%m%d-%H%M%S")
     )
     if base_model is not None and base_model.get("input_dims") == dims:
         # stage 2 continues the stage-1 system, whatever its heads or text encoder
         from meiju_core.model import ModelConfig
 
         model_config = ModelConfig.from_dict({**base_model, "noise_scale": {}})
-    name = f"stage{stage}-{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir = settings.checkpoint_dir / f"project{project_id}" / name
 
     def on_epoch(event: dict[str, Any]) -> Any:
@@ -362,10 +507,14 @@ def train(
         init_from=init_from,
         callback=on_epoch,
         schema=schema,
+        resume=resume,
     )
     seconds = time.perf_counter() - t0
     if getattr(result, "cancelled", False):
         raise JobError("training was cancelled")
+    from meiju_core import resume as resume_state
+
+    resume_state.discard(out_dir)
     snapshot = _snapshot(train_split.data, schema, round_id)
     with store.write() as s:
         mv = ModelVersion(
@@ -413,19 +562,23 @@ def presets(
     epochs: int | None = None,
     model_overrides: dict[str, Any] | None = None,
     train_overrides: dict[str, Any] | None = None,
+    threads: int | None = None,
 ):
     """Model and training configs of a preset: ``paper`` (one system of the Track I winner:
     ``ModelConfig.paper`` and ``TrainConfig.paper``), ``baseline`` (the official MEIJU baseline
     exactly) or ``fast`` (the paper system on a short schedule, for CPU demos). ``epochs``
     shortens any schedule (a third flat, the rest decaying); ``model_overrides`` /
     ``train_overrides`` replace fields (``emotion_heads``, ``intent_heads`` and ``text_kernels``
-    are the paper preset's arguments). Raises InputError for an unknown preset or field."""
+    are the paper preset's arguments); ``threads`` caps torch's CPU threads. Raises InputError for
+    an unknown preset or field."""
     from meiju_core.model import ModelConfig
     from meiju_core.train import TrainConfig
 
     if preset not in PRESETS:
         raise InputError(f"unknown preset {preset!r}; presets are {list(PRESETS)}", field="preset")
     overrides: dict[str, Any] = {"seed": seed, "device": device}
+    if threads:
+        overrides["threads"] = int(threads)
     if epochs is not None:
         overrides |= {"epochs_flat": epochs // 3, "epochs_decay": epochs - epochs // 3}
     overrides |= dict(train_overrides or {})
@@ -523,6 +676,7 @@ def predict(
     model_version_id: int,
     result: Any = None,
     splits: tuple[str, ...] = ("train", "valid", "test", "pool"),
+    missing_only: bool = False,
 ) -> int:
     """Write every sample's per-head probabilities, argmax label and confidence for one model
     version (replacing any it had). Returns the number of prediction rows written.
@@ -537,17 +691,37 @@ def predict(
     members' stored probabilities (no further calibration); for a head with several members each
     member's class goes to ``prediction.paths`` (the review queue's disagreement filter).
 
+    With ``missing_only`` (after an import), only samples without a prediction of this model
+    version are predicted, with the temperatures already stored; the other rows stay.
+
     Raises:
         InputError: a member of an ensemble no longer exists.
     """
     from meiju_core import train as tr
 
+    only = None
     with store.read() as s:
         mv = s.get(ModelVersion, model_version_id)
         project_id, fs_id = mv.project_id, mv.config["feature_set_id"]
         checkpoint = mv.config.get("checkpoints") or mv.checkpoint_path
+        stored_temperatures = mv.config.get("temperature") or {}
         is_ensemble = mv.preset == ENSEMBLE
-    if is_ensemble:
+        if missing_only:
+            have = select(Prediction.sample_id).where(
+                Prediction.model_version_id == model_version_id
+            )
+            only = set(
+                s.scalars(
+                    select(Sample.id).where(
+                        Sample.project_id == project_id,
+                        Sample.split.in_(splits),
+                        Sample.id.not_in(have),
+                    )
+                )
+            )
+    if only is not None and not only:
+        return 0
+    if is_ensemble:  # members predicted where they lack rows, then every row re-averaged
         return _predict_ensemble(store, settings, model_version_id=model_version_id, splits=splits)
     schema = schema_of(store, project_id)
     split = load_split(
@@ -557,15 +731,19 @@ def predict(
         feature_set_id=fs_id,
         schema=schema,
         with_gold=False,
+        only=only,
     )
     probs = tr.predict(
         result if result is not None else checkpoint, split.data, device=settings.device
     )
-    temperatures = (
-        _fit_temperatures(store, project_id, schema, split.sample_ids, probs)
-        if settings.calibrate
-        else {}
-    )
+    if only is not None:
+        temperatures = dict(stored_temperatures)
+    else:
+        temperatures = (
+            _fit_temperatures(store, project_id, schema, split.sample_ids, probs)
+            if settings.calibrate
+            else {}
+        )
     scaled = {}
     for head in schema.head_names:
         p = np.asarray(probs[head], dtype=np.float64)
@@ -576,10 +754,13 @@ def predict(
                 p / p.sum(axis=1, keepdims=True), temperatures[head], kind="probs"
             )
         scaled[head] = p
-    n = _write_predictions(store, model_version_id, schema, split.sample_ids, scaled)
-    with store.write() as s:
-        mv = s.get(ModelVersion, model_version_id)
-        mv.config = {**mv.config, "temperature": temperatures or None}
+    n = _write_predictions(
+        store, model_version_id, schema, split.sample_ids, scaled, replace=only is None
+    )
+    if only is None:
+        with store.write() as s:
+            mv = s.get(ModelVersion, model_version_id)
+            mv.config = {**mv.config, "temperature": temperatures or None}
     return n
 
 
@@ -590,9 +771,12 @@ def _write_predictions(
     sample_ids: list[int],
     probs: dict[str, np.ndarray],
     paths: dict[str, list[np.ndarray]] | None = None,
+    *,
+    replace: bool = True,
 ) -> int:
-    """Replace a version's prediction rows: ``probs[head]`` float (N, K) aligned with
-    ``sample_ids``; ``paths[head]`` one int (N,) argmax array per member (ensembles)."""
+    """Write a version's prediction rows: ``probs[head]`` float (N, K) aligned with
+    ``sample_ids``; ``paths[head]`` one int (N,) argmax array per member (ensembles). With
+    ``replace`` every older row of the version goes first; without, the rows are added."""
     rows = []
     for head in schema.head_names:
         p = probs[head]
@@ -612,7 +796,8 @@ def _write_predictions(
                 }
             )
     with store.write() as s:
-        s.execute(delete(Prediction).where(Prediction.model_version_id == model_version_id))
+        if replace:
+            s.execute(delete(Prediction).where(Prediction.model_version_id == model_version_id))
         for start in range(0, len(rows), 5000):
             s.execute(insert(Prediction), rows[start : start + 5000])
     return len(rows)
@@ -885,15 +1070,21 @@ def round_plan(
     from meiju_core.quota_fit import fit_to_candidates
 
     schema = schema_of(store, project_id)
+    from meiju_core.validate import unit_interval_problem
+
     t = settings.threshold if thresholds is None else thresholds
-    th = {h: float(t) for h in schema.head_names} if isinstance(t, (int, float)) else dict(t)
+    th = {h: t for h in schema.head_names} if not isinstance(t, dict) else dict(t)
     for head, value in th.items():
-        if not 0.0 <= float(value) <= 1.0:  # also refuses NaN
-            raise InputError(f"{head} threshold must be between 0 and 1, got {value}", field=head)
+        if head not in schema.head_names:
+            raise InputError(f"unknown head {head!r}; heads are {schema.head_names}", field=head)
+        problem = unit_interval_problem(value)
+        if problem:  # also refuses NaN, infinities and words
+            raise InputError(f"threshold {problem}", field=f"threshold {head}")
+        th[head] = float(value)
     strategy = strategy or settings.quota_strategy
-    budget = settings.quota_budget if budget is None else int(budget)
-    if budget < 0:
-        raise InputError(f"budget must be 0 or more, got {budget}", field="budget")
+    budget = settings.quota_budget if budget is None else budget
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
+        raise InputError(f"budget {budget!r} must be a whole number >= 0", field="budget")
     with store.read() as s:
         gold = q.gold_counts(s, project_id=project_id)
         cands = q.class_candidates(s, model_version_id=model_version_id, thresholds=th)
@@ -1321,11 +1512,15 @@ def save_transcript(
 ) -> int:
     """Save a transcript edit if nobody saved since ``expected_version``; records the edit with
     its kind (punctuation-only or lexical), editor and time. Returns the new version.
-    Raises StaleEdit when the stored version moved on, InputError on HTML."""
+    Raises StaleEdit when the stored version moved on, InputError on HTML or a control or
+    invisible character (NUL, a line break, U+202E)."""
     from meiju_core.text import has_html, is_punctuation_only_change
+    from meiju_core.validate import text_problem
 
     if has_html(text):
         raise InputError("transcripts are plain text; remove the HTML markup", field="text")
+    if text_problem(text):
+        raise InputError(text_problem(text), field="text")
     with store.write() as s:
         tr = s.scalars(select(Transcript).where(Transcript.sample_id == sample_id)).one()
         if tr.version != expected_version:
@@ -1390,6 +1585,9 @@ def export_submission(
     by_utt: dict[str, dict[str, str]] = {}
     for utt, head, label in rows:
         by_utt.setdefault(utt, {})[head] = label
+    from meiju_core.io.export import check_target
+
+    check_target(Path(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)

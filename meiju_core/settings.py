@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from meiju_core.errors import InputError
 
@@ -56,15 +58,53 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
         "may use, 1 runs it serially.",
     ),
     ("lease_seconds", 120, "How long a review card stays reserved for one annotator."),
+    (
+        "job_threads",
+        1,
+        "CPU threads torch may use for training inside the worker, so a retrain does not starve "
+        "the app and the other lane's jobs; 0 means one per core.",
+    ),
     ("project", "demo", "Name of the active project."),
 )
 
 
-# settings whose value must be one of a few words
-CHOICES: dict[str, tuple[str, ...]] = {
-    "pseudo_rule": ("joint", "per_head"),
-    "pseudo_confidence": ("raw", "calibrated"),
-}
+class _Rules(BaseModel):
+    """The constraints of the settings, checked once in :meth:`Settings.load`."""
+
+    model_config = ConfigDict(extra="ignore", strict=False)
+    device: str = Field(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
+    feature_set: str = Field(min_length=1, max_length=80)
+    threshold: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
+    pseudo_rule: Literal["joint", "per_head"]
+    pseudo_confidence: Literal["raw", "calibrated"]
+    quota_strategy: Literal["balanced", "proportional", "explicit"]
+    quota_budget: int = Field(ge=1)
+    seed: int = Field(ge=0, le=2**32 - 1)
+    extract_workers: int = Field(ge=0, le=256)
+    lease_seconds: int = Field(ge=1, le=7 * 24 * 3600)
+    job_threads: int = Field(ge=0, le=1024)
+    project: str = Field(min_length=1, max_length=200)
+
+
+def _check_url(url: str, source: str) -> None:
+    """Raise InputError unless ``url`` is a SQLite or PostgreSQL SQLAlchemy URL."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise InputError(
+            f"{source}={url!r} is not a database URL; use sqlite:///path/to/meiju.db or "
+            "postgresql+psycopg://user:password@host/dbname",
+            field="database_url",
+        ) from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise InputError(
+            f"{source}={url!r}: the store runs on sqlite or postgresql, not "
+            f"{parsed.get_backend_name()!r}",
+            field="database_url",
+        )
 
 
 def _parse(raw: str, kind: type) -> Any:
@@ -97,12 +137,20 @@ class Settings:
     seed: int
     extract_workers: int
     lease_seconds: int
+    job_threads: int
     project: str
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
-        """Defaults, then ``MEIJU_*`` environment variables, then ``overrides`` (None is ignored)."""
+        """Defaults, then ``MEIJU_*`` environment variables, then ``overrides`` (None is ignored).
+
+        Raises InputError naming the variable (``MEIJU_THRESHOLD``) or option (``--device``) and
+        the value, for a value of the wrong type, outside its range (a threshold outside [0, 1]
+        or NaN, a lease below 1 s, an unknown device or quota strategy) or a database URL that
+        is not SQLite or PostgreSQL.
+        """
         values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
         for name, default, _help in SETTINGS:
             var = f"MEIJU_{name.upper()}"
             raw = os.environ.get(var)
@@ -112,14 +160,22 @@ class Settings:
                 raise InputError(
                     f"{var}={raw!r}: {name} must be a {type(default).__name__}", field=name
                 ) from None
+            sources[name] = var
             if overrides.get(name) is not None:
                 value = overrides[name]
+                sources[name] = f"--{name.replace('_', '-')}"
             values[name] = value
-        for name, allowed in CHOICES.items():
-            if values[name] not in allowed:
-                raise InputError(
-                    f"{name} must be one of {list(allowed)}, got {values[name]!r}", field=name
-                )
+        try:
+            checked = _Rules(**values)
+        except ValidationError as e:
+            err = e.errors()[0]
+            name = str(err["loc"][0])
+            raise InputError(
+                f"{sources[name]}={values[name]!r}: {err['msg'].lower()}", field=name
+            ) from None
+        values.update(checked.model_dump())
+        if values["database_url"]:
+            _check_url(str(values["database_url"]), sources["database_url"])
         data_dir = Path(values["data_dir"]).expanduser().resolve()
         values["data_dir"] = data_dir
         values["database_url"] = values["database_url"] or f"sqlite:///{data_dir / 'meiju.db'}"

@@ -288,6 +288,9 @@ class _Runner:
             init_from=init_from,
             schema=self.d.schema,
         )
+        from meiju_core import resume
+
+        resume.discard(run_dir)  # the run is cached whole; no epoch to resume
         ckpt = result.best_joint_path
         splits = {"valid": self.d.valid, "test": self.d.test}
         if stage == 1 and len(self.d.pool):

@@ -24,6 +24,7 @@ import re
 import threading
 import unicodedata
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from typing import NamedTuple
 
 import jieba
@@ -472,15 +473,36 @@ def char_diff(before: str, after: str) -> list[DiffOp]:
     return [DiffOp(tag, before[i1:i2], after[j1:j2]) for tag, i1, i2, j1, j2 in sm.get_opcodes()]
 
 
-_HTML_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(\s+[^<>]*)?\s*/?>")
-_HTML_ENTITY = re.compile(r"&(#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+_TAG_START = re.compile(r"<[A-Za-z!/?]")  # what an HTML parser would read as markup
+
+
+class _MarkupFinder(HTMLParser):
+    """Records whether the standard library's HTML parser sees any markup at all."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=False)
+        self.found = False
+
+    def _hit(self, *_args: object) -> None:
+        self.found = True
+
+    handle_starttag = handle_startendtag = handle_endtag = _hit
+    handle_entityref = handle_charref = handle_comment = _hit
+    handle_decl = handle_pi = unknown_decl = _hit
 
 
 def has_html(text: str) -> bool:
-    """True if ``text`` holds an HTML/XML tag (``<b>``, ``</i>``, ``<br/>``, ``<font ...>``) or an
-    entity (``&nbsp;``, ``&#12290;``): subtitles exported with markup, refused on import.
+    """True if ``text`` holds HTML/XML markup as a real HTML parser (``html.parser``) reads it: a
+    tag (``<b>``, ``</i>``, ``<br/>``, ``<svg/onload=...>``, an unclosed ``<img src=x ...``), a
+    comment, a declaration or an entity (``&nbsp;``, ``&#12290;``). Subtitles exported with
+    markup are refused on import, and so is anything a browser could run.
 
-    >>> has_html("你好<br/>世界"), has_html("3 < 5 且 a&b")
-    (True, False)
+    >>> has_html("你好<br/>世界"), has_html("3 < 5 且 a&b"), has_html("<svg/onload=alert(1)>")
+    (True, False, True)
     """
-    return bool(_HTML_TAG.search(text) or _HTML_ENTITY.search(text))
+    if "<" not in text and "&" not in text:
+        return False
+    finder = _MarkupFinder()
+    finder.feed(text)
+    finder.close()
+    return finder.found or bool(_TAG_START.search(text))

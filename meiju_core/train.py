@@ -56,6 +56,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from meiju_core import resume as resume_state
 from meiju_core.errors import FeatureError, LabelError
 from meiju_core.metrics import evaluate, head_f1, joint_score
 from meiju_core.model import JointBatch, JointModel, ModelConfig
@@ -743,6 +744,7 @@ class _StageRecipe:
         init_from: TrainResult | str | Path | None,
         callback: Callback | None,
         schema: LabelSchema,
+        resume: bool = False,
     ) -> None:
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {stage}")
@@ -759,6 +761,7 @@ class _StageRecipe:
         )
         self.train_data, self.valid_data = train, valid
         self.pretrain = stage == 1 and model_config.pretrain_stage1
+        self.resume = resume  # continue from out_dir's resume file (meiju_core.resume)
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -781,8 +784,9 @@ class _StageRecipe:
         self._setup_optimizer()
         if self.dist.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            for name in CHECKPOINT_NAMES.values():  # never leave a stale best from an older run
-                (self.out_dir / name).unlink(missing_ok=True)
+            if not (self.resume and resume_state.exists(self.out_dir)):
+                for name in CHECKPOINT_NAMES.values():  # no stale best from an older run
+                    (self.out_dir / name).unlink(missing_ok=True)
 
     def _check_inputs(self) -> None:
         for head in self.mcfg.tasks:
@@ -837,7 +841,8 @@ class _StageRecipe:
         self.best_epochs: dict[str, int] = {}
         self.best_probs: dict[str, dict[str, np.ndarray]] = {}
         start, train_seconds, reason = time.perf_counter(), 0.0, None
-        for epoch in range(self.tcfg.epochs):
+        first = resume_state.restore(self) if self.resume else 0
+        for epoch in range(first, self.tcfg.epochs):
             t0 = time.perf_counter()
             loss = self._train_epoch(epoch)
             train_seconds += time.perf_counter() - t0
@@ -848,6 +853,7 @@ class _StageRecipe:
                 self._keep_best(epoch, scores, probs)
             event = self._event(epoch, loss, scores, lr, time.perf_counter() - start)
             self.history.append(event)
+            resume_state.save(self, epochs_done=epoch + 1)
             reason = self._notify(event)
             if reason:
                 break
@@ -1034,6 +1040,7 @@ def fit(
     init_from: TrainResult | str | Path | None = None,
     callback: Callback | None = None,
     schema: LabelSchema | None = None,
+    resume: bool = False,
 ) -> TrainResult:
     """Train one stage and keep its best checkpoints in ``out_dir`` (module docstring has the loop).
 
@@ -1056,12 +1063,14 @@ def fit(
             "eta_seconds"}``; returning ``"cancel"`` or raising stops after that epoch, with
             ``TrainResult.cancelled`` set.
         schema: class names (default MEIJU Track I); stored in the checkpoints.
+        resume: continue from ``out_dir``'s resume file (written after every epoch: model,
+            optimizer, scheduler, RNG and epoch; see :mod:`meiju_core.resume`) when there is one.
     Returns:
         A :class:`TrainResult`. Under DDP only rank 0's has metrics.
     Raises:
         FeatureError, LabelError: bad input data (see :meth:`TrainData.validate`).
-        ValueError: stage not 1/2, init_from at stage 1, a schema that disagrees with the model
-            config, a stage-1 checkpoint whose weights do not fit, a batch size not divisible by
+        ValueError: stage not 1/2, init_from at stage 1, a resume file of another schedule, a
+            schema that disagrees with the model config, a stage-1 checkpoint whose weights do not fit, a batch size not divisible by
             the number of processes, ``device="cuda"`` without CUDA.
     """
     recipe = _StageRecipe(
@@ -1074,6 +1083,7 @@ def fit(
         init_from=init_from,
         callback=callback,
         schema=schema or LabelSchema.meiju_track1(),
+        resume=resume,
     )
     try:
         recipe.setup()

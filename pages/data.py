@@ -8,7 +8,9 @@ finished export's files with ``st.download_button``.
 - **Import** (admins only; annotators do not see the form, and the job checks the role again):
   a CSV uploaded here (``meiju_core.io.tables.import_csv`` into the active project; the file is
   kept under ``<data_dir>/uploads``) or a MEIJU release folder on the server
-  (``meiju_core.io.meiju.import_release``, into a new project). Both are all or nothing.
+  (``meiju_core.io.meiju.import_release``, into a new project). Both are all or nothing. A CSV
+  import then extracts features and predicts the new utterances with the current model (one job,
+  with progress), and its result says how many new cards the Review queue got.
 - **Export** (everyone): ``submission.csv`` of a model version, labels with provenance (gold and
   accepted pseudo-labels: source, model version, confidence, round, reviewer), the decision log
   and the transcript edits (``meiju_core.io.export``), written under ``<data_dir>/exports/job<id>``.
@@ -231,6 +233,15 @@ def job_panel(job: dict[str, Any]) -> None:
             f"({', '.join(f'{k} {v}' for k, v in splits.items())}), "
             f"{result.get('transcripts', 0)} transcripts"
         )
+        prepared = result.get("prepared") or {}
+        if prepared.get("new_cards") is not None:
+            st.success(
+                f"**{prepared['new_cards']}** new cards in the Review queue "
+                f"({prepared.get('queue_cards')} open in all).",
+                icon=":material/playlist_add_check:",
+            )
+        if prepared.get("note"):
+            st.info(prepared["note"])
 
 
 def jobs_ui(project_id: int) -> None:

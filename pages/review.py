@@ -37,6 +37,7 @@ from db import queries as q
 from db.models import ModelVersion, Prediction, PseudoLabel, ReviewRound, Sample
 from meiju_core import pipeline
 from meiju_core.errors import BelowThreshold, CardTaken, MeijuError, QuotaExceeded
+from meiju_core.validate import db_id, db_ids, unit_interval_problem
 from pages import _common as common
 from pages._inspect import inspect_panel
 from pages._keys import key_listener, new_events
@@ -296,7 +297,7 @@ def inspect_link(project: dict[str, Any]) -> bool:
     """A link naming gold-labelled samples (a dashboard confusion cell) opens the inspect view
     (``pages/_inspect.py``) instead of the queue; returns whether it did."""
     raw = st.query_params.get("samples", "")
-    ids = tuple(dict.fromkeys(int(i) for i in raw.split(",") if i.strip().isdigit()))
+    ids = db_ids(raw)
     if not ids:
         return False
     url = common.settings().database_url
@@ -305,7 +306,7 @@ def inspect_link(project: dict[str, Any]) -> bool:
         return False
     versions = _predicted_versions(url, project["id"])
     model = st.query_params.get("model", "")
-    mv_id = int(model) if model.isdigit() and int(model) in versions else max(versions, default=0)
+    mv_id = db_id(model) if db_id(model) in versions else max(versions, default=0)
     params = {k: st.query_params.get(k, "") for k in ("head", "gold", "pred", "split")}
     inspect_panel(project, list(outside), mv_id, params)
     return True
@@ -335,17 +336,17 @@ def _clean_params(
             v = float(raw.get(key, ""))
         except ValueError:
             continue
-        if 0.0 <= v <= 1.0:
+        if unit_interval_problem(v) is None:
             out[key] = f"{v:g}"
     for key in ("unseen", "disagree"):
         if raw.get(key, "").lower() in ("1", "true", "yes", "on"):
             out[key] = "1"
     model = raw.get("model", "")
-    if model.isdigit() and int(model) in versions:
-        out["model"] = model
-    ids = [i for i in raw.get("samples", "").split(",") if i.strip().isdigit()]
+    if db_id(model) in versions:
+        out["model"] = str(db_id(model))
+    ids = db_ids(raw.get("samples", ""))
     if ids:
-        out["samples"] = ",".join(str(int(i)) for i in ids)
+        out["samples"] = ",".join(map(str, ids))
     return out
 
 

@@ -34,7 +34,7 @@ def _latest_job_id(store, project_id: int) -> int | None:
         active = q.active_job(s, kind="train", project_id=project_id)
         if active is not None:
             return active.id
-        latest = q.latest_jobs(s, project_id=project_id, limit=1)
+        latest = q.latest_jobs(s, project_id=project_id, limit=1, kind="train")
         return latest[0].id if latest else None
 
 
@@ -111,7 +111,13 @@ def job_panel(job: dict[str, Any], *, admin: bool) -> None:
             args=(job["id"],),
         )
     detail = job["detail"]
-    st.progress(min(1.0, max(0.0, job["progress"])), text=detail.get("message") or status)
+    text = detail.get("message") or status
+    if status == "running":
+        text = f"running: {text}"
+        eta = detail.get("eta_seconds")
+        if isinstance(eta, (int, float)) and eta >= 0 and detail.get("epoch"):
+            text += f" · about {_duration(eta)} left"
+    st.progress(min(1.0, max(0.0, job["progress"])), text=text)
     figures = {}
     if "epoch" in detail:
         figures["epoch"] = f"{detail['epoch']} / {detail.get('epochs', '?')}"
@@ -131,6 +137,16 @@ def job_panel(job: dict[str, Any], *, admin: bool) -> None:
     if job["log"]:
         tail = "\n".join(job["log"].splitlines()[-15:])
         st.code(tail, language=None)
+
+
+def _duration(seconds: float) -> str:
+    """``95`` -> ``"1 min 35 s"``; ``3700`` -> ``"1 h 2 min"``."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
 
 
 def _is_score(key: str) -> bool:

@@ -33,6 +33,7 @@ import streamlit as st
 from meiju_core import pipeline, text
 from meiju_core import transcript_rules as TR
 from meiju_core.errors import MeijuError, StaleEdit
+from meiju_core.validate import db_id
 from pages import _common as common
 from pages._live_diff import live_diff
 
@@ -184,11 +185,11 @@ def open_sample(index: Index, shown: list[int]) -> int | None:
     asked = st.query_params.get("sample")
     if asked and asked != S.get("ts_qp_seen"):
         S["ts_qp_seen"] = asked
-        if asked.isdigit():
-            S["ts_open"] = int(asked)
-            S["ts_from_review"] = int(asked)
+        if db_id(asked) is not None:
+            S["ts_open"] = db_id(asked)
+            S["ts_from_review"] = db_id(asked)
             if "back" in st.query_params:  # the Review queue it came from (its filters)
-                S["ts_back"] = {"sample": int(asked), "params": st.query_params.get("back", "")}
+                S["ts_back"] = {"sample": db_id(asked), "params": st.query_params.get("back", "")}
                 del st.query_params["back"]
     sid = S.get("ts_open") or (shown[0] if shown else None)
     if sid is not None and st.query_params.get("sample") != str(sid):

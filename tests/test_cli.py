@@ -137,3 +137,45 @@ def test_commands_needing_a_model_say_so(tmp_path):
         result = runner.invoke(app, ["--data-dir", str(tmp_path), command])
         assert result.exit_code == 1, command
         assert "no model version yet" in result.output
+
+
+def test_import_and_export_commands_cover_what_the_app_can(tmp_path, monkeypatch):
+    """`meiju import csv|labels` store utterances into the fixture project (all or nothing) and
+    `meiju export labels|decisions|edits` write the files the Data page offers."""
+    from db import Store
+    from db.fixtures import build_fixture
+
+    url = f"sqlite:///{tmp_path / 'meiju.db'}"
+    store = Store(url)
+    store.upgrade()
+    build_fixture(store, n_pool=5)
+    base = ["--data-dir", str(tmp_path), "--database-url", url, "--project", "fixture"]
+    csv_path = tmp_path / "new.csv"
+    csv_path.write_text("utt_id,text,split\ncli_1,你好吗？,pool\ncli_2,好的,pool\n", "utf-8")
+    out = runner.invoke(app, [*base, "import", "csv", str(csv_path), "--no-prepare"])
+    assert out.exit_code == 0, out.output
+    assert "'samples': 2" in out.output
+    again = runner.invoke(app, [*base, "import", "csv", str(csv_path), "--no-prepare"])
+    assert again.exit_code == 1 and "cli_1" in again.output and "Traceback" not in again.output
+    labels = tmp_path / "list.txt"
+    labels.write_text("lab_1 happy questioning\nlab_2 sad neutral\n", "utf-8")
+    out = runner.invoke(
+        app, [*base, "import", "labels", str(labels), "--split", "train", "--no-prepare"]
+    )
+    assert out.exit_code == 0, out.output
+    for what, header in (
+        ("labels", "utt_id"),
+        ("decisions", "decision_id"),
+        ("edits", "edit_id"),
+    ):
+        target = tmp_path / f"{what}.csv"
+        out = runner.invoke(app, [*base, "export", what, str(target)])
+        assert out.exit_code == 0, out.output
+        assert target.read_text("utf-8").split(",")[0].startswith(header.split("_")[0])
+    text = (tmp_path / "labels.csv").read_text("utf-8")
+    assert "lab_1" in text and "happy" in text
+    help_ = runner.invoke(app, ["--help"]).output
+    assert "import" in help_ and "transcribe" in help_
+    export_help = runner.invoke(app, ["export", "--help"]).output
+    for name in ("submission", "labels", "decisions", "edits", "baseline"):
+        assert name in export_help

@@ -114,14 +114,125 @@ def test_cancel_of_a_queued_job_is_immediate(env):
 
 def test_recover_fails_orphans_and_requeues(env):
     settings, store = env
-    running = jobs.submit(store, settings, kind="train", enqueue=False)
+    running = jobs.submit(store, settings, kind="extract", enqueue=False)
     with store.write() as s:
         s.get(Job, running).status = "running"
-    queued = jobs.submit(store, settings, kind="extract", enqueue=False)
+    queued = jobs.submit(store, settings, kind="export", enqueue=False)
     assert jobs.recover(store, settings, stale_after_s=0) == [queued]
     assert _job(store, running).status == "failed"
     assert "worker stopped" in _job(store, running).error
-    assert len(jobs.get_huey(str(settings.queue_path))) == 1
+    assert len(jobs.get_huey(str(settings.queue_path), "io")) == 1
+    assert len(jobs.get_huey(str(settings.queue_path), "train")) == 0
+
+
+def test_training_and_io_jobs_go_to_separate_lanes(env):
+    settings, store = env
+    jobs.submit(store, settings, kind="train")
+    jobs.submit(store, settings, kind="export")
+    jobs.submit(store, settings, kind="import")
+    assert len(jobs.get_huey(str(settings.queue_path), "train")) == 1
+    assert len(jobs.get_huey(str(settings.queue_path), "io")) == 2
+    assert [jobs.lane_of(k) for k in ("train", "demo", "predict", "extract")] == [
+        "train",
+        "train",
+        "io",
+        "io",
+    ]
+    with pytest.raises(JobError, match="unknown lane"):
+        jobs.get_huey(str(settings.queue_path), "gpu")
+
+
+def test_execute_records_pid_host_and_attempts(env, monkeypatch):
+    settings, store = env
+    seen = {}
+
+    def fake(store_, settings_, project_id, params, user, reporter):
+        seen.update(vars(_job(store_, reporter.job_id)))
+        return {}
+
+    monkeypatch.setitem(jobs.RUNNERS, "export", fake)
+    jid = jobs.submit(store, settings, kind="export", enqueue=False)
+    jobs.execute(store, settings, jid)
+    assert (seen["pid"], seen["host"], seen["attempts"]) == (os.getpid(), jobs.HOST, 1)
+
+
+def _running(store, job_id, *, pid, host=None, attempts=1):
+    with store.write() as s:
+        job = s.get(Job, job_id)
+        job.status, job.pid, job.host, job.attempts = "running", pid, host or jobs.HOST, attempts
+        job.started_at = job.heartbeat_at = jobs.utcnow()
+
+
+def test_reap_requeues_a_train_job_whose_process_is_gone_and_fails_others(env):
+    settings, store = env
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    train = jobs.submit(store, settings, kind="train", params={"stage": 2}, enqueue=False)
+    export = jobs.submit(store, settings, kind="export", enqueue=False)
+    alive = jobs.submit(store, settings, kind="extract", enqueue=False)
+    _running(store, train, pid=dead.pid)
+    _running(store, export, pid=dead.pid)
+    # a live process that is not a job process (a recycled pid) counts as gone too;
+    # this test process is a live meiju_core.jobs lookalike only if its command line says so
+    _running(store, alive, pid=os.getpid())
+    out = jobs.reap(store, settings)
+    assert out == {"requeued": [train], "failed": [export, alive]}
+    job = _job(store, train)
+    assert job.status == "queued" and job.params == {"stage": 2, "resume": True}
+    assert "re-queued to resume" in job.log
+    assert len(jobs.get_huey(str(settings.queue_path), "train")) == 1
+    assert f"pid {dead.pid}" in _job(store, export).error
+    # the retrain button is free again once the row is no longer running... or queued again
+    assert _job(store, export).finished_at is not None
+
+
+def test_reap_leaves_a_live_job_alone_and_fails_after_max_attempts(env):
+    settings, store = env
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)", "meiju_core.jobs"]
+    )
+    try:
+        train = jobs.submit(store, settings, kind="train", enqueue=False)
+        _running(store, train, pid=proc.pid)
+        assert jobs.reap(store, settings) == {"requeued": [], "failed": []}
+    finally:
+        proc.kill()
+        proc.wait()
+    with store.write() as s:
+        s.get(Job, train).attempts = jobs.MAX_ATTEMPTS
+    assert jobs.reap(store, settings)["failed"] == [train]
+    assert f"after {jobs.MAX_ATTEMPTS} starts" in _job(store, train).error
+
+
+def test_a_job_on_another_host_is_reaped_only_when_its_heartbeat_is_stale(env):
+    settings, store = env
+    jid = jobs.submit(store, settings, kind="export", enqueue=False)
+    _running(store, jid, pid=1, host="gpu-box")
+    assert jobs.reap(store, settings)["failed"] == []
+    assert jobs.reap(store, settings, stale_after_s=0)["failed"] == [jid]
+    assert "no heartbeat since" in _job(store, jid).error
+
+
+def test_clean_checkpoints_removes_only_unreferenced_old_folders(env):
+    from db.fixtures import build_fixture
+    from db.models import ModelVersion
+
+    settings, store = env
+    ids = build_fixture(store, n_pool=5)
+    root = settings.checkpoint_dir / f"project{ids.project_id}"
+    used, active, orphan, fresh = (root / n for n in ("used", "stage2-paper-job9", "old", "new"))
+    for folder in (used, active, orphan, fresh):
+        folder.mkdir(parents=True)
+        (folder / "best_joint.pt").write_bytes(b"x")
+    with store.write() as s:
+        s.get(ModelVersion, ids.model_version_id).checkpoint_path = str(used / "best_joint.pt")
+        s.add(Job(id=9, kind="train", status="running", params={}, project_id=ids.project_id))
+    old = time.time() - 2 * jobs.CHECKPOINT_GRACE_S
+    for folder in (used, active, orphan):
+        os.utime(folder / "best_joint.pt", (old, old))
+        os.utime(folder, (old, old))
+    assert jobs.clean_checkpoints(store, settings) == [orphan]
+    assert used.is_dir() and active.is_dir() and fresh.is_dir() and not orphan.exists()
 
 
 def test_worker_process_runs_a_queued_job_in_a_subprocess(env):

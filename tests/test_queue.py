@@ -37,6 +37,10 @@ from meiju_core.pseudo import select as select_rows
 ALL_PAIRS = set(itertools.product(EMOTIONS, INTENTS))
 
 
+# the store, queue, quota, lease and concurrency tests run on both databases (tests/conftest.py)
+STORE_BACKENDS = ("sqlite", "postgresql")
+
+
 @pytest.fixture
 def fx(store):
     return build_fixture(store, n_pool=60, quota=3, threshold=0.3)

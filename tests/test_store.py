@@ -12,6 +12,9 @@ from db import queries as q
 from db.fixtures import build_fixture
 from db.models import Base, Decision, PseudoLabel, ReviewRound
 
+# the store, queue, quota, lease and concurrency tests run on both databases (tests/conftest.py)
+STORE_BACKENDS = ("sqlite", "postgresql")
+
 
 @pytest.fixture
 def fx(store):
@@ -33,6 +36,8 @@ def test_migration_matches_models(store):
 
 
 def test_sqlite_pragmas(store):
+    if not store.is_sqlite:
+        pytest.skip("SQLite only")
     with store.read() as s:
         conn = s.connection()
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
@@ -250,3 +255,35 @@ def test_undo_by_decision_id_restores_the_whole_card(store, fx):
     with store.read() as s:
         assert s.scalar(select(func.count()).select_from(PseudoLabel)) == 0
         assert sid in q.queue(s, round_id=fx.round_id, limit=5)
+
+
+def test_racing_leases_of_one_card_give_it_to_one_annotator(store, fx):
+    """Eight annotators lease the same card at once: one gets it, the others are refused, and no
+    one gets a database error (on PostgreSQL the round row is locked, as BEGIN IMMEDIATE does
+    on SQLite)."""
+    import threading
+
+    from db.models import User
+
+    with store.write() as s:
+        users = [User(name=f"racer{k}", role="annotator") for k in range(8)]
+        s.add_all(users)
+        s.flush()
+        user_ids = [u.id for u in users]
+    sid, results, errors = fx.pool_ids[0], [], []
+    barrier = threading.Barrier(len(user_ids))
+
+    def racer(uid: int) -> None:
+        try:
+            barrier.wait()
+            with store.write() as s:
+                results.append(q.lease(s, round_id=fx.round_id, sample_id=sid, user_id=uid))
+        except Exception as e:  # noqa: BLE001 - the test reports any error
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=racer, args=(uid,)) for uid in user_ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and sorted(results) == [False] * 7 + [True]

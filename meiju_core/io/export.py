@@ -93,7 +93,19 @@ def _iso(t: datetime | None) -> str:
     return (t if t.tzinfo else t.replace(tzinfo=UTC)).isoformat(timespec="seconds")
 
 
+def check_target(path: Path) -> None:
+    """Raise InputError (``field="path"``) when ``path`` cannot take a file: it is a folder, or
+    a part of its parent is a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give a file name", field="path")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise InputError(f"{parent} is a file, not a folder", field="path")
+
+
 def _write(path: Path, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
+    check_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
     tmp = path.with_name(path.name + ".part")

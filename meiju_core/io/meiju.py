@@ -56,7 +56,7 @@ from meiju_core.errors import (
 )
 from meiju_core.io.tables import SampleRow, bulk_insert, read_utf8, strip_extension
 from meiju_core.schema import MODALITIES, LabelSchema
-from meiju_core.text import has_html
+from meiju_core.validate import id_problem, text_problem
 
 __all__ = [
     "BASELINE_TYPES",
@@ -280,10 +280,12 @@ def _transcription_row(
     utt_id = strip_extension(record[id_col])
     if not utt_id:
         problems.add("empty file name", path=path, row=row, field=header[id_col])
+    elif id_problem(utt_id):
+        problems.add(id_problem(utt_id), path=path, row=row, field=header[id_col])
     text = record[text_col].strip()
-    if has_html(text):
+    if text and text_problem(text):
         problems.add(
-            "the subtitle contains HTML (a tag or an entity)",
+            text_problem(text).replace("transcript", "subtitle"),
             path=path,
             row=row,
             field=header[text_col],

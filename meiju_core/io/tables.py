@@ -35,11 +35,10 @@ baseline's ``*_files.txt`` have); it is removed, as the baseline does.
 from __future__ import annotations
 
 import csv
-import dataclasses
-import io
+import itertools
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,7 @@ from db import Store
 from db.models import SPLITS, TRANSCRIPT_SOURCES, GoldLabel, Project, Sample, Transcript
 from meiju_core.errors import ImportDataError, InputError, LabelError
 from meiju_core.schema import LabelSchema
-from meiju_core.text import has_html
+from meiju_core.validate import id_problem, text_problem
 
 ID_HEADERS = ("utt_id", "filename", "name", "id", "utterance_id", "file")
 TEXT_HEADERS = ("text", "subtitle", "sentence", "transcript", "transcription", "utterance")
@@ -144,10 +143,7 @@ def read_utf8(path: Path) -> str:
         data = Path(path).read_bytes()
     except OSError as e:
         raise ImportDataError(f"cannot read the file: {e.strerror or e}", path=str(path)) from None
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise ImportDataError(
-            "the file is UTF-16, not UTF-8; re-save it as UTF-8 and import it again", path=str(path)
-        )
+    _check_start(data, Path(path))
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -158,6 +154,58 @@ def read_utf8(path: Path) -> str:
             path=str(path),
             row=line,
         ) from None
+
+
+def _check_start(data: bytes, path: Path) -> None:
+    """Refuse UTF-16 (with or without a byte-order mark) and NUL bytes from the first bytes."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ImportDataError(
+            "the file is UTF-16, not UTF-8; re-save it as UTF-8 and import it again", path=str(path)
+        )
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        line = data[:nul].count(b"\n") + 1
+        sixteen = data.count(b"\x00") * 3 > len(data)
+        raise ImportDataError(
+            "the file looks like UTF-16 without a byte-order mark (every other byte is NUL); "
+            "re-save it as UTF-8 and import it again"
+            if sixteen
+            else f"the file contains a NUL byte on line {line}; it is not a text file",
+            path=str(path),
+            row=line,
+        )
+
+
+class _Lines:
+    """A UTF-8 file read line by line (a BOM dropped), never whole: a decoding error or a NUL byte
+    raises ``ImportDataError`` naming the line. ``line`` is the number of lines read so far."""
+
+    def __init__(self, path: Path, binary) -> None:
+        self.path, self.binary, self.line = path, binary, 0
+
+    def __iter__(self):
+        first = True
+        for raw in self.binary:
+            self.line += 1
+            if first:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
+                first = False
+            if b"\x00" in raw:
+                raise ImportDataError(
+                    f"the file contains a NUL byte on line {self.line}; it is not a text file",
+                    path=str(self.path),
+                    row=self.line,
+                )
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ImportDataError(
+                    f"the file is not UTF-8 (byte 0x{raw[e.start]:02x} on line {self.line} is "
+                    "invalid; it may be GBK or another legacy encoding); re-save it as UTF-8 and "
+                    "import it again",
+                    path=str(self.path),
+                    row=self.line,
+                ) from None
 
 
 def strip_extension(utt_id: str) -> str:
@@ -258,18 +306,6 @@ def _resolve_columns(
     return _Columns(id_col, _find(header, (text_column, *TEXT_HEADERS)), split_col, labels)
 
 
-def _csv_records(text: str, path: Path) -> list[list[str]]:
-    first_line = text.split("\n", 1)[0]
-    delimiter = "\t" if "\t" in first_line and "," not in first_line else ","
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    try:
-        return list(reader)
-    except csv.Error as e:
-        raise ImportDataError(
-            f"not a readable CSV file: {e}", path=str(path), row=reader.line_num
-        ) from None
-
-
 def _csv_row(
     record: list[str],
     row: int,
@@ -288,8 +324,9 @@ def _csv_row(
         return None
     n_before = len(problems.items)
     utt_id = strip_extension(record[cols.id])
-    if not utt_id:
-        problems.add("empty id", row=row, field=header[cols.id])
+    bad_id = id_problem(utt_id)
+    if bad_id:
+        problems.add(bad_id, row=row, field=header[cols.id])
     split = default_split
     if cols.split is not None and record[cols.split].strip():
         split = _split_value(record[cols.split])
@@ -302,12 +339,9 @@ def _csv_row(
     elif split is None:
         problems.add("empty split and no default split given", row=row, field=header[cols.split])
     text = record[cols.text].strip() if cols.text is not None else ""
-    if has_html(text):
-        problems.add(
-            "the transcript contains HTML (a tag or an entity); remove it before importing",
-            row=row,
-            field=header[cols.text],
-        )
+    bad_text = text_problem(text) if text else None
+    if bad_text:
+        problems.add(bad_text, row=row, field=header[cols.text])
     labels: dict[str, str] = {}
     for head, col in cols.labels.items():
         try:
@@ -385,11 +419,69 @@ def import_csv(
     default_split = _split_value(default_split) if default_split is not None else None
     schema = _project_schema(store, project_id)
     problems = _Problems(path)
-    records = _csv_records(read_utf8(path), path)
-    if not records or not any(cell.strip() for cell in records[0]):
+    try:
+        binary = path.open("rb")
+    except OSError as e:
+        raise ImportDataError(f"cannot read the file: {e.strerror or e}", path=str(path)) from None
+    with binary:
+        _check_start(binary.read(4096), path)
+        binary.seek(0)
+        lines = _Lines(path, binary)
+        stream = iter(lines)
+        first = next(stream, "")
+        delimiter = "\t" if "\t" in first and "," not in first else ","
+        reader = csv.reader(itertools.chain([first], stream), delimiter=delimiter)
+        try:
+            return _import_records(
+                store,
+                path,
+                reader,
+                problems,
+                project_id=project_id,
+                schema=schema,
+                id_column=id_column,
+                text_column=text_column,
+                split_column=split_column,
+                label_columns=label_columns,
+                default_split=default_split,
+                source=source,
+                text_source=text_source,
+                label_source=label_source,
+            )
+        except csv.Error as e:
+            raise ImportDataError(
+                f"not a readable CSV file: {e}", path=str(path), row=reader.line_num
+            ) from None
+
+
+BATCH_ROWS = 5000  # rows validated, then inserted together (the file is never held whole)
+
+
+def _import_records(
+    store: Store,
+    path: Path,
+    reader: Iterator[list[str]],
+    problems: _Problems,
+    *,
+    project_id: int,
+    schema: LabelSchema,
+    id_column: str,
+    text_column: str,
+    split_column: str,
+    label_columns: Mapping[str, str],
+    default_split: str | None,
+    source: str,
+    text_source: str,
+    label_source: str,
+) -> ImportSummary:
+    """Validate and insert the records of a CSV in batches of ``BATCH_ROWS`` inside one write
+    transaction; any problem stops the inserts, every remaining row is still checked, and the
+    transaction is rolled back, so the store is unchanged. Memory holds one batch and the ids."""
+    record = next(reader, None)
+    if record is None or not any(cell.strip() for cell in record):
         problems.add("the file is empty: no header row", row=1)
         problems.raise_if_any()
-    header = [h.strip() for h in records[0]]
+    header = [h.strip() for h in record]
     cols = _resolve_columns(
         header,
         problems,
@@ -402,28 +494,80 @@ def import_csv(
     )
     problems.raise_if_any()
     assert cols is not None
-    rows: list[tuple[int, SampleRow]] = []
-    for row, record in enumerate(records[1:], start=2):
-        if not any(cell.strip() for cell in record):
-            continue  # a blank line
-        sample = _csv_row(
-            record,
-            row,
-            header,
-            cols,
-            problems,
-            schema=schema,
-            default_split=default_split,
-            source=source,
-            text_source=text_source,
-            label_source=label_source,
-        )
-        if sample is not None:
-            rows.append((row, sample))
-    summary = _store_rows(store, path, project_id, schema, rows, problems, id_field=header[cols.id])
+    id_field = header[cols.id]
+    labels = {head: dict.fromkeys(schema.classes(head), 0) for head in schema.head_names}
+    splits: Counter[str] = Counter()
+    n = transcripts = 0
+    with store.write() as s:
+        # ids are checked within a batch here and against the store (earlier batches included)
+        # before each insert, so memory never holds every id of a large file
+        first_row: dict[str, int] = {}
+        batch: list[tuple[int, SampleRow]] = []
+
+        def flush() -> None:
+            stored = _stored_ids(s, project_id, [b.utt_id for _, b in batch])
+            for row_, sample_ in batch:
+                if sample_.utt_id in stored:
+                    problems.add(
+                        f"id {sample_.utt_id!r} is already stored in project {project_id} "
+                        "(or earlier in this file)",
+                        row=row_,
+                        field=id_field,
+                    )
+            if not problems.items:
+                bulk_insert(s, project_id, [b for _, b in batch])
+            batch.clear()
+            first_row.clear()
+
+        for row, record in enumerate(reader, start=2):
+            if not any(cell.strip() for cell in record):
+                continue  # a blank line
+            sample = _csv_row(
+                record,
+                row,
+                header,
+                cols,
+                problems,
+                schema=schema,
+                default_split=default_split,
+                source=source,
+                text_source=text_source,
+                label_source=label_source,
+            )
+            if sample is None:
+                continue
+            if sample.utt_id in first_row:
+                problems.add(
+                    f"duplicate id {sample.utt_id!r}: rows {first_row[sample.utt_id]} and {row}",
+                    row=row,
+                    field=id_field,
+                )
+                continue
+            first_row[sample.utt_id] = row
+            n += 1
+            transcripts += sample.text is not None
+            splits[sample.split] += 1
+            for head, label in sample.labels.items():
+                labels[head][label] += 1
+            batch.append((row, sample))
+            if len(batch) >= BATCH_ROWS:
+                flush()
+        if batch:
+            flush()
+        if not n and not problems.items:
+            problems.add("no rows to import")
+        problems.raise_if_any()  # rolls every inserted batch back
     used = cols.used(header)
-    ignored = tuple(h for h in header if h not in used.values())
-    return dataclasses.replace(summary, columns=used, ignored_columns=ignored)
+    return ImportSummary(
+        path=str(path),
+        project_id=project_id,
+        samples=n,
+        transcripts=transcripts,
+        splits=dict(splits),
+        labels=labels,
+        columns=used,
+        ignored_columns=tuple(h for h in header if h not in used.values()),
+    )
 
 
 # --------------------------------------------------------------------------- label lists
@@ -484,6 +628,10 @@ def import_label_list(
                 labels[head] = label
         if labels and split == "pool":
             problems.add("a pool sample cannot carry gold labels", row=line_no)
+        bad_id = id_problem(strip_extension(fields[0]))
+        if bad_id:
+            problems.add(bad_id, row=line_no, field="utt_id")
+            continue
         rows.append(
             (
                 line_no,
@@ -578,6 +726,21 @@ def _store_rows(
     )
 
 
+def _stored_ids(session: Session, project_id: int, utt_ids: Sequence[str]) -> set[str]:
+    """Which of ``utt_ids`` the project already has (in chunks under SQLite's parameter limit)."""
+    found: set[str] = set()
+    for start in range(0, len(utt_ids), 900):
+        found.update(
+            session.scalars(
+                select(Sample.utt_id).where(
+                    Sample.project_id == project_id,
+                    Sample.utt_id.in_(utt_ids[start : start + 900]),
+                )
+            )
+        )
+    return found
+
+
 def bulk_insert(session: Session, project_id: int, rows: Sequence[SampleRow]) -> list[int]:
     """Insert samples, their transcripts and gold labels with three executemany statements.
 
@@ -602,11 +765,16 @@ def bulk_insert(session: Session, project_id: int, rows: Sequence[SampleRow]) ->
     ]
     # Core executemany on the tables: several times faster than the ORM bulk path for 10k rows.
     session.execute(insert(Sample.__table__), sample_values)
-    id_of = dict(
-        session.execute(
-            select(Sample.utt_id, Sample.id).where(Sample.project_id == project_id)
-        ).all()
-    )
+    id_of: dict[str, int] = {}
+    names = [r.utt_id for r in rows]
+    for start in range(0, len(names), 900):  # under SQLite's bound-parameter limit
+        id_of.update(
+            session.execute(
+                select(Sample.utt_id, Sample.id).where(
+                    Sample.project_id == project_id, Sample.utt_id.in_(names[start : start + 900])
+                )
+            ).all()
+        )
     ids = [id_of[r.utt_id] for r in rows]
     transcripts = [
         {

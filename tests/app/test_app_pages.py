@@ -481,6 +481,50 @@ def test_training_lists_an_ensembles_members(fx):
     assert systems["fixture-model"] != ""  # a trained system shows its preset
 
 
+def test_training_keeps_the_finished_run_while_other_jobs_queue(fx):
+    """An import queued after a retrain does not replace the retrain's result on the page."""
+    store, ids = fx
+    with store.write() as s:
+        s.add(
+            Job(
+                project_id=ids.project_id,
+                kind="train",
+                status="succeeded",
+                progress=1.0,
+                detail={"message": "model version 7 ready"},
+                result={"model_version_id": 7},
+            )
+        )
+        s.add(Job(project_id=ids.project_id, kind="import", status="queued"))
+    at = signed_in(ids, page="pages/training.py")
+    assert not at.exception
+    panel = " ".join(m.value for m in at.markdown)
+    assert "train · **succeeded**" in panel and "import" not in panel
+    assert any("model_version_id" in c.value for c in at.caption)
+
+
+def test_training_says_running_with_time_left_and_feature_loading(fx):
+    store, ids = fx
+    with store.write() as s:
+        s.add(
+            Job(
+                project_id=ids.project_id,
+                kind="train",
+                status="running",
+                progress=0.5,
+                detail={"epoch": 5, "epochs": 10, "eta_seconds": 95.0, "message": "epoch 5/10"},
+            )
+        )
+    at = signed_in(ids, page="pages/training.py")
+    bar = at.get("progress")[0].proto.text
+    assert bar.startswith("running:") and "about 1 min 35 s left" in bar
+    with store.write() as s:
+        job = s.scalars(select(Job)).one()
+        job.progress, job.detail = 0.02, {"message": "loading train features: 800 of 2352"}
+    at = signed_in(ids, page="pages/training.py")
+    assert "loading train features: 800 of 2352" in at.get("progress")[0].proto.text
+
+
 # --------------------------------------------------------------------------- dashboard
 
 
