@@ -837,7 +837,7 @@ def create_ensemble(
         PermissionDenied: ``user`` is not an admin.
     """
     if user is not None:
-        require_admin(user, "create an ensemble")
+        require_admin(user, "create an ensemble", store=store)
     schema = schema_of(store, project_id)
     unknown = [h for h in members if h not in schema.head_names]
     if unknown:
@@ -919,8 +919,9 @@ def _predict_ensemble(
             have = s.scalar(
                 select(func.count()).select_from(Prediction).where(Prediction.model_version_id == m)
             )
-        if have < len(sample_ids) * len(schema.head_names):
-            predict(store, settings, model_version_id=m, splits=splits)
+            can_predict = bool(s.get(ModelVersion, m).checkpoint_path)
+        if have < len(sample_ids) * len(schema.head_names) and can_predict:
+            predict(store, settings, model_version_id=m, splits=splits, missing_only=True)
     row_of = {sid: i for i, sid in enumerate(sample_ids)}
     probs, paths = {}, {}
     for head in schema.head_names:
@@ -939,7 +940,17 @@ def _predict_ensemble(
             stack.append(p)
         probs[head] = np.mean(stack, axis=0)
         paths[head] = [p.argmax(axis=1) for p in stack]
-    return _write_predictions(store, model_version_id, schema, sample_ids, probs, paths)
+    # a sample some member has no prediction for (e.g. imported predictions) gets none
+    keep = np.all([~np.isnan(p).any(axis=1) for p in probs.values()], axis=0)
+    rows = np.flatnonzero(keep)
+    return _write_predictions(
+        store,
+        model_version_id,
+        schema,
+        [sample_ids[i] for i in rows],
+        {h: p[rows] for h, p in probs.items()},
+        {h: [a[rows] for a in args] for h, args in paths.items()},
+    )
 
 
 def _fit_temperatures(

@@ -42,6 +42,16 @@ def _services(store, settings, ids):
             ),
         ),
         ("promote", lambda u: pipeline.promote(store, model_version_id=mv, user=u)),
+        (
+            "create an ensemble",
+            lambda u: pipeline.create_ensemble(
+                store,
+                settings,
+                project_id=ids.project_id,
+                members={"emotion": [mv], "intent": [mv]},
+                user=u,
+            ),
+        ),
         ("cancel a job", lambda u: jobs.cancel(store, job_id=job_id, user=u)),
         (
             "override a decision",
