@@ -355,6 +355,15 @@ class _Runner:
             gold = {c: int((y == k).sum()) for k, c in enumerate(names)}
             q = compute_quotas(gold, classes=names, strategy="balanced", budget=self.o.budget)
             quotas[h] = np.array([q[c] for c in names], dtype=np.int64)
+        passing = np.all([probs[h].max(1) >= self.o.threshold for h in self.heads], axis=0)
+        candidates = {
+            h: {
+                self.d.schema.classes(h)[k]: int(n)
+                for k, n in enumerate(np.bincount(probs[h].argmax(1)[passing], minlength=len(q)))
+                if n
+            }
+            for h, q in quotas.items()
+        }
         picked = select_joint(
             probs,
             classes={h: self.d.schema.classes(h) for h in self.heads},
@@ -380,7 +389,17 @@ class _Runner:
                 h: np.concatenate([self.d.train.labels[h], chosen.labels[h]]) for h in self.heads
             },
         )
-        summary: dict[str, Any] = {"accepted": len(idx), "per_head": {}}
+        summary: dict[str, Any] = {
+            "accepted": len(idx),
+            "per_head": {},
+            # pool samples whose heads all pass the threshold, by predicted class, before quotas
+            "candidates": int(passing.sum()),
+            "candidates_per_class": candidates,
+            "quotas": {
+                h: {c: int(n) for c, n in zip(self.d.schema.classes(h), q, strict=True) if n}
+                for h, q in quotas.items()
+            },
+        }
         for h in self.heads:
             names = self.d.schema.classes(h)
             pred = chosen.labels[h]
