@@ -780,6 +780,8 @@ class _StageRecipe:
             if reason:
                 break
         seconds = time.perf_counter() - start
+        if reason is None and self.dist.main:  # finished: nothing left to resume
+            resume_state.discard(self.out_dir)
         samples = len(self.train_data) * len(self.history)
         return self._finish(seconds, samples / max(train_seconds, 1e-9), reason)
 
