@@ -860,8 +860,6 @@ class _StageRecipe:
         if reason is None and self.dist.main:
             resume_state.discard(self.out_dir)  # a finished stage has nothing to resume
         seconds = time.perf_counter() - start
-        if reason is None and self.dist.main:  # finished: nothing left to resume
-            resume_state.discard(self.out_dir)
         samples = len(self.train_data) * len(self.history)
         return self._finish(seconds, samples / max(train_seconds, 1e-9), reason)
 
