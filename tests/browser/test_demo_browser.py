@@ -410,8 +410,12 @@ def test_transcript_payloads_run_nothing_and_fetch_nothing(demo, page):
         page.keyboard.press("s")
         if k < len(PAYLOADS) - 1:
             wait_card_change(page, sid)
-    page.get_by_role("link", name="Transcripts").first.click()  # the editor shows them too
-    wait_idle(page)
+    for sid in ids[3:5]:  # the editor shows them too (the text, its diff against the original)
+        page.goto(f"{server.url}transcripts?sample={sid}")
+        page.get_by_label("Transcript", exact=True).wait_for(timeout=60_000)
+        page.get_by_text("Original → current").first.wait_for(timeout=30_000)
+        wait_idle(page)
+    screenshot(page, "xss_editor")
     assert page.evaluate("() => window.__xss ?? null") is None
     assert dialogs == []
     assert page.remote == [], f"remote fetches: {page.remote}"
