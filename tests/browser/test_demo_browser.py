@@ -4,7 +4,7 @@ meets it (issue 9, items 1-3 and 6; issue 10, item 4).
 The module builds the real demo once (CPED + GRID + Mandarin speech, builtin features, stage 1
 on the short schedule, the first round opened with the defaults) in a temporary data dir, or
 copies a demo already built when ``MEIJU_TEST_DEMO_DIR`` names its data dir (the same data,
-to save the build). Then: the first sign-in shows a card; keys work after clicking each card
+to save the build; built here, stage 1 trains for 2 epochs). Then: the first sign-in shows a card; keys work after clicking each card
 control; five presses 60 ms apart make five decisions in order; E then I decide one card; a bulk
 accept is undone as one unit; a reload keeps the session and sign-out ends it; transcripts with
 script, HTML and markdown payloads run nothing and fetch nothing. Screenshots land in
@@ -29,7 +29,8 @@ from db.models import Decision, Prediction, PseudoLabel, ReviewRound, Sample, Tr
 from meiju_core import pipeline
 from meiju_core.settings import Settings
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+# building the demo takes about 2 minutes on a quiet 2-core machine, several under load
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 CARD = ".meiju-transcript"
@@ -57,7 +58,9 @@ def demo(tmp_path_factory):
             )
     settings = Settings.load(data_dir=str(data_dir), database_url="", project="demo")
     store = pipeline.open_store(settings)
-    summary = pipeline.build_demo(store, settings, admin_password="pw")
+    # the short schedule (2 epochs) when the demo is built here: the same data and steps, a
+    # smaller training run
+    summary = pipeline.build_demo(store, settings, admin_password="pw", epochs=2)
     pipeline.add_user(store, name="ann", role="annotator", password="pw")
     env = {
         "MEIJU_DATA_DIR": str(data_dir),
