@@ -6,9 +6,13 @@ it guards happen in one transaction: two annotators can never push a class past 
 whatever the timing. On PostgreSQL the round row is locked with ``SELECT ... FOR UPDATE`` instead.
 
 State of a card in a round lives in ``pseudo_label`` (derived from the append-only ``decision``
-log): one row per head with state ``accepted`` or ``rejected``, or one row with head ``*`` and
-state ``skipped``. A card with no row is still in the queue. Undo appends compensating ``undo``
-decisions and removes the derived rows; decisions are never deleted.
+log): one row per head with state ``accepted`` or ``rejected``, and a row with head ``*`` and
+state ``skipped`` once the card was skipped. A card stays in the queue while some head of the
+round is undecided (one head accepted keeps the card for the other); a skipped card waits at the
+end of the queue, the earliest skip first. A card is decided once: ``decide`` refuses a head
+decided by anyone (``AlreadyDecided``) or a card another user holds (``CardLeased``) unless an
+admin overrides, which is logged. Undo appends compensating ``undo`` decisions and removes the
+derived rows; decisions are never deleted; a bulk accept (``decision.batch_id``) is undone as one.
 """
 
 from __future__ import annotations

@@ -195,7 +195,7 @@ def test_first_sign_in_shows_a_card_and_a_reload_keeps_the_session(demo, page):
     cookies = {c["name"]: c for c in page.context.cookies()}
     assert "meiju_session" in cookies and "pw" not in cookies["meiju_session"]["value"]
     assert "meiju_session" not in page.url and "token" not in page.url
-    page.goto(server.url + "?head=emotion")  # a pasted link: still signed in
+    page.goto(server.url + "?min=0.01")  # a pasted link: still signed in
     page.wait_for_selector(CARD, timeout=60_000)
     page.get_by_role("button", name="Sign out").click()
     page.get_by_label("Password", exact=True).wait_for()
@@ -426,7 +426,7 @@ def test_transcript_payloads_run_nothing_and_fetch_nothing(demo, page):
 
 def test_editor_diff_follows_typing_and_back_returns_to_the_queue(demo, page):
     server, _ = demo
-    sign_in(page, server.url + "?head=emotion")
+    sign_in(page, server.url + "?min=0.01")
     sid = shown(page)
     page.get_by_role("link", name="Edit transcript").click()
     box = page.get_by_label("Transcript", exact=True)
@@ -445,6 +445,6 @@ def test_editor_diff_follows_typing_and_back_returns_to_the_queue(demo, page):
     except Exception:
         raise AssertionError(f"no card: {screenshot(page, 'back_no_card')}") from None
     ready(page)
-    assert "head=emotion" in page.url  # the queue the user came from, not a one-card queue
+    assert "min=0.01" in page.url  # the queue the user came from, not a one-card queue
     assert "samples=" not in page.url
     assert shown(page) == sid
