@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from db.fixtures import build_fixture
 from db.models import Decision, Job, Prediction, Project, Sample, Transcript
 from meiju_core import jobs, pipeline, text
-from meiju_core.errors import InputError
+from meiju_core.errors import InputError, PermissionDenied
 from meiju_core.io import export
 from meiju_core.settings import Settings
 
@@ -207,15 +207,17 @@ def test_import_job_csv_for_admins_only(fx):
     path = settings.data_dir / "new.csv"
     path.write_text(CSV, encoding="utf-8")
     params = {"source": "csv", "path": str(path)}
-    refused = _run(
-        store,
-        settings,
-        "import",
-        params,
-        project_id=ids.project_id,
-        user={"id": ids.annotator_id, "name": "ann", "role": "annotator"},
-    )
-    assert refused.status == "failed" and "only admins" in refused.error
+    with pytest.raises(PermissionDenied, match="only admins"):  # refused before it is queued
+        _run(
+            store,
+            settings,
+            "import",
+            params,
+            project_id=ids.project_id,
+            user={"id": ids.annotator_id, "name": "ann", "role": "annotator"},
+        )
+    with store.read() as s:
+        assert s.scalar(select(func.count()).select_from(Job)) == 0
     job = _run(
         store,
         settings,
