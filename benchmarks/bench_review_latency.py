@@ -158,7 +158,15 @@ def run(pool: int, n: int) -> dict:
     store = Store(url)
     store.upgrade()
     t = time.perf_counter()
-    build_fixture(store, n_pool=pool, quota=10 * pool, password_hash=pipeline.hash_password("pw"))
+    # threshold 0: every head reaches it, so each `a` accepts (an accept under the threshold
+    # asks for a second press)
+    build_fixture(
+        store,
+        n_pool=pool,
+        quota=10 * pool,
+        threshold=0.0,
+        password_hash=pipeline.hash_password("pw"),
+    )
     print(f"fixture: {pool} pool samples in {time.perf_counter() - t:.1f} s")
     store.dispose()
     env = {"MEIJU_DATA_DIR": str(data_dir), "MEIJU_DATABASE_URL": url, "MEIJU_PROJECT": "fixture"}
@@ -175,6 +183,8 @@ def run(pool: int, n: int) -> dict:
             page.get_by_role("button", name="Sign in").click()
             page.wait_for_selector(".meiju-transcript", timeout=60_000)
             page.wait_for_selector(IDLE)
+            # the review keys' listener (pages/_keys.py) is mounted
+            page.wait_for_function("() => !!(window.__meijuKeys && window.__meijuKeys.send)")
             page.evaluate(PROBE)
             for _ in range(5):
                 press(page, "a", wait_card=True)

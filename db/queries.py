@@ -6,9 +6,13 @@ it guards happen in one transaction: two annotators can never push a class past 
 whatever the timing. On PostgreSQL the round row is locked with ``SELECT ... FOR UPDATE`` instead.
 
 State of a card in a round lives in ``pseudo_label`` (derived from the append-only ``decision``
-log): one row per head with state ``accepted`` or ``rejected``, or one row with head ``*`` and
-state ``skipped``. A card with no row is still in the queue. Undo appends compensating ``undo``
-decisions and removes the derived rows; decisions are never deleted.
+log): one row per head with state ``accepted`` or ``rejected``, and a row with head ``*`` and
+state ``skipped`` once the card was skipped. A card stays in the queue while some head of the
+round is undecided (one head accepted keeps the card for the other); a skipped card waits at the
+end of the queue, the earliest skip first. A card is decided once: ``decide`` refuses a head
+decided by anyone (``AlreadyDecided``) or a card another user holds (``CardLeased``) unless an
+admin overrides, which is logged. Undo appends compensating ``undo`` decisions and removes the
+derived rows; decisions are never deleted; a bulk accept (``decision.batch_id``) is undone as one.
 """
 
 from __future__ import annotations
@@ -286,7 +290,7 @@ class QueueFilter:
     - ``unseen_pairs``: (row-head class, column-head class) pairs of ``pair_heads``; a card
       qualifies when its predicted pair is one of them (the zero cells of the gold co-occurrence,
       :func:`unseen_pairs`). None: no condition; an empty tuple matches nothing;
-    - ``disagree``: some head's interaction paths predict different classes (``prediction.paths``);
+    - ``disagree``: some head's ensemble members predict different classes (``prediction.paths``);
     - ``sample_ids``: only these samples.
     """
 
@@ -319,7 +323,7 @@ class Card:
     )  # head -> label, conf, probs, paths
 
 
-MAX_PATHS = 4  # interaction paths compared by the disagreement filter
+MAX_PATHS = 4  # ensemble members compared by the disagreement filter
 PAIR_SEP = "\x1f"  # joins a (row class, column class) pair into one string for an IN list
 # Aliases built once: building one per query costs more than running the query.
 _PAIR_A = aliased(Prediction, name="pair_a")
@@ -358,7 +362,7 @@ def unseen_pairs(
 
 
 def paths_disagree(pred=Prediction):
-    """SQL condition: the row's interaction paths do not all predict the same class."""
+    """SQL condition: the row's ensemble members do not all predict the same class."""
     first = pred.paths[0].as_string()
     return or_(*(pred.paths[k].as_string() != first for k in range(1, MAX_PATHS)))
 

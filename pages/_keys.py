@@ -38,6 +38,9 @@ export default function (component) {
     document.addEventListener("keydown", (e) => {
       if (e.ctrlKey || e.metaKey || e.altKey || e.isComposing || e.repeat) return;
       if (typing(e.target) || !st.send) return;
+      // only on the Review page (the listener outlives it in the single-page app): another
+      // page's own shortcuts (the editor's A, S, N and digits) are left alone
+      if (!document.querySelector("[class*='st-key-rv_buttons']")) return;
       const k = e.key && e.key.length === 1 ? e.key.toUpperCase() : "";
       if (!st.keys.includes(k)) return;
       e.preventDefault();

@@ -461,10 +461,10 @@ def queue_filter_ui(
                 f"train labels: {len(pairs)} of {n_cells} cells of the co-occurrence are zero.",
             )
         st.toggle(
-            "Paths disagree",
+            "Members disagree",
             key="rv_f_disagree",
-            help="Cards whose one-head and two-head intent paths predict different classes "
-            "(stored with predictions made from this version of the app on).",
+            help="Cards whose ensemble members predict different classes for a head (reviewing "
+            "against an ensemble version, e.g. intent from a one-head and a two-head system).",
         )
         st.button("Clear filters", key="rv_f_clear", on_click=_clear_filters, type="tertiary")
     params = _from_widgets(heads, round_mv)
@@ -877,11 +877,11 @@ def _predictions(
             paths = pred.get("paths")
             if paths and len(paths) > 1:
                 if len(set(paths)) == 1:
-                    st.caption(f"{len(paths)} interaction paths agree")
+                    st.caption(f"{len(paths)} ensemble members agree")
                 else:
                     st.caption(
-                        ":orange[paths disagree]: "
-                        + " · ".join(f"{k + 1}-head {p}" for k, p in enumerate(paths))
+                        ":orange[members disagree]: "
+                        + " · ".join(f"member {k + 1}: {p}" for k, p in enumerate(paths))
                     )
             label = chosen or pred["label"]
             accepted, quota = quotas.get(head, {}).get(label, (0, 0))

@@ -395,20 +395,20 @@ def editor_ui(store, project_id: int, sample_id: int, user: dict, index: Index) 
     )
     if tr["original_text"] != edited:
         st.markdown("**Original → current**")
-        st.markdown(diff_html(tr["original_text"], edited, size="1.15rem"), unsafe_allow_html=True)
+        st.html(diff_html(tr["original_text"], edited, size="1.15rem"))
     if suggestion != edited:
         st.markdown("**Full suggestion** (A accepts it and saves)")
-        st.markdown(diff_html(edited, suggestion), unsafe_allow_html=True)
+        st.html(diff_html(edited, suggestion))
     flags_ui(key, edited)
     st.markdown("**Edits of this transcript**")
     edits = common.transcript_edits(store, project_id=project_id, sample_id=sample_id)
     if not edits:
         st.caption("None yet.")
     for e in edits:
-        st.markdown(
-            f"{html.escape(e['before'])} → {html.escape(e['after'])}  \n"
-            f"<small>{e['kind']} · {html.escape(e['editor'])} · {common.ago(e['at'])}</small>",
-            unsafe_allow_html=True,
+        st.html(  # plain text: html, never markdown (a transcript may hold markdown)
+            f"<div>{html.escape(e['before'])} → {html.escape(e['after'])}<br>"
+            f"<small>{e['kind']} · {html.escape(e['editor'])} · {common.ago(e['at'])}</small>"
+            "</div>"
         )
 
 
@@ -436,10 +436,9 @@ def flags_ui(key: str, edited: str) -> None:
             type="tertiary",
             icon=":material/check:",
         )
-        row.markdown(
+        row.html(
             f"<span class='meiju-diff' style='font-size:1.15rem'>{context}</span> &nbsp; "
             f"<small><code>{f.code}</code> {html.escape(f.message)}</small>",
-            unsafe_allow_html=True,
             width="stretch",
         )
 
@@ -511,7 +510,7 @@ def bulk_ui(store, project_id: int, index: Index, user: dict) -> None:
             st.info("The rule changes no transcript.")
             return
         st.markdown(f"**{len(changes)} transcripts change**; the first {PREVIEW_ROWS}:")
-        st.markdown(preview_table(changes[:PREVIEW_ROWS]), unsafe_allow_html=True)
+        st.html(preview_table(changes[:PREVIEW_ROWS]))
         row = st.container(horizontal=True)
         confirm = row.button(
             f"Apply to all {len(changes)}",

@@ -207,7 +207,7 @@ def test_import_job_csv_for_admins_only(fx):
     path = settings.data_dir / "new.csv"
     path.write_text(CSV, encoding="utf-8")
     params = {"source": "csv", "path": str(path)}
-    with pytest.raises(PermissionDenied, match="only admins"):  # refused when submitted
+    with pytest.raises(PermissionDenied, match="only admins"):  # refused before it is queued
         _run(
             store,
             settings,

@@ -587,7 +587,7 @@ def test_transcript_save_records_an_edit_with_its_editor(fx):
         ).one()
     at = _open_transcript(ids, "pool_000002")
     assert at.subheader[0].value == "pool_000002"
-    assert any("space_as_punct" in m.value for m in at.markdown)  # "我这堵着车 你倒睡着了"
+    assert any("space_as_punct" in h.proto.body for h in at.get("html"))  # "我这堵着车 你倒睡着了"
     at.button(key="ts_suggest").click().run()
     after = at.text_area(key=f"ts_text_{sid}").value
     assert after == "我这堵着车，你倒睡着了。"

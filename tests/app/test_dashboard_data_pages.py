@@ -357,8 +357,9 @@ def test_apply_one_flag_with_its_button_then_accept_all_and_save(fx):
     assert at.text_area(key=f"ts_text_{sid}").value == text.suggest(one)
     assert any("Saved (punctuation edit), version 2." in x.value for x in at.success)
     values = [m.value for m in at.markdown]
-    k = values.index("**Original → current**")  # the character diff of original vs current
-    assert values[k + 1] == pages_diff(before, text.suggest(one))
+    assert "**Original → current**" in values  # the character diff of original vs current
+    diffs = [h.proto.body for h in at.get("html")]  # drawn as html, never as markdown
+    assert pages_diff(before, text.suggest(one)) in diffs
     with store.read() as s:
         edit = s.scalars(select(TranscriptEdit)).one()
     assert (edit.kind, edit.editor_id) == ("punctuation", ids.admin_id)
@@ -384,7 +385,7 @@ def test_bulk_rule_preview_then_confirm_saves_punctuation_edits(fx):
     at.button(key="ts_bulk_preview").click().run()
     assert not at.exception
     assert any(f"{len(expected)} transcripts change" in m.value for m in at.markdown)
-    table = next(m.value for m in at.markdown if "meiju-utt" in m.value)
+    table = next(h.proto.body for h in at.get("html") if "meiju-utt" in h.proto.body)
     assert table.count("class='meiju-utt'") == min(len(expected), 10)
     assert expected[0].utt_id in table
     assert "<ins>，</ins>" in table or "<ins>？</ins>" in table

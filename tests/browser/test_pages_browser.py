@@ -171,6 +171,7 @@ def _decisions(store, ids) -> None:
             action=action,
             user=user,
             ms_spent=1500 + 250 * k,
+            confirm_below_threshold=True,  # set-up data: accepts under the threshold too
         )
 
 
