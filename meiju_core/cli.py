@@ -197,7 +197,7 @@ def run(
     port: Annotated[int, typer.Option(help="Port of the app.")] = 8501,
     address: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
 ) -> None:
-    """Start the app and its worker together; Ctrl-C stops both."""
+    """Start the app and its worker together; Ctrl-C, SIGINT or SIGTERM stops both."""
     settings = _settings()
     env = {
         **os.environ,
@@ -227,6 +227,14 @@ def run(
         ),
     ]
     typer.echo(f"app on http://{address}:{port} (worker pid {procs[0].pid}); Ctrl-C stops both")
+
+    def _stop(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # in the background a shell starts us with SIGINT ignored, and SIGTERM would end us without
+    # stopping the children: both signals stop app and worker together
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
     try:
         while all(p.poll() is None for p in procs):
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -236,7 +244,7 @@ def run(
     finally:
         for p in procs:
             if p.poll() is None:
-                p.send_signal(signal.SIGINT)
+                p.send_signal(signal.SIGTERM)  # children of a background job ignore SIGINT
         for p in procs:
             try:
                 p.wait(timeout=10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from meiju_core.cli import app
@@ -78,14 +79,18 @@ def test_commands_need_a_project(tmp_path):
     assert "no project 'nope'" in result.output
 
 
-def test_run_serves_the_app_and_ctrl_c_stops_app_and_worker(tmp_path):
-    """`meiju run` (what `make run` ends with) starts the app and its worker; Ctrl-C, a SIGINT
-    to the terminal's process group, stops both."""
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm in the background", "sigint in the background"])
+def test_run_serves_the_app_and_a_signal_stops_app_and_worker(tmp_path, how):
+    """`meiju run` (what `make run` ends with) starts the app and its worker; Ctrl-C (a SIGINT to
+    the terminal's process group) stops both, and so does a SIGTERM or SIGINT to `meiju run`
+    alone when it runs in the background (where a shell starts it with SIGINT ignored)."""
     import os
     import signal
     import socket
     import time
     import urllib.request
+
+    background = how != "ctrl-c"
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -102,8 +107,10 @@ def test_run_serves_the_app_and_ctrl_c_stops_app_and_worker(tmp_path):
             str(port),
         ],
         start_new_session=True,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
+        # what `cmd &` does in a non-interactive shell
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if background else None,
     )
     try:
         deadline, status = time.monotonic() + 60, None
@@ -117,7 +124,10 @@ def test_run_serves_the_app_and_ctrl_c_stops_app_and_worker(tmp_path):
             ["pgrep", "-g", str(proc.pid)], capture_output=True, text=True
         ).stdout.split()
         assert len(children) >= 3  # `meiju run`, the worker, streamlit
-        os.killpg(proc.pid, signal.SIGINT)
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:  # to `meiju run` alone
+            os.kill(proc.pid, signal.SIGTERM if "sigterm" in how else signal.SIGINT)
         proc.wait(timeout=30)
         time.sleep(1)
         left = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True)

@@ -33,12 +33,13 @@ from meiju_core.errors import BelowThreshold, CardTaken, PermissionDenied
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request, tmp_path) -> str:
-    """The database URL each test runs on (extend ``params`` for another engine)."""
+    """The database URL each test runs on: a SQLite file, and a fresh database on the session's
+    throw-away PostgreSQL server (``tests/conftest.py``)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'meiju.db'}"
-    raise pytest.skip.Exception(f"no {request.param} server configured")
+    return request.getfixturevalue("pg_url")
 
 
 @pytest.fixture
