@@ -52,7 +52,7 @@ def main() -> int:
     data = t1._load(store, info["id"], opts.feature_set)
     cache = Path(args.data_dir) / "table1" / f"project{info['id']}"
     cache.mkdir(parents=True, exist_ok=True)
-    runner = t1._Runner(data, opts, cache, t1._noop)
+    runner = t1._Runner(data, opts, cache)
     system = next(s for s in t1.SYSTEMS if s.key == "pseudo_1textcnn")
     stage1 = runner.run(system, 1, args.seed, data.train)
     train, summary = runner.pseudo_labelled(stage1, "raw")
