@@ -251,6 +251,12 @@ class ReviewRound(Base):
     status: Mapped[str] = mapped_column(String(16), default="open")
     created_by: Mapped[int | None] = mapped_column(ForeignKey("user.id"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # confidence / uncertainty / disagreement / rarest (migration 0005 explains each)
+    queue_order: Mapped[str] = mapped_column(
+        String(16), default="confidence", server_default="confidence"
+    )
+    # pseudo (pseudo-label review) or label_issues (a check of flagged gold labels)
+    kind: Mapped[str] = mapped_column(String(16), default="pseudo", server_default="pseudo")
 
 
 class Decision(Base):
@@ -282,6 +288,8 @@ class Decision(Base):
     batch_id: Mapped[int | None] = mapped_column(Integer)
     # why a guard was passed: below_threshold (confirmed by the annotator) or admin_redecide
     override: Mapped[str | None] = mapped_column(String(16))
+    # the gold label a ``relabel`` decision of a label_issues round replaced
+    previous_label: Mapped[str | None] = mapped_column(String(64))
 
 
 class PseudoLabel(Base):
@@ -304,6 +312,24 @@ class PseudoLabel(Base):
     confidence: Mapped[float | None] = mapped_column(Float)
     decision_id: Mapped[int] = mapped_column(ForeignKey("decision.id"))
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_version.id"))
+
+
+class LabelIssue(Base):
+    """A gold label flagged as likely wrong, queued in a ``label_issues`` round.
+
+    ``suggested_label`` is the most probable class under out-of-sample probabilities; ``score`` is
+    the label quality cleanlab gives the given label (0..1, lower = more likely wrong).
+    """
+
+    __tablename__ = "label_issue"
+    __table_args__ = (UniqueConstraint("round_id", "sample_id", "head"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("review_round.id", ondelete="CASCADE"))
+    sample_id: Mapped[int] = mapped_column(ForeignKey("sample.id", ondelete="CASCADE"))
+    head: Mapped[str] = mapped_column(String(32))
+    given_label: Mapped[str] = mapped_column(String(64))
+    suggested_label: Mapped[str] = mapped_column(String(64))
+    score: Mapped[float | None] = mapped_column(Float)
 
 
 class ReviewLease(Base):
