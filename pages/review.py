@@ -52,6 +52,7 @@ DIGITS = "123456789"
 RESERVED_KEYS = {"A", "X", "S", "U", "H", "C", "R", "0", *DIGITS}
 FILTER_KEYS = ("head", "label", "min", "max", "unseen", "disagree", "model", "samples")
 TRANSCRIPTS_PAGE = "pages/transcripts.py"
+LINK_SHOWN = 120  # characters of a queue's link shown under the filters
 S = st.session_state
 
 
@@ -506,7 +507,12 @@ def filter_summary(flt: q.QueueFilter, params: dict[str, str]) -> None:
         parts.append("paths disagree")
     if flt.sample_ids is not None:
         parts.append(f"{len(flt.sample_ids)} linked samples")
-    st.caption("Filtered: " + " · ".join(parts) + f" · link: `?{urlencode(params, safe=',')}`")
+    link = "?" + urlencode(params, safe=",")
+    if len(link) > LINK_SHOWN:  # a long sample list: the address bar holds the whole link
+        cut = link.rfind(",", 0, LINK_SHOWN)
+        link = link[: cut if cut > 0 else LINK_SHOWN] + "…"
+        parts.append("the address bar holds the whole link")
+    st.caption("Filtered: " + " · ".join(parts) + f" · link: `{link}`")
 
 
 # --------------------------------------------------------------------------- the card
