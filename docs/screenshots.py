@@ -62,6 +62,49 @@ def prepare(data_dir: Path | None, password: str) -> Path:
     return work
 
 
+def grid_card(store, settings: Settings) -> int | None:
+    """A GRID clip of the pool made a card of the open round: the round is reopened with each
+    head's threshold lowered to the clip's confidence (rounded down to 0.1) where it is higher.
+    Returns the clip's sample id (None when the demo has no GRID clip in its pool)."""
+    from db import queries as q
+    from db.models import Prediction
+
+    with store.read() as s:
+        rnd = q.active_round(s, project_id=1)
+        grid = s.scalar(
+            select(Sample.id)
+            .join(Prediction, Prediction.sample_id == Sample.id)
+            .where(
+                Sample.source == "grid",
+                Sample.split == "pool",
+                Prediction.model_version_id == rnd.model_version_id,
+            )
+            .order_by(Prediction.confidence.desc())
+            .limit(1)
+        )
+        if grid is None:
+            return None
+        conf = {
+            p.head: p.confidence
+            for p in s.scalars(
+                select(Prediction).where(
+                    Prediction.sample_id == grid,
+                    Prediction.model_version_id == rnd.model_version_id,
+                )
+            )
+        }
+        thresholds, mv_id, pid = dict(rnd.thresholds), rnd.model_version_id, rnd.project_id
+    lowered = {  # a per-class threshold ({class: t}) is left as it is
+        h: t if isinstance(t, dict) else min(float(t), int(conf[h] * 10) / 10)
+        for h, t in thresholds.items()
+    }
+    if lowered != thresholds:
+        pipeline.open_round(
+            store, settings, project_id=pid, model_version_id=mv_id, thresholds=lowered
+        )
+    return grid
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, default=None, help="a built demo's data folder")
@@ -72,10 +115,6 @@ def main(argv: list[str] | None = None) -> int:
     work = prepare(args.data_dir, args.password)
     settings = Settings.load(data_dir=str(work), database_url="", project="demo")
     store = pipeline.open_store(settings)
-    with store.read() as s:
-        grid = s.scalar(
-            select(Sample.id).where(Sample.source == "grid", Sample.split == "pool").limit(1)
-        )
     env = {"MEIJU_DATA_DIR": str(work), "MEIJU_DATABASE_URL": "", "MEIJU_PROJECT": "demo"}
     proc, url, _log = start_server(work, env)
     try:
@@ -90,10 +129,14 @@ def main(argv: list[str] | None = None) -> int:
             page.wait_for_selector(CARD, timeout=120_000)
             page.get_by_role("button", name="Reject [X]").wait_for(timeout=60_000)
             page.wait_for_selector(IDLE, timeout=60_000)
+            page.get_by_text("quota", exact=False).first.wait_for(timeout=60_000)
+            page.wait_for_timeout(1000)
             page.screenshot(path=str(ROOT / "docs" / "review.png"))
+            grid = grid_card(store, settings)
             if grid is not None:
                 page.goto(f"{url}?samples={grid}")
                 page.wait_for_selector("[data-testid='stVideo']", timeout=120_000)
+                page.get_by_text("quota", exact=False).first.wait_for(timeout=60_000)
                 page.wait_for_selector(IDLE, timeout=60_000)
                 page.wait_for_timeout(1500)  # the first frame of the clip
                 page.screenshot(path=str(ROOT / "docs" / "review_grid.png"))
