@@ -161,15 +161,18 @@ def get_huey(queue_path: str, lane: str = "io", immediate: bool = False):
     return huey
 
 
-def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
+def _die_with_parent(parent_pid: int, *, nice: int = 0) -> Callable[[], None] | None:
     """A ``preexec_fn`` that makes the child get SIGKILL when its parent dies (Linux), so a job
-    or lane process never outlives a killed worker. None elsewhere."""
+    or lane process never outlives a killed worker, and adds ``nice`` to its niceness (a job
+    yields the CPU to the app). None elsewhere."""
     if not sys.platform.startswith("linux"):
         return None
 
     def preexec() -> None:
         import ctypes
 
+        if nice:
+            os.nice(nice)
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         if os.getppid() != parent_pid:  # the parent died before prctl took effect
@@ -184,7 +187,8 @@ def _run_job_task(job_id: int) -> None:
 
 
 def run_subprocess(settings: Settings, job_id: int, *, poll_s: float = 0.5) -> int:
-    """Run one job in a fresh Python process; terminate it if a cancel is requested."""
+    """Run one job in a fresh Python process (niceness raised by ``settings.job_nice``);
+    terminate it if a cancel is requested."""
     store = Store(settings.database_url)
     with store.read() as s:
         job = s.get(Job, job_id)
@@ -198,7 +202,7 @@ def run_subprocess(settings: Settings, job_id: int, *, poll_s: float = 0.5) -> i
     proc = subprocess.Popen(
         [sys.executable, "-m", "meiju_core.jobs", "run", str(job_id)],
         env=env,
-        preexec_fn=_die_with_parent(os.getpid()),
+        preexec_fn=_die_with_parent(os.getpid(), nice=settings.job_nice),
     )
     while proc.poll() is None:
         time.sleep(poll_s)

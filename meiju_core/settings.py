@@ -64,6 +64,12 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
         "CPU threads torch may use for training inside the worker, so a retrain does not starve "
         "the app and the other lane's jobs; 0 means one per core.",
     ),
+    (
+        "job_nice",
+        10,
+        "Scheduling niceness (0-19) of job processes: a retrain yields the CPU to the app, so "
+        "review keys stay fast while it runs; 0 keeps the worker's own priority.",
+    ),
     ("project", "demo", "Name of the active project."),
 )
 
@@ -83,6 +89,7 @@ class _Rules(BaseModel):
     extract_workers: int = Field(ge=0, le=256)
     lease_seconds: int = Field(ge=1, le=7 * 24 * 3600)
     job_threads: int = Field(ge=0, le=1024)
+    job_nice: int = Field(ge=0, le=19)
     project: str = Field(min_length=1, max_length=200)
 
 
@@ -138,6 +145,7 @@ class Settings:
     extract_workers: int
     lease_seconds: int
     job_threads: int
+    job_nice: int
     project: str
 
     @classmethod

@@ -257,3 +257,28 @@ def test_worker_process_runs_a_queued_job_in_a_subprocess(env):
     assert job.status == "failed", out
     assert job.started_at is not None and job.finished_at is not None
     assert job.error
+
+
+def test_job_processes_yield_the_cpu_by_job_nice(env, monkeypatch):
+    """A job's process runs ``job_nice`` steps nicer than the worker, so a retrain leaves the CPU
+    to the app's key presses first."""
+    settings, store = env
+    base = os.nice(0)
+    preexec = jobs._die_with_parent(os.getpid(), nice=7)
+    out = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.nice(0))"],
+        preexec_fn=preexec,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert int(out.stdout) == min(19, base + 7)
+    # run_subprocess asks for the setting's niceness
+    asked = []
+    monkeypatch.setattr(
+        jobs, "_die_with_parent", lambda pid, nice=0: asked.append(nice) or (lambda: None)
+    )
+    jid = jobs.submit(store, settings, kind="predict", params={"model_version_id": 999})
+    jobs.run_subprocess(settings.with_(job_nice=12), jid, poll_s=0.1)
+    assert asked == [12]
+    assert Settings.load().job_nice == 10  # the default
