@@ -341,14 +341,14 @@ def run(args: argparse.Namespace) -> dict:
         results["floor"] = floor(args.n)
     if args.pool:
         data_dir = Path(tempfile.mkdtemp(prefix="meiju-bench-"))
-        results["fixture quiet"] = measure(
+        results["fixture, no retrain"] = measure(
             build_fixture_store(data_dir, args.pool), data_dir, args.n
         )
     if args.demo or args.retrain:
         data_dir = Path(tempfile.mkdtemp(prefix="meiju-bench-demo-"))
         env = build_demo_store(data_dir, args.demo_from)
         if args.demo:
-            results["demo quiet"] = measure(env, data_dir, args.n)
+            results["demo, no retrain"] = measure(env, data_dir, args.n)
         if args.retrain:
             worker, job_id = start_retrain(data_dir, env)
             try:
