@@ -483,19 +483,44 @@ def pseudo_label(
     confidence: Annotated[
         str | None, typer.Option(help="raw (softmax, the paper) or calibrated.")
     ] = None,
+    thresholds_from_review: Annotated[
+        int | None,
+        typer.Option(
+            help="Round id: take per-class thresholds from that round's review decisions "
+            "(the lowest confidence reaching --precision; classes without enough decisions "
+            "keep that round's threshold). Not with --threshold."
+        ),
+    ] = None,
+    precision: Annotated[
+        float, typer.Option(help="Precision the review-based thresholds reach (0-1].")
+    ] = 0.95,
 ) -> None:
     """Open a review round; with --auto, fill its quotas the paper's way, without a human."""
     from meiju_core import pipeline
 
     settings, store, info = _store_and_project()
     mv = _model_version_id(store, info, model_version)
+    if thresholds_from_review is not None and threshold is not None:
+        raise typer.BadParameter("give --threshold or --thresholds-from-review, not both")
     with _friendly():
+        th: Any = threshold
+        if thresholds_from_review is not None:
+            ev = pipeline.thresholds_from_evidence(
+                store, round_id=thresholds_from_review, precision=precision
+            )
+            th = ev["thresholds"]
+            for row in ev["rows"]:
+                source = "review" if row["evidence"] is not None else "kept"
+                typer.echo(
+                    f"  {row['head']} {row['class']}: {row['next']:.3f} ({source}; "
+                    f"{row['accepted']} of {row['reviewed']} accepted)"
+                )
         rid = pipeline.open_round(
             store,
             settings,
             project_id=info["id"],
             model_version_id=mv,
-            thresholds=threshold,
+            thresholds=th,
             strategy=quota,
             budget=budget,
         )
