@@ -418,16 +418,20 @@ def table1(
 def label_issues(
     split: Annotated[str, typer.Option(help="Split whose gold labels are checked.")] = "train",
     show: Annotated[int, typer.Option(help="Flags to print per head.")] = 10,
+    folds: Annotated[int, typer.Option(help="Cross-validation folds (>= 2).")] = 5,
 ) -> None:
     """Flag gold labels that are likely wrong (cross-validated probabilities + cleanlab); the
-    flags open in Review as a queue of their own."""
+    flags open in Review as a queue of their own (a round of kind label_issues)."""
     from meiju_core import label_check
 
+    if folds < 2:
+        raise typer.BadParameter("--folds must be at least 2")
     settings, store, info = _store_and_project()
     with _friendly(), _bar("checking gold labels") as update:
         report = label_check.check_gold_labels(
-            store, settings, project_id=info["id"], split=split, progress=update
+            store, settings, project_id=info["id"], split=split, folds=folds, progress=update
         )
+    typer.echo(f"round #{report['round_id']} holds the flags: Review > Gold label issues")
     for head, issues in report["issues"].items():
         typer.echo(
             f"{head}: {report['flagged'][head]} of {report['checked'][head]} {split} gold "

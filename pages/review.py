@@ -1260,6 +1260,30 @@ def bulk_ui(store, round_id: int, flt: q.QueueFilter, user: dict[str, Any]) -> N
 
 # --------------------------------------------------------------------------- page
 
+QUEUES = {"pseudo": "Pseudo-labels", "issues": "Gold label issues"}
+
+
+def queue_choice() -> str:
+    """Which queue the page shows: ``pseudo`` (pseudo-label review) or ``issues`` (flagged gold
+    labels, ``pages/_label_issues.py``); kept in the URL as ``?queue=issues``."""
+    wanted = "issues" if st.query_params.get("queue") == "issues" else "pseudo"
+    if S.get("rv_queue_seen") != wanted:  # a link or the address set it
+        S["rv_queue"] = S["rv_queue_seen"] = wanted
+    choice = st.segmented_control(
+        "Queue",
+        list(QUEUES),
+        format_func=QUEUES.get,
+        key="rv_queue",
+        label_visibility="collapsed",
+    )
+    choice = choice or "pseudo"
+    S["rv_queue_seen"] = choice
+    if choice == "issues":
+        st.query_params["queue"] = "issues"
+    elif "queue" in st.query_params:
+        del st.query_params["queue"]
+    return choice
+
 
 def main() -> None:
     user, store, settings = common.require_user(), common.store(), common.settings()
@@ -1267,6 +1291,11 @@ def main() -> None:
     st.title("Review")
     common.show_flash(key="rv_page_flash")
     if inspect_link(project):
+        return
+    if queue_choice() == "issues":
+        from pages._label_issues import issues_view
+
+        issues_view(project, user)
         return
     with store.read() as s:
         r = q.active_round(s, project_id=project["id"])
