@@ -498,6 +498,9 @@ def pseudo_label(
     precision: Annotated[
         float, typer.Option(help="Precision the review-based thresholds reach (0-1].")
     ] = 0.95,
+    min_decisions: Annotated[
+        int, typer.Option(help="Reviewed pseudo-labels a class needs for its own threshold.")
+    ] = 20,
 ) -> None:
     """Open a review round; with --auto, fill its quotas the paper's way, without a human."""
     from meiju_core import pipeline
@@ -510,7 +513,10 @@ def pseudo_label(
         th: Any = threshold
         if thresholds_from_review is not None:
             ev = pipeline.thresholds_from_evidence(
-                store, round_id=thresholds_from_review, precision=precision
+                store,
+                round_id=thresholds_from_review,
+                precision=precision,
+                min_count=min_decisions,
             )
             th = ev["thresholds"]
             for row in ev["rows"]:

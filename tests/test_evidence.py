@@ -16,7 +16,7 @@ from db import queries as q
 from db import thresholds as thr
 from db.evidence import review_observations
 from db.fixtures import EMOTIONS, build_fixture
-from db.models import Prediction, ReviewRound, Sample
+from db.models import Prediction, PseudoLabel, ReviewRound, Sample
 from meiju_core import pipeline
 from meiju_core.errors import InputError, PermissionDenied
 from meiju_core.pseudo import acceptance_by_confidence, threshold_for_precision, wilson_interval
@@ -154,3 +154,48 @@ def test_the_next_round_takes_the_evidence_in_one_call_admins_only(store, decide
                     expected += 1
                     break
         assert q.queue_size(s, round_id=rid) == expected
+
+
+def test_pseudo_label_auto_takes_thresholds_from_review(store, decided, tmp_path):
+    from typer.testing import CliRunner
+
+    from meiju_core.cli import app
+
+    ids, settings, _truth = decided
+    ev = pipeline.thresholds_from_evidence(store, round_id=ids.round_id, min_count=5)
+    args = ["--database-url", store.url, "--data-dir", str(tmp_path), "--project", "fixture"]
+    both = CliRunner().invoke(
+        app, [*args, "pseudo-label", "--threshold", "0.5", "--thresholds-from-review", "1"]
+    )
+    assert both.exit_code != 0 and "not both" in both.output
+    out = CliRunner().invoke(
+        app,
+        [
+            *args,
+            "pseudo-label",
+            "--auto",
+            "--rule",
+            "per_head",
+            "--thresholds-from-review",
+            str(ids.round_id),
+            "--min-decisions",
+            "5",
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    assert "(review;" in out.output and "accepted:" in out.output
+    with store.read() as s:
+        new = q.active_round(s, project_id=ids.project_id)
+        assert new.id != ids.round_id
+        for head, per in ev["thresholds"].items():
+            for cls, t in per.items():
+                assert thr.threshold_for(new.thresholds[head], cls) == pytest.approx(t)
+        # every automatic acceptance reaches its class's threshold
+        rows = s.execute(
+            select(PseudoLabel.head, PseudoLabel.label, PseudoLabel.confidence).where(
+                PseudoLabel.round_id == new.id, PseudoLabel.state == "accepted"
+            )
+        ).all()
+    assert rows
+    for head, label, conf in rows:
+        assert conf >= thr.threshold_for(new.thresholds[head], label) - 1e-9
