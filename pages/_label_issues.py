@@ -75,16 +75,11 @@ def _latest_check(store, project_id: int) -> dict[str, Any] | None:
         }
 
 
-@st.fragment(run_every=3)
-def _check_status(project_id: int) -> None:
-    job = _latest_check(common.store(), project_id)
-    if job is None:
-        return
+def _status_line(job: dict[str, Any]) -> None:
     if job["status"] in ("queued", "running"):
         st.progress(
             job["progress"], text=f"Check job #{job['id']} {job['status']}: {job['log'][0]}"
         )
-        S["li_check_active"] = job["id"]
     elif job["status"] == "succeeded":
         flagged = (job["result"] or {}).get("flagged", {})
         checked = (job["result"] or {}).get("checked", {})
@@ -93,11 +88,31 @@ def _check_status(project_id: int) -> None:
             + " · ".join(f"{h} {flagged[h]} of {checked.get(h, '?')}" for h in flagged)
             + " gold labels flagged."
         )
-        if S.pop("li_check_active", None) == job["id"]:  # it finished while shown
-            S.pop("li_card", None)
-            st.rerun()
     else:
         st.caption(f"Last check (job #{job['id']}) {job['status']}: {job['error'] or ''}")
+
+
+@st.fragment(run_every=2)
+def _live_status(project_id: int) -> None:
+    """While a check job is queued or running: its progress, polled; when it ends, the page
+    reruns once to show the new queue (no polling otherwise, so keys never race a poll)."""
+    job = _latest_check(common.store(), project_id)
+    if job is None:
+        return
+    _status_line(job)
+    if job["status"] not in ("queued", "running"):
+        S.pop("li_card", None)
+        st.rerun()
+
+
+def _check_status(project_id: int) -> None:
+    job = _latest_check(common.store(), project_id)
+    if job is None:
+        return
+    if job["status"] in ("queued", "running"):
+        _live_status(project_id)
+    else:
+        _status_line(job)
 
 
 def check_ui(project: dict[str, Any], user: dict[str, Any]) -> None:
