@@ -168,9 +168,9 @@ def _live(q, *, round_id: int | None, project_id: int | None):
     if round_id is not None:
         undone = undone.where(Decision.round_id == round_id)
         q = q.where(Decision.round_id == round_id)
-    if project_id is not None:
+    if project_id is not None:  # pseudo-label rounds (a gold-label check is other work)
         q = q.join(ReviewRound, ReviewRound.id == Decision.round_id).where(
-            ReviewRound.project_id == project_id
+            ReviewRound.project_id == project_id, ReviewRound.kind == "pseudo"
         )
     return q.where(Decision.action != "undo", Decision.id.not_in(undone))
 
