@@ -65,6 +65,11 @@ def next_round_button(ev: dict[str, Any]) -> None:
     if not common.is_admin(common.user()):
         st.caption("An admin can open the next round with these thresholds.")
         return
+    if not taken:
+        st.caption(
+            "No class reaches the precision over enough decisions yet: lower the precision or "
+            "the decisions per class, or review more cards, to take thresholds from review."
+        )
     st.button(
         f"Open the next round with these thresholds ({taken} classes from review)",
         key="ev_next_round",
@@ -72,6 +77,7 @@ def next_round_button(ev: dict[str, Any]) -> None:
         icon=":material/add_circle:",
         on_click=_open_next_round,
         args=(ev["round_id"], ev["precision"], ev["min_count"]),
+        disabled=not taken,
         help="Opens a pseudo-label round on the current model with the per-class thresholds "
         "of the 'next round' column (classes without enough decisions keep this round's); "
         "quotas as the Review page's form makes them. The open round is closed.",
@@ -159,7 +165,7 @@ def evidence_tab(url: str, round_id: int, heads: dict[str, list[str]]) -> None:
             "class": r["class"],
             "reviewed": r["reviewed"],
             "accepted": r["accepted"],
-            "threshold": r["evidence"],
+            "threshold": r["evidence"] if r["evidence"] is not None else float("nan"),
             "round's": r["current"],
             "next round": r["next"],
         }
