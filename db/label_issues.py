@@ -22,8 +22,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, exists, func, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from db import queries as q
 from db.models import Decision, GoldLabel, LabelIssue, ReviewRound, Sample, Transcript, utcnow
@@ -100,20 +100,19 @@ def _live(round_id: int):
     )
 
 
-def _resolved(round_id: int, issue=LabelIssue):
-    """SQL condition: the flag in ``issue`` has a live keep / relabel decision."""
-    d = aliased(Decision, name="resolved_d")
-    return (
-        exists()
-        .where(
-            d.round_id == round_id,
-            d.sample_id == issue.sample_id,
-            d.head == issue.head,
-            d.action.in_(ACTIONS),
-            d.id.not_in(_undone(round_id)),
+def resolved(s: Session, *, round_id: int) -> dict[tuple[int, str], str]:
+    """{(sample id, head): ``keep`` or ``relabel``} of the round's flags resolved now (one read
+    of the round's decisions, by ``ix_decision_round_sample``)."""
+    return {
+        (sid, head): action
+        for sid, head, action in s.execute(
+            select(Decision.sample_id, Decision.head, Decision.action).where(
+                Decision.round_id == round_id,
+                Decision.action.in_(ACTIONS),
+                Decision.id.not_in(_undone(round_id)),
+            )
         )
-        .correlate(issue)
-    )
+    }
 
 
 def queue(
@@ -126,21 +125,25 @@ def queue(
 ) -> list[dict[str, Any]]:
     """The open flags of a round, most doubtful first (lowest score, then sample id, head):
     ``[{"sample_id", "head", "given", "suggested", "score", "utt_id"}]``, at most ``limit``,
-    leaving out the (sample id, head) pairs in ``exclude`` (a session's skipped cards)."""
+    leaving out the (sample id, head) pairs in ``exclude`` (a session's skipped cards).
+
+    Reads the resolved flags once and the round's flags in queue order until ``limit`` open
+    ones are found (a round holds a few thousand flags at most)."""
+    done = set(resolved(s, round_id=round_id)) | {(int(a), str(b)) for a, b in exclude}
     stmt = (
         select(LabelIssue, Sample.utt_id)
         .join(Sample, Sample.id == LabelIssue.sample_id)
-        .where(LabelIssue.round_id == round_id, ~_resolved(round_id))
+        .where(LabelIssue.round_id == round_id)
         .order_by(
             LabelIssue.score.is_(None), LabelIssue.score, LabelIssue.sample_id, LabelIssue.head
         )
+        .limit(int(limit) + len(done))
     )
     if head is not None:
         stmt = stmt.where(LabelIssue.head == head)
-    skip = {(int(a), str(b)) for a, b in exclude}
     out = []
-    for issue, utt in s.execute(stmt.limit(int(limit) + len(skip))):
-        if (issue.sample_id, issue.head) in skip:
+    for issue, utt in s.execute(stmt):
+        if (issue.sample_id, issue.head) in done:
             continue
         out.append(_row(issue, utt))
         if len(out) >= limit:
@@ -159,10 +162,16 @@ def _row(issue: LabelIssue, utt_id: str) -> dict[str, Any]:
     }
 
 
+def _live_for(s: Session, round_id: int, sample_id: int, head: str) -> Decision | None:
+    return s.scalars(
+        _live(round_id).where(Decision.sample_id == sample_id, Decision.head == head)
+    ).first()
+
+
 def issue(s: Session, *, round_id: int, sample_id: int, head: str) -> dict[str, Any] | None:
     """One flag of the round (open or not), with ``utt_id`` and ``resolved`` (bool)."""
     row = s.execute(
-        select(LabelIssue, Sample.utt_id, _resolved(round_id).label("resolved"))
+        select(LabelIssue, Sample.utt_id)
         .join(Sample, Sample.id == LabelIssue.sample_id)
         .where(
             LabelIssue.round_id == round_id,
@@ -172,7 +181,7 @@ def issue(s: Session, *, round_id: int, sample_id: int, head: str) -> dict[str, 
     ).first()
     if row is None:
         return None
-    return {**_row(row[0], row[1]), "resolved": bool(row[2])}
+    return {**_row(row[0], row[1]), "resolved": _live_for(s, round_id, sample_id, head) is not None}
 
 
 def counts(s: Session, *, round_id: int) -> dict[str, dict[str, int]]:
@@ -184,44 +193,35 @@ def counts(s: Session, *, round_id: int) -> dict[str, dict[str, int]]:
         .group_by(LabelIssue.head)
     ):
         out[head] = {"flagged": n, "open": n, "kept": 0, "relabelled": 0}
-    live = _live(round_id).subquery()
-    for head, action, n in s.execute(
-        select(live.c.head, live.c.action, func.count())
-        .join(
-            LabelIssue,
-            and_(
-                LabelIssue.round_id == round_id,
-                LabelIssue.sample_id == live.c.sample_id,
-                LabelIssue.head == live.c.head,
-            ),
-        )
-        .group_by(live.c.head, live.c.action)
-    ):
+    for (_sid, head), action in resolved(s, round_id=round_id).items():
         row = out.setdefault(head, {"flagged": 0, "open": 0, "kept": 0, "relabelled": 0})
-        row["kept" if action == "keep" else "relabelled"] += n
-        row["open"] -= n
+        row["kept" if action == "keep" else "relabelled"] += 1
+        row["open"] -= 1
     return out
 
 
 def context(s: Session, *, sample_id: int, around: int = 2) -> list[dict[str, Any]]:
     """The utterances of the sample's dialogue (``sample.group_id``) around it, in utterance-id
     order: ``[{"sample_id", "utt_id", "text", "gold": {head: label}, "this": bool}]``, at most
-    ``around`` before and after; just the sample when it has no group."""
+    ``around`` before and after; just the sample when it has no group.
+
+    Reads the nearest utterance ids on each side through the (project, utt_id) index and keeps
+    those of the same group, so it never scans the project."""
     me = s.get(Sample, sample_id)
     if me is None:
         return []
-    if me.group_id is None:
-        rows = [me]
-    else:
-        rows = list(
-            s.scalars(
-                select(Sample)
-                .where(Sample.project_id == me.project_id, Sample.group_id == me.group_id)
-                .order_by(Sample.utt_id)
-            )
-        )
-    k = next(i for i, r in enumerate(rows) if r.id == sample_id)
-    rows = rows[max(0, k - around) : k + around + 1]
+    rows = [me]
+    if me.group_id is not None:
+        near = 2 * around + 2
+        base = select(Sample).where(Sample.project_id == me.project_id)
+        before = s.scalars(
+            base.where(Sample.utt_id < me.utt_id).order_by(Sample.utt_id.desc()).limit(near)
+        ).all()
+        after = s.scalars(
+            base.where(Sample.utt_id > me.utt_id).order_by(Sample.utt_id).limit(near)
+        ).all()
+        rows = [r for r in reversed(before) if r.group_id == me.group_id][-around:] + [me]
+        rows += [r for r in after if r.group_id == me.group_id][:around]
     ids = [r.id for r in rows]
     texts = {
         sid: text
@@ -283,9 +283,7 @@ def decide(
     ).first()
     if flag is None:
         raise q.QueueError(f"sample {sample_id} has no flagged {head} label in round {round_id}")
-    prior = s.scalars(
-        _live(round_id).where(Decision.sample_id == sample_id, Decision.head == head)
-    ).first()
+    prior = _live_for(s, round_id, sample_id, head)
     if prior is not None:
         by = q._user_name(s, prior.user_id)
         state = "kept" if prior.action == "keep" else "relabelled"

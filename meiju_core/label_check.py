@@ -20,6 +20,7 @@ import numpy as np
 from db import Store
 from db import label_issues as li
 from db import queries as q
+from db.models import ReviewRound
 from meiju_core.errors import CardTaken, InputError, StoreError
 
 KIND = "label_issues"
@@ -158,8 +159,6 @@ def resolve(
     from meiju_core import pipeline
 
     with store.read() as s:
-        from db.models import ReviewRound
-
         rnd = s.get(ReviewRound, round_id)
         project_id = rnd.project_id if rnd is not None else None
     if project_id is None:

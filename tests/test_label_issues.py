@@ -256,3 +256,22 @@ def test_the_check_is_an_admin_job_on_the_io_lane(store, flagged, tmp_path):
     with store.read() as s:
         job = s.get(Job, job_id)
         assert job.status == "failed" and "feature" in (job.error or "")
+
+
+def test_context_is_the_dialogue_around_the_utterance(store, flagged):
+    ids, _rid, _issues = flagged
+    with store.read() as s:
+        train = dict(
+            s.execute(
+                select(Sample.utt_id, Sample.id).where(
+                    Sample.project_id == ids.project_id, Sample.split == "train"
+                )
+            ).all()
+        )
+        mid = li.context(s, sample_id=train["train_000002"])
+        first = li.context(s, sample_id=train["train_000005"], around=2)
+    # the fixture groups utterances by five: train_0 is 000000-000004
+    assert [r["utt_id"] for r in mid] == [f"train_00000{i}" for i in range(5)]
+    assert [r["this"] for r in mid] == [False, False, True, False, False]
+    assert set(mid[0]["gold"]) == {"emotion", "intent"} and mid[0]["text"]
+    assert [r["utt_id"] for r in first] == ["train_000005", "train_000006", "train_000007"]
