@@ -107,6 +107,24 @@ def get_project(s: Session, *, name: str) -> Project | None:
     return s.scalars(select(Project).where(Project.name == name)).first()
 
 
+def last_sample_id(s: Session) -> int:
+    """The highest sample id in the store (0 when empty)."""
+    return s.scalar(select(func.max(Sample.id))) or 0
+
+
+def sample_ids_after(s: Session, *, project_id: int, after_id: int, limit: int) -> list[int]:
+    """Ids of the project's samples above ``after_id`` (those an import added), ascending, at
+    most ``limit``."""
+    return list(
+        s.scalars(
+            select(Sample.id)
+            .where(Sample.project_id == project_id, Sample.id > after_id)
+            .order_by(Sample.id)
+            .limit(limit)
+        )
+    )
+
+
 def get_user(s: Session, *, name: str) -> User | None:
     return s.scalars(select(User).where(User.name == name)).first()
 
@@ -1105,7 +1123,9 @@ def decide(
         )
         s.add(d)
         s.flush()
-        _set_state(s, rnd, sample_id, SKIP_HEAD, "", "skipped", None, d.id)
+        _set_state(
+            s, rnd, sample_id, SKIP_HEAD, "", "skipped", None, d.id, row=states.get(SKIP_HEAD)
+        )
         release(s, round_id=round_id, sample_id=sample_id, user_id=user_id)
         return [d]
     mv_id = model_version_id or rnd.model_version_id
@@ -1148,7 +1168,7 @@ def decide(
         s.flush()
         state = "accepted" if action == "accept" else "rejected"
         conf = pred.confidence if pred else None
-        _set_state(s, rnd, sample_id, head, label, state, conf, d.id, mv_id)
+        _set_state(s, rnd, sample_id, head, label, state, conf, d.id, mv_id, row=states.get(head))
         out.append(d)
     if len(undecided) <= len([h for h in wanted if h in undecided]):  # the card is done
         s.execute(
@@ -1179,6 +1199,9 @@ def _check_quota(s: Session, rnd: ReviewRound, head: str, label: str, sample_id:
         raise QuotaFull(head, label, quota, accepted)
 
 
+_UNREAD = object()  # _set_state: the caller has not read the head's state
+
+
 def _set_state(
     s: Session,
     rnd: ReviewRound,
@@ -1189,14 +1212,19 @@ def _set_state(
     confidence: float | None,
     decision_id: int,
     model_version_id: int | None = None,
+    *,
+    row: PseudoLabel | None | object = _UNREAD,
 ) -> None:
-    row = s.scalars(
-        select(PseudoLabel).where(
-            PseudoLabel.round_id == rnd.id,
-            PseudoLabel.sample_id == sample_id,
-            PseudoLabel.head == head,
-        )
-    ).first()
+    """Write the state of one head of a card; ``row`` is its current state when the caller has
+    read it already (None: it has none), else it is read here."""
+    if row is _UNREAD:
+        row = s.scalars(
+            select(PseudoLabel).where(
+                PseudoLabel.round_id == rnd.id,
+                PseudoLabel.sample_id == sample_id,
+                PseudoLabel.head == head,
+            )
+        ).first()
     if row is None:
         row = PseudoLabel(
             round_id=rnd.id,

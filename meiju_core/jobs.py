@@ -617,6 +617,9 @@ def _run_demo(store, settings, project_id, params, user, reporter) -> dict[str, 
     return pipeline.build_demo(store, settings, epochs=params.get("epochs"), progress=reporter)
 
 
+NEW_IDS_MAX = 5000  # an import's result lists its new sample ids up to this many
+
+
 def _run_import(store, settings, project_id, params, user, reporter) -> dict[str, Any]:
     """``params``: ``{"source": "csv", "path", "default_split"?}`` or ``{"source": "labels",
     "path", "split"}`` into the job's project, then (unless ``"prepare": False``) feature
@@ -624,7 +627,8 @@ def _run_import(store, settings, project_id, params, user, reporter) -> dict[str
     ``{"source": "release", "path", "project_name", "lang"?, "probe_media"?}`` (a new project).
     Admins only, checked again here. The import is all or nothing, as the import functions are.
     Returns the import summary plus ``{"prepared": {...}}`` (see
-    :func:`meiju_core.pipeline.prepare_new_samples`: ``new_cards`` in the Review queue)."""
+    :func:`meiju_core.pipeline.prepare_new_samples`: ``new_cards`` in the Review queue) and
+    ``"new_sample_ids"`` (the new samples' ids, None above ``NEW_IDS_MAX``)."""
     from meiju_core import pipeline
     from meiju_core.io import imports
 
@@ -632,7 +636,15 @@ def _run_import(store, settings, project_id, params, user, reporter) -> dict[str
     source = params.get("source", "csv")
     reporter({"progress": 0.02, "message": f"importing {Path(params['path']).name}"})
     before = None if project_id is None else pipeline.open_cards(store, project_id=project_id)
+    with store.read() as s:
+        last_id = q.last_sample_id(s)
     summary = imports.run_import(store, project_id=project_id, params=params)
+    if project_id is not None:  # the Data page links Review to the new utterances
+        with store.read() as s:
+            new_ids = q.sample_ids_after(
+                s, project_id=project_id, after_id=last_id, limit=NEW_IDS_MAX + 1
+            )
+        summary["new_sample_ids"] = new_ids if len(new_ids) <= NEW_IDS_MAX else None
     reporter({"progress": 0.2, "message": f"imported {summary.get('samples', 0)} utterances"})
     if source != "release" and params.get("prepare", True):
         summary["prepared"] = pipeline.prepare_new_samples(

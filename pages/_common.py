@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import html
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,15 @@ CSS = """
 
 
 def settings() -> Settings:
-    """Settings from ``MEIJU_*`` environment variables (cheap; read on every run)."""
-    return Settings.load()
+    """Settings from ``MEIJU_*`` environment variables, parsed and checked once per distinct
+    environment (a page asks for them several times per key press)."""
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("MEIJU_")))
+    return _settings_for(env)
+
+
+@functools.lru_cache(maxsize=8)
+def _settings_for(env: tuple[tuple[str, str], ...]) -> Settings:
+    return Settings.load()  # reads the same environment ``env`` names
 
 
 @st.cache_resource(show_spinner=False, on_release=lambda store: store.dispose())

@@ -240,6 +240,13 @@ def job_panel(job: dict[str, Any]) -> None:
                 f"({prepared.get('queue_cards')} open in all).",
                 icon=":material/playlist_add_check:",
             )
+            if prepared["new_cards"] and result.get("new_sample_ids"):
+                st.page_link(
+                    "pages/review.py",
+                    label="Review the new cards",
+                    icon=":material/rate_review:",
+                    query_params={"samples": ",".join(map(str, result["new_sample_ids"]))},
+                )
         if prepared.get("note"):
             st.info(prepared["note"])
 

@@ -54,6 +54,7 @@ DIGITS = "123456789"
 RESERVED_KEYS = {"A", "X", "S", "U", "H", "C", "R", "0", *DIGITS}
 FILTER_KEYS = ("head", "label", "min", "max", "unseen", "disagree", "model", "samples")
 TRANSCRIPTS_PAGE = "pages/transcripts.py"
+LINK_SHOWN = 120  # characters of a queue's link shown under the filters
 S = st.session_state
 
 
@@ -549,7 +550,12 @@ def filter_summary(flt: q.QueueFilter, params: dict[str, str]) -> None:
         parts.append("paths disagree")
     if flt.sample_ids is not None:
         parts.append(f"{len(flt.sample_ids)} linked samples")
-    st.caption("Filtered: " + " · ".join(parts) + f" · link: `?{urlencode(params, safe=',')}`")
+    link = "?" + urlencode(params, safe=",")
+    if len(link) > LINK_SHOWN:  # a long sample list: the address bar holds the whole link
+        cut = link.rfind(",", 0, LINK_SHOWN)
+        link = link[: cut if cut > 0 else LINK_SHOWN] + "…"
+        parts.append("the address bar holds the whole link")
+    st.caption("Filtered: " + " · ".join(parts) + f" · link: `{link}`")
 
 
 # --------------------------------------------------------------------------- the card
@@ -559,6 +565,7 @@ def _load_view(store, round_id: int, user_id: int, flt: q.QueueFilter) -> dict[s
     """The card to show and what is drawn around it, in one read session (the history is read
     after the card is drawn, see :func:`card_panel`)."""
     kept = [S.get("rv_focus"), S.get("rv_card"), *S.get("rv_ahead", [])]
+    prepared = S.pop("rv_prepared", None)
     candidates = list(dict.fromkeys(i for i in kept if i is not None))
     with store.read() as s:
         quotas = q.quota_status(s, round_id=round_id)
@@ -599,21 +606,11 @@ def _load_view(store, round_id: int, user_id: int, flt: q.QueueFilter) -> dict[s
                 S["rv_left_at"] = time.monotonic()
         rnd = s.get(ReviewRound, round_id)
         mv_id = flt.model_version_id or rnd.model_version_id
-        cards = q.load_cards(s, model_version_id=mv_id, sample_ids=ids[:1])
-        states = (
-            {
-                p.head: (p.state, p.label)
-                for p in s.scalars(
-                    select(PseudoLabel).where(
-                        PseudoLabel.round_id == round_id,
-                        PseudoLabel.sample_id == ids[0],
-                        PseudoLabel.head != q.SKIP_HEAD,
-                    )
-                )
-            }
-            if cards
-            else {}
-        )
+        if prepared and ids and prepared["sid"] == ids[0] and prepared["model"] == mv_id:
+            cards, states = [prepared["card"]], prepared["states"]  # read by _advance this run
+        else:
+            cards = q.load_cards(s, model_version_id=mv_id, sample_ids=ids[:1])
+            states = _head_states(s, round_id, ids[0]) if cards else {}
         return {
             "ids": ids,
             "card": cards[0] if cards else None,
@@ -623,6 +620,20 @@ def _load_view(store, round_id: int, user_id: int, flt: q.QueueFilter) -> dict[s
             "round_model": rnd.model_version_id,
             "quotas": quotas,
         }
+
+
+def _head_states(s, round_id: int, sample_id: int) -> dict[str, tuple[str, str]]:
+    """{head: (state, label)} of the card's decided heads in the round (a skip is no head)."""
+    return {
+        p.head: (p.state, p.label)
+        for p in s.scalars(
+            select(PseudoLabel).where(
+                PseudoLabel.round_id == round_id,
+                PseudoLabel.sample_id == sample_id,
+                PseudoLabel.head != q.SKIP_HEAD,
+            )
+        )
+    }
 
 
 def _read_history(store, round_id: int, user_id: int) -> list[dict[str, Any]]:
@@ -787,21 +798,16 @@ def _advance() -> int | None:
         mv_id = S.get("rv_card_model")
         with store.read() as s:
             rnd = s.get(ReviewRound, S["rv_round"])
-            cards = q.load_cards(
-                s, model_version_id=mv_id or rnd.model_version_id, sample_ids=[sid]
-            )
-            decided = set(
-                s.scalars(
-                    select(PseudoLabel.head).where(
-                        PseudoLabel.round_id == rnd.id, PseudoLabel.sample_id == sid
-                    )
-                )
-            )
+            mv_id = mv_id or rnd.model_version_id
+            cards = q.load_cards(s, model_version_id=mv_id, sample_ids=[sid])
+            states = _head_states(s, rnd.id, sid)
         if not cards:
             continue
         S["rv_card"], S["rv_shown"] = sid, time.monotonic()
         S["rv_card_labels"] = {h: p["label"] for h, p in cards[0].predictions.items()}
-        S["rv_open_heads"] = [h for h in S.get("rv_heads", []) if h not in decided]
+        S["rv_open_heads"] = [h for h in S.get("rv_heads", []) if h not in states]
+        # the card panel's rerun shows this card without reading it again
+        S["rv_prepared"] = {"sid": sid, "model": mv_id, "card": cards[0], "states": states}
         return sid
     return None
 

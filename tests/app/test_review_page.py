@@ -147,6 +147,21 @@ def test_changing_a_filter_writes_the_url_and_bad_params_are_dropped(fx):
     assert at.selectbox(key="rv_f_head").value == "any"
 
 
+def test_a_long_sample_link_is_shortened_under_the_filters(fx):
+    """An import's link to its new cards names every sample: the caption shows its start and
+    says where the whole link is, so the card stays on the first screen."""
+    _store, ids = fx
+    linked = ids.pool_ids[:40]
+    at = review(ids, params={"samples": ",".join(map(str, linked))})
+    caption = next(c.value for c in at.caption if c.value.startswith("Filtered:"))
+    assert f"{len(linked)} linked samples" in caption
+    assert "the address bar holds the whole link" in caption
+    link = caption.split("link: `", 1)[1].rstrip("`")
+    assert link.startswith(f"?samples={linked[0]},") and link.endswith("…")
+    assert len(link) <= 125
+    assert url_params(at)["samples"] == ",".join(map(str, linked))  # the URL keeps them all
+
+
 def test_filters_survive_a_visit_to_another_page(fx):
     store, ids = fx
     at = review(ids, params={"head": "intent", "label": "neutral"})

@@ -151,22 +151,12 @@ def test_a_csv_import_through_the_browser_reaches_review_with_predictions(app_se
     jobs.cancel(store, job_id=retrain)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "import_data.png"))
-    # Review, opened on the new utterances, shows their cards with the model's predictions.
-    # A reload signs out until issue 9.6 lands, and the login rerun may drop the link: retry.
-    link = f"{app_server.url}?samples={','.join(map(str, sorted(ids)))}"
-    body = ""
-    for _ in range(3):
-        page.goto(link)
-        wait_idle(page, 60_000)
-        if page.get_by_label("Password", exact=True).count():
-            page.get_by_label("Name").fill("admin")
-            page.get_by_label("Password", exact=True).fill("pw")
-            page.get_by_role("button", name="Sign in").click()
-            page.get_by_role("link", name="Review").wait_for(timeout=30_000)
-            wait_idle(page, 60_000)
-        body = page.locator("[data-testid='stMain']").inner_text(timeout=30_000)
-        if f"{len(NEW)} linked samples" in body:
-            break
+    # Review, opened from the message's link on the new utterances, shows their cards with the
+    # model's predictions
+    page.get_by_role("link", name="Review the new cards").click()
+    page.get_by_text(f"{len(NEW)} linked samples").first.wait_for(timeout=60_000)
+    wait_idle(page, 60_000)
+    body = page.locator("[data-testid='stMain']").inner_text(timeout=30_000)
     assert any(u in body for u, _ in NEW), body[:2000]
     assert "Nothing left to review" not in body
     page.screenshot(path=str(ARTIFACTS / "import_review.png"))
