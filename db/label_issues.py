@@ -14,19 +14,31 @@ A flag is open while it has no such decision that is not undone. Undo appends an
 decision naming the one it compensates (``undoes_id``) and, for a relabel, puts the previous gold
 label back. Decisions are never deleted. Like the pseudo-label queue, a flag is decided once: a
 second decision on it is refused (:class:`db.queries.AlreadyDecided`) inside the write
-transaction that would record it.
+transaction that would record it; and a sample on one annotator's screen is leased to them
+(``review_lease``, per round and sample), so the queue does not offer it to another until the
+lease expires, and another's decision on it is refused (:class:`db.queries.CardLeased`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from db import queries as q
-from db.models import Decision, GoldLabel, LabelIssue, ReviewRound, Sample, Transcript, utcnow
+from db.models import (
+    Decision,
+    GoldLabel,
+    LabelIssue,
+    ReviewLease,
+    ReviewRound,
+    Sample,
+    Transcript,
+    utcnow,
+)
 
 ACTIONS = ("keep", "relabel")
 
@@ -115,6 +127,19 @@ def resolved(s: Session, *, round_id: int) -> dict[tuple[int, str], str]:
     }
 
 
+def leased_by_others(s: Session, *, round_id: int, user_id: int | None) -> set[int]:
+    """Sample ids of the round that another user holds an unexpired lease on."""
+    return set(
+        s.scalars(
+            select(ReviewLease.sample_id).where(
+                ReviewLease.round_id == round_id,
+                ReviewLease.expires_at > utcnow(),
+                ReviewLease.user_id.is_distinct_from(user_id),
+            )
+        )
+    )
+
+
 def queue(
     s: Session,
     *,
@@ -122,14 +147,17 @@ def queue(
     limit: int = 8,
     exclude: Iterable[tuple[int, str]] = (),
     head: str | None = None,
+    user_id: int | None = None,
 ) -> list[dict[str, Any]]:
     """The open flags of a round, most doubtful first (lowest score, then sample id, head):
     ``[{"sample_id", "head", "given", "suggested", "score", "utt_id"}]``, at most ``limit``,
-    leaving out the (sample id, head) pairs in ``exclude`` (a session's skipped cards).
+    leaving out the (sample id, head) pairs in ``exclude`` (a session's skipped cards) and the
+    samples another user than ``user_id`` holds a lease on.
 
     Reads the resolved flags once and the round's flags in queue order until ``limit`` open
     ones are found (a round holds a few thousand flags at most)."""
     done = set(resolved(s, round_id=round_id)) | {(int(a), str(b)) for a, b in exclude}
+    held = leased_by_others(s, round_id=round_id, user_id=user_id)
     stmt = (
         select(LabelIssue, Sample.utt_id)
         .join(Sample, Sample.id == LabelIssue.sample_id)
@@ -137,13 +165,12 @@ def queue(
         .order_by(
             LabelIssue.score.is_(None), LabelIssue.score, LabelIssue.sample_id, LabelIssue.head
         )
-        .limit(int(limit) + len(done))
     )
     if head is not None:
         stmt = stmt.where(LabelIssue.head == head)
     out = []
-    for issue, utt in s.execute(stmt):
-        if (issue.sample_id, issue.head) in done:
+    for issue, utt in s.execute(stmt.limit(int(limit) + len(done) + 4 * len(held))):
+        if (issue.sample_id, issue.head) in done or issue.sample_id in held:
             continue
         out.append(_row(issue, utt))
         if len(out) >= limit:
@@ -182,6 +209,53 @@ def issue(s: Session, *, round_id: int, sample_id: int, head: str) -> dict[str, 
     if row is None:
         return None
     return {**_row(row[0], row[1]), "resolved": _live_for(s, round_id, sample_id, head) is not None}
+
+
+def lease(
+    s: Session, *, round_id: int, sample_id: int, user_id: int | None, seconds: int = 120
+) -> bool:
+    """Reserve a flagged sample for ``user_id`` for ``seconds`` (in the caller's write
+    transaction). Returns False, changing nothing, when another user holds an unexpired lease on
+    it or every flag of the sample is resolved.
+
+    Raises:
+        QueueError: ``seconds`` under 1, a closed round or one of another kind.
+    """
+    if not seconds >= q.MIN_LEASE_S:
+        raise q.QueueError(f"a lease lasts at least {q.MIN_LEASE_S} s, got {seconds}")
+    rnd = q._lock_round(s, round_id)
+    if rnd.kind != "label_issues":
+        raise q.QueueError(f"round {round_id} is not a gold-label check")
+    heads = set(
+        s.scalars(
+            select(LabelIssue.head).where(
+                LabelIssue.round_id == round_id, LabelIssue.sample_id == sample_id
+            )
+        )
+    )
+    done = {h for (sid, h) in resolved(s, round_id=round_id) if sid == sample_id}
+    if not heads - done:
+        return False
+    now = utcnow()
+    held = s.scalars(
+        select(ReviewLease).where(
+            ReviewLease.round_id == round_id, ReviewLease.sample_id == sample_id
+        )
+    ).first()
+    if held is not None:
+        if held.user_id != user_id and q._aware(held.expires_at) > now:
+            return False
+        held.user_id, held.expires_at = user_id, now + timedelta(seconds=seconds)
+        return True
+    s.add(
+        ReviewLease(
+            round_id=round_id,
+            sample_id=sample_id,
+            user_id=user_id,
+            expires_at=now + timedelta(seconds=seconds),
+        )
+    )
+    return True
 
 
 def counts(s: Session, *, round_id: int) -> dict[str, dict[str, int]]:
@@ -268,6 +342,7 @@ def decide(
         QueueError: a closed round or one of another kind, an unknown action, a (sample, head)
             the round did not flag, or a sample without that gold label.
         AlreadyDecided: the flag was resolved since it was shown.
+        CardLeased: another user holds an unexpired lease on the sample.
     """
     if action not in ACTIONS:
         raise q.QueueError(f"unknown action {action!r}; label issues take {list(ACTIONS)}")
@@ -283,6 +358,15 @@ def decide(
     ).first()
     if flag is None:
         raise q.QueueError(f"sample {sample_id} has no flagged {head} label in round {round_id}")
+    held = s.scalars(
+        select(ReviewLease).where(
+            ReviewLease.round_id == round_id,
+            ReviewLease.sample_id == sample_id,
+            ReviewLease.user_id.is_distinct_from(user_id),
+        )
+    ).first()
+    if held is not None and q._aware(held.expires_at) > utcnow():
+        raise q.CardLeased(sample_id, q._user_name(s, held.user_id))
     prior = _live_for(s, round_id, sample_id, head)
     if prior is not None:
         by = q._user_name(s, prior.user_id)
@@ -311,6 +395,22 @@ def decide(
         gold.label = new
     s.add(d)
     s.flush()
+    others = s.scalar(
+        select(func.count())
+        .select_from(LabelIssue)
+        .where(
+            LabelIssue.round_id == round_id,
+            LabelIssue.sample_id == sample_id,
+            LabelIssue.head != head,
+        )
+    )
+    done = {h for (sid, h) in resolved(s, round_id=round_id) if sid == sample_id}
+    if len(done) >= (others or 0) + 1:  # every flag of the sample resolved: free it
+        s.execute(
+            delete(ReviewLease).where(
+                ReviewLease.round_id == round_id, ReviewLease.sample_id == sample_id
+            )
+        )
     return d
 
 

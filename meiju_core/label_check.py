@@ -153,7 +153,8 @@ def resolve(
 
     Raises:
         InputError: ``label`` is not a class of ``head``.
-        CardTaken: the flag was resolved since it was shown (by ``by``).
+        CardTaken: the flag was resolved since it was shown (by ``by``), or another annotator
+            holds the sample.
         StoreError: a closed round, an unknown action, or a flag the round does not hold.
     """
     from meiju_core import pipeline
@@ -182,8 +183,43 @@ def resolve(
             return d.id
     except q.AlreadyDecided as e:
         raise CardTaken(str(e), by=e.by, decided=True) from e
+    except q.CardLeased as e:
+        raise CardTaken(str(e), by=e.by, decided=False) from e
     except q.QueueError as e:
         raise StoreError(str(e)) from e
+
+
+def lease(
+    store: Store,
+    *,
+    round_id: int,
+    sample_id: int,
+    user: dict[str, Any] | None,
+    seconds: int = 120,
+) -> bool:
+    """Reserve a flagged sample for ``user`` while it is on their screen (``db.label_issues.lease``);
+    False when another annotator holds it or its flags are all resolved.
+
+    Raises:
+        StoreError: a closed round or one of another kind, ``seconds`` under 1.
+    """
+    try:
+        with store.write() as s:
+            return li.lease(
+                s,
+                round_id=round_id,
+                sample_id=sample_id,
+                user_id=(user or {}).get("id"),
+                seconds=seconds,
+            )
+    except q.QueueError as e:
+        raise StoreError(str(e)) from e
+
+
+def release(store: Store, *, round_id: int, sample_id: int, user: dict[str, Any] | None) -> None:
+    """Drop ``user``'s lease on a flagged sample (a skip: others may take it at once)."""
+    with store.write() as s:
+        q.release(s, round_id=round_id, sample_id=sample_id, user_id=(user or {}).get("id"))
 
 
 def undo(

@@ -142,32 +142,61 @@ def _skipped() -> list[tuple[int, str]]:
     return [tuple(x) for x in S.setdefault("li_skipped", [])]
 
 
-def _next(s, round_id: int) -> dict[str, Any] | None:
-    """The first open flag not skipped in this session, else the first skipped one still open."""
-    rows = li.queue(s, round_id=round_id, limit=1, exclude=_skipped())
+def _next(s, round_id: int, user_id: int, taken: set[int]) -> dict[str, Any] | None:
+    """The first open flag not skipped in this session nor held by another annotator, else the
+    first skipped one still open; ``taken``: samples found held since the queue was read."""
+    rows = li.queue(s, round_id=round_id, limit=1 + len(taken), exclude=_skipped(), user_id=user_id)
+    rows = [r for r in rows if r["sample_id"] not in taken]
     if rows:
         return rows[0]
+    held = li.leased_by_others(s, round_id=round_id, user_id=user_id) | taken
     for sid, head in _skipped():
         row = li.issue(s, round_id=round_id, sample_id=sid, head=head)
-        if row is not None and not row["resolved"]:
+        if row is not None and not row["resolved"] and sid not in held:
             S["li_skipped"] = [x for x in S["li_skipped"] if tuple(x) != (sid, head)]
             return row
     return None
 
 
+def _lease(store, round_id: int, sample_id: int) -> bool:
+    """Hold the sample on screen for this user (renewed at half the lease time)."""
+    settings = common.settings()
+    held = S.get("li_leased")
+    if held and held[0] == sample_id and time.monotonic() - held[1] < settings.lease_seconds / 2:
+        return True
+    ok = label_check.lease(
+        store,
+        round_id=round_id,
+        sample_id=sample_id,
+        user=common.user(),
+        seconds=settings.lease_seconds,
+    )
+    S["li_leased"] = (sample_id, time.monotonic()) if ok else None
+    return ok
+
+
 def _current(store, round_id: int) -> dict[str, Any] | None:
-    """The flag on screen: the kept one while it is open, else the next."""
-    with store.read() as s:
-        kept = S.get("li_card")
-        if kept is not None:
+    """The flag on screen: the kept one while it is open, else the next one this user can
+    lease (another annotator may take a sample between the read and the lease)."""
+    uid = (common.user() or {}).get("id")
+    kept = S.get("li_card")
+    if kept is not None:
+        with store.read() as s:
             row = li.issue(s, round_id=round_id, sample_id=kept[0], head=kept[1])
-            if row is not None and not row["resolved"]:
-                return row
-        row = _next(s, round_id)
+        if row is not None and not row["resolved"] and _lease(store, round_id, kept[0]):
+            return row
+    taken: set[int] = set()
+    for _ in range(3):
+        with store.read() as s:
+            row = _next(s, round_id, uid, taken)
+        if row is None or _lease(store, round_id, row["sample_id"]):
+            break
+        taken.add(row["sample_id"])
     if row is None:
         S.pop("li_card", None)
         return None
-    S["li_card"], S["li_shown"] = (row["sample_id"], row["head"]), time.monotonic()
+    if S.get("li_card") != (row["sample_id"], row["head"]):
+        S["li_card"], S["li_shown"] = (row["sample_id"], row["head"]), time.monotonic()
     return row
 
 
@@ -190,19 +219,27 @@ def _decide(action: str, sample_id: int, head: str, label: str | None = None) ->
         )
     except CardTaken as e:
         common.flash("warning", f"Not recorded: {e}. Here is the next flag.", key="li_flash")
+        if not e.decided:  # held by someone else: not this session's to come back to
+            S["li_skipped"] = [x for x in _skipped() if x != (sample_id, head)]
         S.pop("li_card", None)
         return False
     except MeijuError as e:
         common.flash("error", str(e), key="li_flash")
         return False
     S.pop("li_card", None)
+    S.pop("li_leased", None)  # the store frees a sample once its flags are resolved
     return True
 
 
 def _skip(sample_id: int, head: str) -> None:
-    """S: the flag waits at the end of this session's queue (no decision is written)."""
+    """S: the flag waits at the end of this session's queue (no decision is written; the
+    sample's lease is dropped, so another annotator may take it meanwhile)."""
     S["li_skipped"] = [x for x in _skipped() if x != (sample_id, head)] + [(sample_id, head)]
     S.pop("li_card", None)
+    S.pop("li_leased", None)
+    label_check.release(
+        common.store(), round_id=S["li_round"], sample_id=sample_id, user=common.user()
+    )
 
 
 def _undo(decision_id: int | None = None) -> None:
@@ -218,6 +255,7 @@ def _undo(decision_id: int | None = None) -> None:
         common.flash("info", "Nothing to undo.", key="li_flash")
         return
     S["li_card"], S["li_shown"] = (back["sample_id"], back["head"]), time.monotonic()
+    S.pop("li_leased", None)
     was = back["previous_label"] if back["action"] == "relabel" else back["label"]
     common.flash("info", f"Undone: the gold {back['head']} label is {was} again.", key="li_flash")
 

@@ -7,13 +7,15 @@ The check itself (cross-validation + cleanlab on real features) runs on the demo
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from sqlalchemy import select
 
 from db import label_issues as li
 from db import queries as q
 from db.fixtures import build_fixture
-from db.models import Decision, GoldLabel, ReviewRound, Sample
+from db.models import Decision, GoldLabel, ReviewLease, ReviewRound, Sample, utcnow
 from meiju_core import jobs, label_check
 from meiju_core.errors import CardTaken, InputError, PermissionDenied, StoreError
 from meiju_core.settings import Settings
@@ -275,3 +277,51 @@ def test_context_is_the_dialogue_around_the_utterance(store, flagged):
     assert [r["this"] for r in mid] == [False, False, True, False, False]
     assert set(mid[0]["gold"]) == {"emotion", "intent"} and mid[0]["text"]
     assert [r["utt_id"] for r in first] == ["train_000005", "train_000006", "train_000007"]
+
+
+def test_a_flag_on_one_annotators_screen_is_not_offered_to_another(store, flagged):
+    ids, rid, issues = flagged
+    ann, admin = {"id": ids.annotator_id}, {"id": ids.admin_id}
+    with store.read() as s:
+        first = li.queue(s, round_id=rid, limit=1, user_id=ids.annotator_id)[0]
+    assert label_check.lease(store, round_id=rid, sample_id=first["sample_id"], user=ann)
+    with store.read() as s:
+        theirs = li.queue(s, round_id=rid, limit=10, user_id=ids.admin_id)
+        mine = li.queue(s, round_id=rid, limit=10, user_id=ids.annotator_id)
+    assert first["sample_id"] not in {r["sample_id"] for r in theirs}
+    assert mine[0]["sample_id"] == first["sample_id"]
+    assert not label_check.lease(store, round_id=rid, sample_id=first["sample_id"], user=admin)
+    with pytest.raises(CardTaken, match="being reviewed by ann") as e:
+        label_check.resolve(
+            store,
+            round_id=rid,
+            sample_id=first["sample_id"],
+            head=first["head"],
+            action="keep",
+            user=admin,
+        )
+    assert e.value.decided is False
+    # the holder decides; once every flag of the sample is resolved the lease is gone
+    label_check.resolve(
+        store,
+        round_id=rid,
+        sample_id=first["sample_id"],
+        head=first["head"],
+        action="keep",
+        user=ann,
+    )
+    with store.read() as s:
+        left = s.scalars(select(ReviewLease).where(ReviewLease.round_id == rid)).all()
+        flags_of_sample = [i for i in issues if i["sample_id"] == first["sample_id"]]
+    assert (len(left) == 0) == (len(flags_of_sample) == 1)
+    # an expired lease hides nothing
+    with store.write() as s:
+        s.execute(
+            ReviewLease.__table__.update()
+            .where(ReviewLease.round_id == rid)
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+    with store.read() as s:
+        assert li.queue(s, round_id=rid, limit=10, user_id=ids.admin_id) == li.queue(
+            s, round_id=rid, limit=10, user_id=ids.annotator_id
+        )

@@ -120,7 +120,7 @@ def test_the_issue_queue_keeps_relabels_and_undoes(fx):
     at.button(key="li_undo").click().run()
     assert gold(store, first["sample_id"]) == first["given_label"]
     with store.read() as s:
-        assert len(li.queue(s, round_id=rid)) == 3
+        assert len(li.queue(s, round_id=rid, user_id=ids.annotator_id)) == 3
         actions = [
             d.action
             for d in s.scalars(
@@ -162,3 +162,21 @@ def test_admins_queue_the_check_as_a_job(fx):
         ids.admin_id,
         ids.project_id,
     )
+
+
+def test_skip_sends_the_flag_to_the_end_and_frees_it(fx):
+    from db.models import ReviewLease
+
+    store, ids = fx
+    rid, issues = flag(store, ids, n=2)
+    at = issues_page(ids)
+    first, second = issues[0]["sample_id"], issues[1]["sample_id"]
+    assert at.session_state["li_card"] == (first, "emotion")
+    at.button(key="li_skip").click().run()
+    assert not at.exception
+    assert at.session_state["li_card"] == (second, "emotion")
+    with store.read() as s:
+        held = set(s.scalars(select(ReviewLease.sample_id).where(ReviewLease.round_id == rid)))
+    assert held == {second}  # the skipped flag is free for others
+    at.button(key="li_keep").click().run()  # the skipped flag comes back at the end
+    assert at.session_state["li_card"] == (first, "emotion")
