@@ -21,7 +21,7 @@ from sqlalchemy import func, select, update
 
 from db import label_issues as li
 from db import queries as q
-from db.models import Decision, GoldLabel, Job, Sample
+from db.models import Decision, GoldLabel, Job, Sample, User
 from meiju_core import jobs, pipeline
 from meiju_core.settings import Settings
 
@@ -145,7 +145,8 @@ def test_a_flagged_gold_label_is_relabelled_by_keyboard(demo, browser):
     page.wait_for_function("() => !!(window.__meijuKeys && window.__meijuKeys.send)")
     wait_idle(page)
     with store.read() as s:
-        first = li.queue(s, round_id=rid, limit=1)[0]
+        admin_id = s.scalar(select(User.id).where(User.name == "admin"))
+        first = li.queue(s, round_id=rid, limit=1, user_id=admin_id)[0]
     assert shown(page) == first["sample_id"]
     sid, head = first["sample_id"], first["head"]
     assert gold(store, sid, head) == first["given"]
@@ -221,5 +222,6 @@ def test_a_flagged_gold_label_is_relabelled_by_keyboard(demo, browser):
 
 def _next_sample(store, round_id: int) -> int | None:
     with store.read() as s:
-        rows = li.queue(s, round_id=round_id, limit=1)
+        admin_id = s.scalar(select(User.id).where(User.name == "admin"))
+        rows = li.queue(s, round_id=round_id, limit=1, user_id=admin_id)
     return rows[0]["sample_id"] if rows else None
