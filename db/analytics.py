@@ -36,6 +36,7 @@ from db.models import (
     Transcript,
     User,
 )
+from db.queries import threshold_conditions
 
 BUCKETS = ("hour", "day")
 IDLE_GAP_S = 300.0  # a pause longer than this between two cards is a break, not work
@@ -74,8 +75,9 @@ def project_schema(s: Session, *, project_id: int) -> dict[str, list[str]]:
     return {str(h): [str(c) for c in cs] for h, cs in schema.items()}
 
 
-def rounds(s: Session, *, project_id: int) -> list[dict[str, Any]]:
-    """Every review round of a project, newest first: id, status, model version, created."""
+def rounds(s: Session, *, project_id: int, kind: str = "pseudo") -> list[dict[str, Any]]:
+    """Every review round of a project of ``kind`` (``pseudo``: pseudo-label rounds;
+    ``label_issues``: gold-label checks), newest first: id, status, model version, created."""
     rows = s.execute(
         select(
             ReviewRound.id,
@@ -83,7 +85,7 @@ def rounds(s: Session, *, project_id: int) -> list[dict[str, Any]]:
             ReviewRound.model_version_id,
             ReviewRound.created_at,
         )
-        .where(ReviewRound.project_id == project_id)
+        .where(ReviewRound.project_id == project_id, ReviewRound.kind == kind)
         .order_by(ReviewRound.id.desc())
     ).all()
     return [dict(r._mapping) for r in rows]
@@ -109,7 +111,7 @@ def pseudo_label_classes(s: Session, *, round_id: int) -> dict[str, list[dict[st
     if rnd is None:
         return {}
     schema = project_schema(s, project_id=rnd.project_id)
-    thresholds = {h: float(t) for h, t in (rnd.thresholds or {}).items()}
+    thresholds = dict(rnd.thresholds or {})  # {head: float} or {head: {class: float}}
     counts: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
     # Every prediction at the threshold minus those of labelled samples: two index range scans
     # per head, several times faster than joining 100,000 pool samples.
@@ -122,7 +124,7 @@ def pseudo_label_classes(s: Session, *, round_id: int) -> dict[str, list[dict[st
             .where(
                 Prediction.model_version_id == rnd.model_version_id,
                 Prediction.head == head,
-                Prediction.confidence >= threshold,
+                *threshold_conditions(threshold),
             )
             .group_by(Prediction.label)
         )
@@ -166,9 +168,9 @@ def _live(q, *, round_id: int | None, project_id: int | None):
     if round_id is not None:
         undone = undone.where(Decision.round_id == round_id)
         q = q.where(Decision.round_id == round_id)
-    if project_id is not None:
+    if project_id is not None:  # pseudo-label rounds (a gold-label check is other work)
         q = q.join(ReviewRound, ReviewRound.id == Decision.round_id).where(
-            ReviewRound.project_id == project_id
+            ReviewRound.project_id == project_id, ReviewRound.kind == "pseudo"
         )
     return q.where(Decision.action != "undo", Decision.id.not_in(undone))
 

@@ -40,7 +40,7 @@ ROLES = ("annotator", "admin")
 SPLITS = ("train", "valid", "test", "pool")
 TRANSCRIPT_SOURCES = ("official", "asr", "manual")
 MODEL_STATUSES = ("candidate", "promoted", "archived")
-DECISION_ACTIONS = ("accept", "reject", "skip", "undo")
+DECISION_ACTIONS = ("accept", "reject", "skip", "undo", "keep", "relabel")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
@@ -236,10 +236,12 @@ class Prediction(Base):
 
 
 class ReviewRound(Base):
-    """A pseudo-label review round: one model version, a threshold per head and per-class quotas.
+    """A review round: one model version, thresholds and per-class quotas.
 
-    ``thresholds``: {head: float}; ``quotas``: {head: {class: max accepted}} (a class absent from
-    the mapping has no quota left, i.e. 0).
+    ``thresholds``: {head: float} or, per predicted class, {head: {class: float}}
+    (:mod:`db.thresholds`); ``quotas``: {head: {class: max accepted}} (a class absent from the
+    mapping has no quota left, i.e. 0). A ``label_issues`` round (a check of flagged gold labels,
+    :mod:`db.label_issues`) has neither: ``{}``.
     """
 
     __tablename__ = "review_round"
@@ -260,7 +262,8 @@ class ReviewRound(Base):
 
 
 class Decision(Base):
-    """An append-only review event. ``action``: accept / reject / skip / undo.
+    """An append-only review event. ``action``: accept / reject / skip / undo in a pseudo-label
+    round; keep / relabel / undo of a flagged gold label in a ``label_issues`` round.
 
     ``head`` is NULL for a skip of the whole card; an undo names the decision it compensates in
     ``undoes_id``. ``ms_spent`` is the time from card shown to decision, in milliseconds.

@@ -37,6 +37,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, aliased
 
+from db import thresholds as thr
 from db.models import (
     AuditEvent,
     Decision,
@@ -96,6 +97,7 @@ class BelowThreshold(QueueError):
 
 
 MIN_LEASE_S = 1
+ROUND_KINDS = ("pseudo", "label_issues")
 
 
 # --------------------------------------------------------------------------- projects & users
@@ -179,14 +181,27 @@ def open_round(
     *,
     project_id: int,
     model_version_id: int,
-    thresholds: dict[str, float],
+    thresholds: dict[str, Any],
     quotas: dict[str, dict[str, int]],
     user_id: int | None = None,
+    kind: str = "pseudo",
 ) -> ReviewRound:
-    """Close the project's open rounds and open a new one."""
+    """Close the project's open rounds of ``kind`` and open a new one.
+
+    ``thresholds``: {head: float} or {head: {class: float}} (:mod:`db.thresholds`); ``kind``:
+    ``pseudo`` (a pseudo-label round) or ``label_issues`` (a check of flagged gold labels, which
+    has neither thresholds nor quotas: ``{}``). A round of one kind leaves the other kind's open
+    round open.
+    """
+    if kind not in ROUND_KINDS:
+        raise QueueError(f"unknown round kind {kind!r}; kinds are {list(ROUND_KINDS)}")
     s.execute(
         update(ReviewRound)
-        .where(ReviewRound.project_id == project_id, ReviewRound.status == "open")
+        .where(
+            ReviewRound.project_id == project_id,
+            ReviewRound.status == "open",
+            ReviewRound.kind == kind,
+        )
         .values(status="closed")
     )
     rnd = ReviewRound(
@@ -195,6 +210,7 @@ def open_round(
         thresholds=thresholds,
         quotas=quotas,
         created_by=user_id,
+        kind=kind,
     )
     s.add(rnd)
     s.flush()
@@ -204,15 +220,20 @@ def open_round(
         action="open_round",
         entity="review_round",
         entity_id=rnd.id,
-        payload={"thresholds": thresholds, "quotas": quotas},
+        payload={"thresholds": thresholds, "quotas": quotas, "kind": kind},
     )
     return rnd
 
 
-def active_round(s: Session, *, project_id: int) -> ReviewRound | None:
+def active_round(s: Session, *, project_id: int, kind: str = "pseudo") -> ReviewRound | None:
+    """The project's newest open round of ``kind`` (``pseudo`` or ``label_issues``), or None."""
     return s.scalars(
         select(ReviewRound)
-        .where(ReviewRound.project_id == project_id, ReviewRound.status == "open")
+        .where(
+            ReviewRound.project_id == project_id,
+            ReviewRound.status == "open",
+            ReviewRound.kind == kind,
+        )
         .order_by(ReviewRound.id.desc())
     ).first()
 
@@ -272,10 +293,11 @@ def gold_counts(s: Session, *, project_id: int, split: str = "train") -> dict[st
 
 
 def class_candidates(
-    s: Session, *, model_version_id: int, thresholds: dict[str, float]
+    s: Session, *, model_version_id: int, thresholds: dict[str, Any]
 ) -> dict[str, dict[str, int]]:
-    """{head: {class: pool samples predicted as that class with confidence >= the head's
-    threshold}} for one model version: the cards a round of these thresholds can offer."""
+    """{head: {class: pool samples predicted as that class with confidence >= its threshold}}
+    for one model version: the cards a round of these thresholds can offer. ``thresholds``:
+    {head: float} or {head: {class: float}} (:mod:`db.thresholds`)."""
     out: dict[str, dict[str, int]] = {h: {} for h in thresholds}
     for head, t in thresholds.items():
         for label, n in s.execute(
@@ -284,13 +306,37 @@ def class_candidates(
             .where(
                 Prediction.model_version_id == model_version_id,
                 Prediction.head == head,
-                Prediction.confidence >= float(t),
+                *threshold_conditions(t),
                 Sample.split == "pool",
             )
             .group_by(Prediction.label)
         ):
             out[head][label] = n
     return out
+
+
+def threshold_conditions(value: Any, pred=Prediction, *, at_least: float | None = None) -> list:
+    """SQL conditions: ``pred`` reaches one head's threshold entry (:mod:`db.thresholds`).
+
+    The first is a plain range on the confidence (the entry's floor, raised to ``at_least``),
+    which the prediction indexes serve; a per-class entry adds one condition on (class,
+    confidence), which the queue index carries, so the scan still never reads the row."""
+    lo = thr.floor(value)
+    if at_least is not None:
+        lo = max(lo, float(at_least))
+    conds = [pred.confidence >= lo]
+    if thr.uniform(value) is None:
+        named = {c: float(t) for c, t in value.items() if c != thr.DEFAULT_KEY}
+        alts = [and_(pred.label == c, pred.confidence >= t) for c, t in sorted(named.items())]
+        if thr.DEFAULT_KEY in value:
+            alts.append(
+                and_(
+                    pred.label.not_in(sorted(named)) if named else literal(True),
+                    pred.confidence >= float(value[thr.DEFAULT_KEY]),
+                )
+            )
+        conds.append(or_(*alts) if alts else false())
+    return conds
 
 
 # --------------------------------------------------------------------------- the queue
@@ -444,10 +490,10 @@ def _head_conditions(
 ) -> list:
     """Conditions on one head's prediction row: its threshold, class and confidence range, and,
     given ``open_labels`` (:func:`open_classes`), a predicted class whose quota is not full."""
-    lo = float(rnd.thresholds[head])
-    if flt.min_confidence is not None:
-        lo = max(lo, float(flt.min_confidence))
-    c = [pred.head == head, pred.confidence >= lo]
+    c = [
+        pred.head == head,
+        *threshold_conditions(rnd.thresholds[head], pred, at_least=flt.min_confidence),
+    ]
     if flt.label:
         c.append(pred.label == flt.label)
     if open_labels is not None:
@@ -581,7 +627,7 @@ def _queue_statement(
         tuple(sorted(open_labels.items())) if open_labels is not None else None,
         rnd.id,
         rnd.model_version_id,
-        tuple(sorted((h, float(t)) for h, t in rnd.thresholds.items())),
+        thr.key(rnd.thresholds),
         replace(flt, sample_ids=() if flt.sample_ids is not None else None),
         head,
         user_id,
@@ -1102,7 +1148,7 @@ def decide(
         if action == "accept":
             _check_quota(s, rnd, head, label, sample_id)
             human = bool((labels or {}).get(head)) and label != (pred.label if pred else None)
-            th = float(rnd.thresholds.get(head, 0.0))
+            th = thr.threshold_for(rnd.thresholds.get(head, 0.0), pred.label if pred else label)
             if check_threshold and not human and pred is not None and pred.confidence < th:
                 if not confirmed_below:
                     raise BelowThreshold(head, label, float(pred.confidence), th)

@@ -418,16 +418,20 @@ def table1(
 def label_issues(
     split: Annotated[str, typer.Option(help="Split whose gold labels are checked.")] = "train",
     show: Annotated[int, typer.Option(help="Flags to print per head.")] = 10,
+    folds: Annotated[int, typer.Option(help="Cross-validation folds (>= 2).")] = 5,
 ) -> None:
     """Flag gold labels that are likely wrong (cross-validated probabilities + cleanlab); the
-    flags open in Review as a queue of their own."""
+    flags open in Review as a queue of their own (a round of kind label_issues)."""
     from meiju_core import label_check
 
+    if folds < 2:
+        raise typer.BadParameter("--folds must be at least 2")
     settings, store, info = _store_and_project()
     with _friendly(), _bar("checking gold labels") as update:
         report = label_check.check_gold_labels(
-            store, settings, project_id=info["id"], split=split, progress=update
+            store, settings, project_id=info["id"], split=split, folds=folds, progress=update
         )
+    typer.echo(f"round #{report['round_id']} holds the flags: Review > Gold label issues")
     for head, issues in report["issues"].items():
         typer.echo(
             f"{head}: {report['flagged'][head]} of {report['checked'][head]} {split} gold "
@@ -483,19 +487,50 @@ def pseudo_label(
     confidence: Annotated[
         str | None, typer.Option(help="raw (softmax, the paper) or calibrated.")
     ] = None,
+    thresholds_from_review: Annotated[
+        int | None,
+        typer.Option(
+            help="Round id: take per-class thresholds from that round's review decisions "
+            "(the lowest confidence reaching --precision; classes without enough decisions "
+            "keep that round's threshold). Not with --threshold."
+        ),
+    ] = None,
+    precision: Annotated[
+        float, typer.Option(help="Precision the review-based thresholds reach (0-1].")
+    ] = 0.95,
+    min_decisions: Annotated[
+        int, typer.Option(help="Reviewed pseudo-labels a class needs for its own threshold.")
+    ] = 20,
 ) -> None:
     """Open a review round; with --auto, fill its quotas the paper's way, without a human."""
     from meiju_core import pipeline
 
     settings, store, info = _store_and_project()
     mv = _model_version_id(store, info, model_version)
+    if thresholds_from_review is not None and threshold is not None:
+        raise typer.BadParameter("give --threshold or --thresholds-from-review, not both")
     with _friendly():
+        th: Any = threshold
+        if thresholds_from_review is not None:
+            ev = pipeline.thresholds_from_evidence(
+                store,
+                round_id=thresholds_from_review,
+                precision=precision,
+                min_count=min_decisions,
+            )
+            th = ev["thresholds"]
+            for row in ev["rows"]:
+                source = "review" if row["evidence"] is not None else "kept"
+                typer.echo(
+                    f"  {row['head']} {row['class']}: {row['next']:.3f} ({source}; "
+                    f"{row['accepted']} of {row['reviewed']} accepted)"
+                )
         rid = pipeline.open_round(
             store,
             settings,
             project_id=info["id"],
             model_version_id=mv,
-            thresholds=threshold,
+            thresholds=th,
             strategy=quota,
             budget=budget,
         )

@@ -49,11 +49,28 @@ from meiju_core.settings import Settings
 
 PROGRESS_EVERY_S = 1.0
 LOG_TAIL_CHARS = 20_000
-KINDS = ("train", "extract", "predict", "auto_pseudo_label", "demo", "import", "export")
+KINDS = (
+    "train",
+    "extract",
+    "predict",
+    "auto_pseudo_label",
+    "demo",
+    "import",
+    "export",
+    "label_check",
+)
 SINGLETON_KINDS = ("train", "demo")  # at most one queued or running per project
 # kinds only admins may submit from the app (exports are everyone's); a job submitted without a
 # user (the command line, the worker itself) is trusted
-ADMIN_KINDS = ("train", "extract", "predict", "auto_pseudo_label", "demo", "import")
+ADMIN_KINDS = (
+    "train",
+    "extract",
+    "predict",
+    "auto_pseudo_label",
+    "demo",
+    "import",
+    "label_check",
+)
 
 LANES = ("train", "io")
 TRAIN_LANE_KINDS = ("train", "demo")  # one at a time; every other kind runs on the io lane
@@ -581,6 +598,23 @@ def _run_auto(store, settings, project_id, params, user, reporter) -> dict[str, 
     )
 
 
+def _run_label_check(store, settings, project_id, params, user, reporter) -> dict[str, Any]:
+    """``params``: ``{"split"?: "train", "folds"?: 5}``. The result keeps the counts, not the
+    flags (they are the round's ``label_issue`` rows)."""
+    from meiju_core import label_check
+
+    report = label_check.check_gold_labels(
+        store,
+        settings,
+        project_id=project_id,
+        split=params.get("split", "train"),
+        folds=int(params.get("folds", 5)),
+        progress=reporter,
+        user=user,
+    )
+    return {k: report[k] for k in ("round_id", "split", "checked", "flagged")}
+
+
 def _run_demo(store, settings, project_id, params, user, reporter) -> dict[str, Any]:
     from meiju_core import pipeline
 
@@ -654,6 +688,7 @@ RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
     "demo": _run_demo,
     "import": _run_import,
     "export": _run_export,
+    "label_check": _run_label_check,
 }
 
 

@@ -24,6 +24,7 @@ from sqlalchemy import delete, func, insert, select
 
 from db import Store
 from db import queries as q
+from db import thresholds as thr
 from db.models import (
     FeatureFile,
     FeatureSet,
@@ -1051,20 +1052,62 @@ def promote(store: Store, *, model_version_id: int, user: dict[str, Any] | None)
         q.promote(s, model_version_id=model_version_id, user_id=(user or {}).get("id"))
 
 
+def check_head_thresholds(value: Any, *, head: str, classes: list[str]) -> float | dict:
+    """One head's threshold entry, checked and normalised (:mod:`db.thresholds`): a number in
+    [0, 1] stays a number; a ``{class: number}`` mapping (``"*"`` for the classes not named)
+    becomes a mapping that names every class of ``classes``, in that order, or one number when
+    they are all equal.
+
+    Raises:
+        InputError: a value outside [0, 1], NaN or not a number (field ``threshold <head>
+            <class>``), an unknown class, or a class left without threshold.
+    """
+    from meiju_core.validate import unit_interval_problem
+
+    if not isinstance(value, dict):
+        problem = unit_interval_problem(value)
+        if problem:  # also refuses NaN, infinities and words
+            raise InputError(f"threshold {problem}", field=f"threshold {head}")
+        return float(value)
+    unknown = [c for c in value if c != thr.DEFAULT_KEY and c not in classes]
+    if unknown:
+        raise InputError(
+            f"{head} thresholds name unknown class(es) {unknown}; classes are {classes}",
+            field=f"threshold {head}",
+        )
+    for c, v in value.items():
+        problem = unit_interval_problem(v)
+        if problem:
+            raise InputError(f"threshold {problem}", field=f"threshold {head} {c}")
+    missing = [c for c in classes if c not in value and thr.DEFAULT_KEY not in value]
+    if missing:
+        raise InputError(
+            f"{head} thresholds give no threshold for {missing} (name them or give '*')",
+            field=f"threshold {head}",
+        )
+    full = {c: thr.threshold_for(value, c) for c in classes}
+    return next(iter(full.values())) if len(set(full.values())) == 1 else full
+
+
 def round_plan(
     store: Store,
     settings: Settings,
     *,
     project_id: int,
     model_version_id: int,
-    thresholds: dict[str, float] | float | None = None,
+    thresholds: dict[str, Any] | float | None = None,
     strategy: str | None = None,
     budget: int | None = None,
     explicit: dict[str, dict[str, int]] | None = None,
 ) -> dict[str, Any]:
     """What a round would offer before it opens: per head and class the gold train labels, the
-    candidates (pool samples predicted as the class at or above the head's threshold), the quota
-    and the cards the queue gets (``min(quota, candidates)``).
+    threshold, the candidates (pool samples predicted as the class at or above its threshold),
+    the quota and the cards the queue gets (``min(quota, candidates)``).
+
+    Thresholds are one number for every head, ``{head: float}``, or per class ``{head: {class:
+    float}}`` (``"*"`` for the classes not named; :mod:`db.thresholds`), e.g. from
+    :func:`thresholds_from_evidence`. A per-class entry is stored with every class named; one
+    whose classes all have the same threshold is stored as that number.
 
     Quotas come from the gold distribution (``pseudo.compute_quotas``) and, except for explicit
     quotas, are then fitted to the candidates (``quota_fit.fit_to_candidates``): the balanced
@@ -1072,26 +1115,23 @@ def round_plan(
     labels predicts confidently, so unfitted defaults could open a round with no card.
 
     Returns:
-        ``{"thresholds": {head: t}, "quotas": {head: {class: n}},
-        "classes": {head: [{"class", "gold", "candidates", "quota", "queue"}]}}``.
+        ``{"thresholds": {head: t or {class: t}}, "quotas": {head: {class: n}},
+        "classes": {head: [{"class", "gold", "threshold", "candidates", "quota", "queue"}]}}``.
     Raises:
-        InputError: a threshold outside [0, 1], an unknown strategy or a negative budget.
+        InputError: a threshold outside [0, 1] (the field names the head and class), an unknown
+            head or class, a per-class entry that leaves a class without threshold, an unknown
+            strategy or a negative budget.
     """
     from meiju_core.pseudo import compute_quotas
     from meiju_core.quota_fit import fit_to_candidates
 
     schema = schema_of(store, project_id)
-    from meiju_core.validate import unit_interval_problem
-
     t = settings.threshold if thresholds is None else thresholds
     th = {h: t for h in schema.head_names} if not isinstance(t, dict) else dict(t)
     for head, value in th.items():
         if head not in schema.head_names:
             raise InputError(f"unknown head {head!r}; heads are {schema.head_names}", field=head)
-        problem = unit_interval_problem(value)
-        if problem:  # also refuses NaN, infinities and words
-            raise InputError(f"threshold {problem}", field=f"threshold {head}")
-        th[head] = float(value)
+        th[head] = check_head_thresholds(value, head=head, classes=schema.classes(head))
     strategy = strategy or settings.quota_strategy
     budget = settings.quota_budget if budget is None else budget
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
@@ -1124,6 +1164,7 @@ def round_plan(
             {
                 "class": c,
                 "gold": g[c],
+                "threshold": thr.threshold_for(th[head], c) if head in th else None,
                 "candidates": cands.get(head, {}).get(c, 0),
                 "quota": quotas[head][c],
                 "queue": min(quotas[head][c], cands.get(head, {}).get(c, 0)),
@@ -1139,14 +1180,15 @@ def open_round(
     *,
     project_id: int,
     model_version_id: int,
-    thresholds: dict[str, float] | float | None = None,
+    thresholds: dict[str, Any] | float | None = None,
     strategy: str | None = None,
     budget: int | None = None,
     explicit: dict[str, dict[str, int]] | None = None,
     user: dict[str, Any] | None = None,
 ) -> int:
-    """Open a review round with per-head thresholds and the per-class quotas of
-    :func:`round_plan` (gold distribution fitted to the candidates). Returns the round id.
+    """Open a review round with thresholds per head or per head and class (see
+    :func:`round_plan`) and the per-class quotas of :func:`round_plan` (gold distribution
+    fitted to the candidates). Returns the round id.
 
     Raises:
         PermissionDenied: ``user`` is given and is not an admin in the store.
@@ -1176,6 +1218,124 @@ def open_round(
         return rnd.id
 
 
+def thresholds_from_evidence(
+    store: Store, *, round_id: int, precision: float = 0.95, min_count: int = 20
+) -> dict[str, Any]:
+    """Per-class thresholds read from a round's human review decisions: for every head and
+    predicted class, the lowest confidence at which reviewers accepted at least ``precision`` of
+    the pseudo-labels at or above it, over at least ``min_count`` decisions
+    (``pseudo.threshold_for_precision`` on ``db.evidence.review_observations``). A class without
+    that much evidence keeps the round's own threshold.
+
+    Returns:
+        ``{"round_id", "precision", "min_count", "thresholds": {head: {class: float}},
+        "rows": [{"head", "class", "reviewed", "accepted", "evidence", "current", "next"}]}``:
+        ``evidence`` is the threshold the decisions support (None: not enough), ``current`` the
+        round's, ``next`` the one a next round takes (``evidence`` else ``current``).
+    Raises:
+        InputError: an unknown round, a gold-label round, ``precision`` outside (0, 1] or
+            ``min_count`` under 1.
+    """
+    from db.evidence import review_observations
+    from meiju_core.pseudo import threshold_for_precision
+
+    if isinstance(precision, bool) or not isinstance(precision, int | float):
+        raise InputError(f"precision {precision!r} is not a number", field="precision")
+    if not 0 < float(precision) <= 1:
+        raise InputError(f"precision must be in (0, 1], got {precision}", field="precision")
+    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
+        raise InputError(
+            f"min_count must be a whole number >= 1, got {min_count!r}", field="min_count"
+        )
+    with store.read() as s:
+        rnd = s.get(ReviewRound, round_id)
+        if rnd is None or rnd.kind != "pseudo":
+            raise InputError(f"round #{round_id} is not a pseudo-label round", field="round")
+        obs = review_observations(s, round_id=round_id)
+        current, project_id = dict(rnd.thresholds), rnd.project_id
+    schema = schema_of(store, project_id)
+    out: dict[str, Any] = {
+        "round_id": round_id,
+        "precision": float(precision),
+        "min_count": min_count,
+        "thresholds": {},
+        "rows": [],
+    }
+    for head in schema.head_names:
+        if head not in current:
+            continue
+        per: dict[str, float] = {}
+        for cls in schema.classes(head):
+            sub = [o for o in obs if o["head"] == head and o["predicted"] == cls]
+            conf = np.array([o["confidence"] for o in sub], dtype=np.float64)
+            acc = np.array([o["accepted"] for o in sub], dtype=bool)
+            t = (
+                threshold_for_precision(conf, acc, precision=float(precision), min_count=min_count)
+                if sub
+                else None
+            )
+            now = thr.threshold_for(current[head], cls)
+            per[cls] = round(t, 6) if t is not None else now
+            out["rows"].append(
+                {
+                    "head": head,
+                    "class": cls,
+                    "reviewed": len(sub),
+                    "accepted": int(acc.sum()),
+                    "evidence": t,
+                    "current": now,
+                    "next": per[cls],
+                }
+            )
+        out["thresholds"][head] = per
+    return out
+
+
+def open_round_from_evidence(
+    store: Store,
+    settings: Settings,
+    *,
+    round_id: int,
+    precision: float = 0.95,
+    min_count: int = 20,
+    model_version_id: int | None = None,
+    strategy: str | None = None,
+    budget: int | None = None,
+    user: dict[str, Any] | None,
+) -> int:
+    """Open the next pseudo-label round with the per-class thresholds that round ``round_id``'s
+    review decisions support (:func:`thresholds_from_evidence`), on ``model_version_id`` (default:
+    the project's promoted model, else its newest) with quotas as :func:`open_round` makes them.
+    Admins only: the role is read from the store. Returns the new round's id.
+
+    Raises:
+        PermissionDenied: ``user`` is not an admin in the store (None is refused too).
+        InputError: see :func:`thresholds_from_evidence` and :func:`round_plan`; a project with no
+            model version.
+    """
+    require_admin(user, "open a review round", store=store)
+    ev = thresholds_from_evidence(
+        store, round_id=round_id, precision=precision, min_count=min_count
+    )
+    with store.read() as s:
+        project_id = s.get(ReviewRound, round_id).project_id
+        if model_version_id is None:
+            mv = q.current_model(s, project_id=project_id)
+            if mv is None:
+                raise InputError("the project has no model version to review", field="model")
+            model_version_id = mv.id
+    return open_round(
+        store,
+        settings,
+        project_id=project_id,
+        model_version_id=model_version_id,
+        thresholds=ev["thresholds"],
+        strategy=strategy,
+        budget=budget,
+        user=user,
+    )
+
+
 def empty_queue_reasons(
     store: Store,
     *,
@@ -1193,7 +1353,7 @@ def empty_queue_reasons(
     with store.read() as s:
         rnd = s.get(ReviewRound, round_id)
         heads = [flt.head] if flt.head else list(rnd.thresholds)
-        th = {h: float(rnd.thresholds[h]) for h in heads if h in rnd.thresholds}
+        th = {h: rnd.thresholds[h] for h in heads if h in rnd.thresholds}
         mv_id = flt.model_version_id or rnd.model_version_id
         cands = q.class_candidates(s, model_version_id=mv_id, thresholds=th)
         status = q.quota_status(s, round_id=round_id)
@@ -1210,7 +1370,7 @@ def empty_queue_reasons(
             )
         )
     above = sum(sum(per.values()) for per in cands.values())
-    th_text = ", ".join(f"{h} ≥ {t:.2f}" for h, t in th.items())
+    th_text = ", ".join(f"{h} {thr.describe(t)}" for h, t in th.items())
     if above == 0:
         out.append(
             {
@@ -1399,7 +1559,7 @@ def auto_pseudo_label(
     picked = select_joint(
         probs_by_head,
         classes={h: schema.classes(h) for h in heads},
-        thresholds={h: float(thresholds[h]) for h in heads},
+        thresholds={h: _threshold_arg(thresholds[h]) for h in heads},
         quotas={
             h: np.array([quotas.get(h, {}).get(c, 0) for c in schema.classes(h)], dtype=np.int64)
             for h in heads
@@ -1429,6 +1589,14 @@ def auto_pseudo_label(
         out[head] = len(picked[head])
         progress({"message": f"{head}: {out[head]} pseudo-labels accepted ({rule}, {confidence})"})
     return out
+
+
+def _threshold_arg(value: Any) -> float | dict[str, float]:
+    """A round's threshold entry as ``pseudo.select`` takes it: (0, 1] (a threshold of 0 keeps
+    every row, as 1e-9 does), per class when the entry is per class."""
+    if thr.is_per_class(value):
+        return {c: min(1.0, max(float(t), 1e-9)) for c, t in value.items()}
+    return min(1.0, max(float(value), 1e-9))
 
 
 def bulk_preview(
@@ -1472,8 +1640,9 @@ def bulk_preview(
             probs /= probs.sum(axis=1, keepdims=True)
             idx = select_rows(
                 probs,
-                threshold=min(1.0, max(float(thresholds[head]), 1e-9)),
+                threshold=_threshold_arg(thresholds[head]),
                 quotas=quota,
+                classes=classes,
                 already_accepted=already,
             )
             for i in idx:

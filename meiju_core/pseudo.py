@@ -89,6 +89,31 @@ def _check_threshold(threshold: float, name: str = "threshold") -> float:
     return t
 
 
+ThresholdLike = float | Mapping[str, float] | Sequence[float] | np.ndarray
+
+
+def _threshold_vector(
+    threshold: Any, k: int, classes: Sequence[str] | None, name: str = "threshold"
+) -> np.ndarray:
+    """(K,) float64 thresholds per predicted class from one number, an array (K,), or a mapping
+    keyed by class name or index (``"*"``: every class not named; a class neither named nor
+    covered by ``"*"`` gets ``inf``, so none of its rows is a candidate)."""
+    if isinstance(threshold, Mapping):
+        default = threshold.get("*")
+        out = np.full(k, np.inf if default is None else _check_threshold(default, name))
+        for key, value in threshold.items():
+            if key == "*":
+                continue
+            out[_class_index(key, k, classes, name)] = _check_threshold(value, f"{name}[{key!r}]")
+        return out
+    if np.ndim(threshold) == 0:
+        return np.full(k, _check_threshold(threshold, name))
+    v = np.asarray(threshold, dtype=np.float64)
+    if v.shape != (k,):
+        raise ValueError(f"{name} must be one number or have shape ({k},) for K={k}, got {v.shape}")
+    return np.array([_check_threshold(t, f"{name}[{i}]") for i, t in enumerate(v)])
+
+
 def _check_count(value: Any, name: str) -> int:
     if isinstance(value, bool) or not float(value).is_integer() or value < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
@@ -431,7 +456,7 @@ def apply_temperature(
 def select(
     probs: np.ndarray,
     *,
-    threshold: float = 0.99,
+    threshold: ThresholdLike = 0.99,
     quotas: QuotaLike | None = None,
     already_accepted: QuotaLike | None = None,
     eligible: np.ndarray | None = None,
@@ -441,7 +466,7 @@ def select(
     """Rows of one head to accept as pseudo-labels: confident rows, per-class quotas respected.
 
     A row is a candidate if it is ``eligible`` and its confidence (max probability) is at least
-    ``threshold``. Within each predicted class the candidates are taken by confidence, highest
+    the threshold of its predicted class. Within each predicted class the candidates are taken by confidence, highest
     first (ties: lowest row index), up to the class's remaining quota
     ``max(quota - already_accepted, 0)``.
 
@@ -450,9 +475,11 @@ def select(
     probs : np.ndarray, float, shape (N, K)
         Predicted class probabilities (rows sum to 1), ideally calibrated with
         :func:`apply_temperature`.
-    threshold : float, default 0.99
+    threshold : float, array (K,) or Mapping[str | int, float], default 0.99
         Confidence a row needs, in (0, 1]; compared with ``>=``. The Track I winner used 0.99
-        (reference/meiju.md §8).
+        (reference/meiju.md §8). Per predicted class: an array in column order or a mapping by
+        class name or index (``"*"`` for the classes not named; a class neither named nor
+        covered is never selected), e.g. thresholds read from review evidence.
     quotas : array-like of int, shape (K,), or Mapping[int | str, int], optional
         Most labels per predicted class this round (a class absent from a mapping gets 0, as in
         the store's ``review_round.quotas``). None: no quota.
@@ -487,12 +514,12 @@ def select(
     """
     p = _check_probs(probs)
     n, k = p.shape
-    threshold = _check_threshold(threshold)
+    per_class = _threshold_vector(threshold, k, classes)
     if order not in ("confidence", "index"):
         raise ValueError(f"order must be 'confidence' or 'index', got {order!r}")
     remaining = _remaining(quotas, already_accepted, k, classes)
     conf, pred = p.max(axis=1), p.argmax(axis=1)
-    ok = conf >= threshold
+    ok = conf >= per_class[pred]
     if eligible is not None:
         ok &= _check_mask(eligible, n, "eligible")
     rows = np.flatnonzero(ok)
@@ -598,7 +625,7 @@ def select_joint(
     probs_by_head: Mapping[str, np.ndarray],
     *,
     classes: Mapping[str, Sequence[str]],
-    thresholds: float | Mapping[str, float] = 0.99,
+    thresholds: float | Mapping[str, ThresholdLike] = 0.99,
     quotas: Mapping[str, QuotaLike | None] | None = None,
     already_accepted: Mapping[str, QuotaLike | None] | None = None,
     eligible: np.ndarray | Mapping[str, np.ndarray | None] | None = None,
@@ -623,8 +650,9 @@ def select_joint(
         head -> (N, K_head) float probabilities; the same N rows (samples) for every head.
     classes : Mapping[str, Sequence[str]]
         head -> class names in column order, e.g. ``LabelSchema.heads``.
-    thresholds : float or Mapping[str, float], default 0.99
-        One threshold for all heads, or one per head.
+    thresholds : float or Mapping[str, threshold], default 0.99
+        One threshold for all heads, or one per head, each a number or per predicted class as
+        :func:`select` takes it (array (K,) or {class: float}).
     quotas : Mapping[str, quota], optional
         head -> quotas as :func:`select` takes them (array (K,) or {class: int}); must name every
         head (a value of None means no quota for that head). None: no quotas at all.
@@ -673,7 +701,10 @@ def select_joint(
     if rule == "joint":
         rows = _select_both(
             {h: _check_probs(probs_by_head[h], f"probs[{h!r}]") for h in heads},
-            thresholds={h: _check_threshold(per_threshold[h]) for h in heads},
+            thresholds={
+                h: _threshold_vector(per_threshold[h], len(classes[h]), classes[h], "thresholds")
+                for h in heads
+            },
             remaining={
                 h: _remaining(per_quota[h], per_used[h], len(classes[h]), classes[h]) for h in heads
             },
@@ -703,12 +734,13 @@ def select_joint(
 def _select_both(
     probs: Mapping[str, np.ndarray],
     *,
-    thresholds: Mapping[str, float],
+    thresholds: Mapping[str, np.ndarray],
     remaining: Mapping[str, np.ndarray | None],
     masks: Mapping[str, np.ndarray | None],
     order: str,
 ) -> np.ndarray:
-    """The ``joint`` rule of :func:`select_joint`: int64 rows taken with every head's label."""
+    """The ``joint`` rule of :func:`select_joint`: int64 rows taken with every head's label;
+    ``thresholds``: head -> (K,) per predicted class."""
     heads = list(probs)
     n = next(iter(probs.values())).shape[0]
     ok = np.ones(n, dtype=bool)
@@ -717,7 +749,7 @@ def _select_both(
     for h in heads:
         c = probs[h].max(axis=1)
         pred[h] = probs[h].argmax(axis=1)
-        ok &= c >= thresholds[h]
+        ok &= c >= thresholds[h][pred[h]]
         if masks[h] is not None:
             ok &= masks[h]
         conf = np.minimum(conf, c)

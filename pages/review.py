@@ -24,6 +24,7 @@ head shown (H switches the head, 0 clears), then A / E / I accept with the overr
 from __future__ import annotations
 
 import html
+import json
 import time
 from dataclasses import replace
 from typing import Any
@@ -34,6 +35,7 @@ import streamlit as st
 from sqlalchemy import exists, select
 
 from db import queries as q
+from db import thresholds as thr
 from db.models import ModelVersion, Prediction, PseudoLabel, ReviewRound, Sample
 from meiju_core import pipeline
 from meiju_core.errors import BelowThreshold, CardTaken, MeijuError, QuotaExceeded
@@ -111,7 +113,7 @@ def _round_plan(
     url: str,
     project_id: int,
     model_version_id: int,
-    thresholds: tuple[tuple[str, float], ...],
+    thresholds_json: str,
     strategy: str,
     budget: int,
 ) -> dict[str, Any] | None:
@@ -121,10 +123,33 @@ def _round_plan(
             common.settings(),
             project_id=project_id,
             model_version_id=model_version_id,
-            thresholds=dict(thresholds),
+            thresholds=json.loads(thresholds_json),
             strategy=strategy,
             budget=budget,
         )
+    except MeijuError:
+        return None
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _evidence_thresholds(url: str, project_id: int) -> dict[str, Any] | None:
+    """Per-class thresholds from the review decisions of the project's newest pseudo-label round
+    that has any (``pipeline.thresholds_from_evidence``, default precision), or None."""
+    from db.evidence import review_observations
+
+    store = common.store_at(url)
+    with store.read() as s:
+        rounds = s.scalars(
+            select(ReviewRound.id)
+            .where(ReviewRound.project_id == project_id, ReviewRound.kind == "pseudo")
+            .order_by(ReviewRound.id.desc())
+            .limit(5)
+        ).all()
+        chosen = next((r for r in rounds if review_observations(s, round_id=r)), None)
+    if chosen is None:
+        return None
+    try:
+        return pipeline.thresholds_from_evidence(store, round_id=chosen)
     except MeijuError:
         return None
 
@@ -137,12 +162,15 @@ def _plan_table(plan: dict[str, Any]) -> None:
         total = sum(r["queue"] for r in rows)
         col.markdown(f"{head.capitalize()}: **{total}** cards")
         col.dataframe(
-            pd.DataFrame(rows).set_index("class")[["gold", "candidates", "quota", "queue"]],
+            pd.DataFrame(rows).set_index("class")[
+                ["gold", "threshold", "candidates", "quota", "queue"]
+            ],
             width="stretch",
             key=f"rv_plan_{head}",
         )
     st.caption(
-        "candidates: pool samples predicted as the class at or above the threshold; quota: most "
+        "threshold: the confidence a prediction of the class needs; "
+        "candidates: pool samples predicted as the class at or above it; quota: most "
         "pseudo-labels the round accepts for it (the gold distribution fitted to the "
         "candidates); queue: the cards the class brings to Review."
     )
@@ -152,7 +180,7 @@ def round_summary(rnd: dict[str, Any] | None) -> None:
     if rnd is None:
         st.info("No review round is open.")
         return
-    th = " · ".join(f"{h} ≥ {t:.2f}" for h, t in rnd["thresholds"].items())
+    th = " · ".join(f"{h} {thr.describe(t)}" for h, t in rnd["thresholds"].items())
     budget = {h: sum(int(v) for v in per.values()) for h, per in rnd["quotas"].items()}
     quota = " · ".join(f"{h} {n}" for h, n in budget.items())
     st.caption(
@@ -190,9 +218,24 @@ def open_round_ui(store, settings, project: dict[str, Any], user: dict[str, Any]
             "Pool samples whose confidence reaches each threshold, per head. A model trained on "
             "few labels rarely reaches the paper's 0.99: pick a threshold that leaves enough cards."
         )
+        evidence = _evidence_thresholds(settings.database_url, project["id"])
+        from_review = False
+        if evidence is not None:
+            from_review = st.toggle(
+                f"Per-class thresholds from the review decisions of round #{evidence['round_id']}",
+                key="rv_new_from_review",
+                help="Per head and predicted class, the lowest confidence at which reviewers "
+                f"accepted at least {evidence['precision']:.0%} of the pseudo-labels (over at "
+                f"least {evidence['min_count']} decisions); classes with fewer decisions keep "
+                "that round's threshold. The Dashboard's Evidence tab shows the evidence.",
+            )
         cols = st.columns(len(heads) + 2)
-        thresholds = {}
+        thresholds: dict[str, Any] = {}
         for col, head in zip(cols, heads, strict=False):
+            if from_review:
+                thresholds[head] = dict(evidence["thresholds"][head])
+                col.markdown(f"**{head.capitalize()}** {thr.describe(thresholds[head])}")
+                continue
             thresholds[head] = col.number_input(
                 f"{head.capitalize()} threshold",
                 min_value=0.0,
@@ -223,7 +266,7 @@ def open_round_ui(store, settings, project: dict[str, Any], user: dict[str, Any]
             settings.database_url,
             project["id"],
             mv_id,
-            tuple(sorted(thresholds.items())),
+            json.dumps(thresholds, sort_keys=True),
             strategy,
             int(budget),
         )
@@ -872,11 +915,11 @@ def _predictions(
                 )
             else:
                 st.markdown(f"**{head.capitalize()}** · **{pred['label']}**")
-            th = float(thresholds.get(head, 0.0))
+            th = thr.threshold_for(thresholds.get(head, 0.0), pred["label"])
             if not state and not chosen and pred["confidence"] < th:
                 st.markdown(
                     f":orange[:material/warning: confidence {pred['confidence']:.2f} is below "
-                    f"the round's threshold {th:.2f}]"
+                    f"the round's threshold {th:.2f} for {pred['label']}]"
                 )
             for label, p in common.top3(pred["probs"] or [], classes):
                 st.progress(min(1.0, max(0.0, p)), text=f"{label} · {p:.2f}")
@@ -1223,6 +1266,30 @@ def bulk_ui(store, round_id: int, flt: q.QueueFilter, user: dict[str, Any]) -> N
 
 # --------------------------------------------------------------------------- page
 
+QUEUES = {"pseudo": "Pseudo-labels", "issues": "Gold label issues"}
+
+
+def queue_choice() -> str:
+    """Which queue the page shows: ``pseudo`` (pseudo-label review) or ``issues`` (flagged gold
+    labels, ``pages/_label_issues.py``); kept in the URL as ``?queue=issues``."""
+    wanted = "issues" if st.query_params.get("queue") == "issues" else "pseudo"
+    if S.get("rv_queue_seen") != wanted:  # a link or the address set it
+        S["rv_queue"] = S["rv_queue_seen"] = wanted
+    choice = st.segmented_control(
+        "Queue",
+        list(QUEUES),
+        format_func=QUEUES.get,
+        key="rv_queue",
+        label_visibility="collapsed",
+    )
+    choice = choice or "pseudo"
+    S["rv_queue_seen"] = choice
+    if choice == "issues":
+        st.query_params["queue"] = "issues"
+    elif "queue" in st.query_params:
+        del st.query_params["queue"]
+    return choice
+
 
 def main() -> None:
     user, store, settings = common.require_user(), common.store(), common.settings()
@@ -1230,6 +1297,11 @@ def main() -> None:
     st.title("Review")
     common.show_flash(key="rv_page_flash")
     if inspect_link(project):
+        return
+    if queue_choice() == "issues":
+        from pages._label_issues import issues_view
+
+        issues_view(project, user)
         return
     with store.read() as s:
         r = q.active_round(s, project_id=project["id"])

@@ -379,7 +379,8 @@ def test_table1_runs_every_row_end_to_end(demo, tmp_path):
 
 
 def test_gold_label_check_flags_corrupted_labels_and_relabel_keeps_the_old_one(demo):
-    from db.models import AuditEvent, Project
+    from db import label_issues as li
+    from db.models import Decision, LabelIssue, Project, ReviewRound
     from meiju_core import label_check
 
     settings, store, summary = demo
@@ -400,6 +401,7 @@ def test_gold_label_check_flags_corrupted_labels_and_relabel_keeps_the_old_one(d
         corrupted = {g.sample_id for g in rows}
         for g in rows:
             g.label = "agreeing"
+        pseudo_round = q.active_round(s, project_id=pid).id
     report = label_check.check_gold_labels(store, settings, project_id=pid, folds=3)
     flagged = {i["sample_id"] for i in report["issues"]["intent"]}
     hit = len(flagged & corrupted) / len(corrupted)
@@ -407,32 +409,62 @@ def test_gold_label_check_flags_corrupted_labels_and_relabel_keeps_the_old_one(d
     assert hit >= 0.5 and hit > 2 * rest, (hit, rest)
     suggested = {i["sample_id"]: i["suggested"] for i in report["issues"]["intent"]}
     assert sum(suggested.get(sid) == "questioning" for sid in corrupted) >= len(corrupted) // 3
-    # the flags are stored on the project and resolved one by one
-    issue = next(i for i in label_check.open_issues(store, project_id=pid, head="intent"))
-    old = label_check.relabel_gold(
+    # the flags are label_issue rows of a label_issues round; the pseudo-label round stays open
+    rid = report["round_id"]
+    with store.read() as s:
+        rnd = s.get(ReviewRound, rid)
+        assert rnd.kind == "label_issues" and rnd.status == "open"
+        assert s.get(ReviewRound, pseudo_round).status == "open"
+        assert q.active_round(s, project_id=pid).id == pseudo_round
+        n_rows = s.scalar(
+            select(func.count()).select_from(LabelIssue).where(LabelIssue.round_id == rid)
+        )
+        assert n_rows == sum(report["flagged"].values())
+        assert "label_issues" not in (s.get(Project, pid).settings or {})
+    issue = label_check.open_issues(store, round_id=rid, head="intent")[0]
+    d_id = label_check.resolve(
         store,
-        project_id=pid,
+        round_id=rid,
         sample_id=issue["sample_id"],
         head="intent",
-        label=issue["suggested"],
+        action="relabel",
         user=None,
     )
-    assert old == issue["given"]
     with store.read() as s:
-        event = s.scalars(select(AuditEvent).where(AuditEvent.action == "relabel_gold")).first()
+        d = s.get(Decision, d_id)
         gold = s.scalars(
             select(GoldLabel).where(
                 GoldLabel.sample_id == issue["sample_id"], GoldLabel.head == "intent"
             )
         ).one()
-        assert s.get(Project, pid).settings["label_issues"]["split"] == "train"
-    assert event.payload["old"] == old and event.payload["new"] == gold.label == issue["suggested"]
-    left = {i["sample_id"] for i in label_check.open_issues(store, project_id=pid, head="intent")}
+        assert (d.action, d.label, d.previous_label) == (
+            "relabel",
+            issue["suggested"],
+            issue["given"],
+        )
+        assert gold.label == issue["suggested"]
+        assert li.counts(s, round_id=rid)["intent"]["relabelled"] == 1
+    left = {i["sample_id"] for i in label_check.open_issues(store, round_id=rid, head="intent")}
     assert issue["sample_id"] not in left
     with pytest.raises(InputError, match="not a intent class"):
-        label_check.relabel_gold(
-            store, project_id=pid, sample_id=issue["sample_id"], head="intent", label="x", user=None
+        label_check.resolve(
+            store,
+            round_id=rid,
+            sample_id=issue["sample_id"],
+            head="intent",
+            action="relabel",
+            label="x",
+            user=None,
         )
+    undone = label_check.undo(store, round_id=rid, user=None)
+    assert undone["sample_id"] == issue["sample_id"] and undone["previous_label"] == issue["given"]
+    with store.read() as s:
+        gold = s.scalars(
+            select(GoldLabel).where(
+                GoldLabel.sample_id == issue["sample_id"], GoldLabel.head == "intent"
+            )
+        ).one()
+        assert gold.label == issue["given"]
     with store.write() as s:  # put the corrupted labels back for the tests after this one
         for g in s.scalars(
             select(GoldLabel).where(GoldLabel.sample_id.in_(corrupted), GoldLabel.head == "intent")

@@ -617,3 +617,37 @@ def test_threshold_from_precision_on_a_constructed_case():
     kept = conf >= t80
     assert acc[kept].mean() >= 0.75
     assert threshold_for_precision(conf, acc, precision=0.95, min_count=100) is None
+
+
+def test_select_takes_a_threshold_per_predicted_class():
+    from meiju_core.pseudo import select, select_joint
+
+    p = np.array([[0.95, 0.05], [0.85, 0.15], [0.30, 0.70], [0.10, 0.90], [0.02, 0.98], [0.6, 0.4]])
+    # class a needs 0.9, class b 0.7: rows 0 (a 0.95), 2 (b 0.70), 3 (b 0.90), 4 (b 0.98)
+    got = select(p, threshold={"a": 0.9, "b": 0.7}, classes=["a", "b"], order="index")
+    assert got.tolist() == [0, 2, 3, 4]
+    assert select(p, threshold=[0.9, 0.7], order="index").tolist() == [0, 2, 3, 4]
+    # "*" covers the classes not named; a class neither named nor covered is never taken
+    assert select(
+        p, threshold={"b": 0.95, "*": 0.5}, classes=["a", "b"], order="index"
+    ).tolist() == [
+        0,
+        1,
+        4,
+        5,
+    ]
+    assert select(p, threshold={"b": 0.5}, classes=["a", "b"], order="index").tolist() == [2, 3, 4]
+    with pytest.raises(ValueError, match="threshold\\['a'\\]"):
+        select(p, threshold={"a": 1.5, "b": 0.5}, classes=["a", "b"])
+    with pytest.raises(LabelError):
+        select(p, threshold={"c": 0.5}, classes=["a", "b"])
+    # the joint rule applies each head's class threshold
+    q = np.array([[0.9, 0.1]] * 6)
+    rows = select_joint(
+        {"e": p, "i": q},
+        classes={"e": ["a", "b"], "i": ["x", "y"]},
+        thresholds={"e": {"a": 0.9, "b": 0.7}, "i": 0.5},
+        rule="joint",
+        order="index",
+    )
+    assert rows["e"].tolist() == [0, 2, 3, 4]

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from db import queries as q
+from db import thresholds as thr
 from db.fixtures import EMOTIONS, INTENTS, build_fixture
 from db.models import (
     Decision,
@@ -124,7 +125,7 @@ def reference_queue(store, round_id: int, flt: q.QueueFilter) -> list[int]:
             conf
             for head, (label, conf, _) in preds.items()
             if (flt.head in (None, head))
-            and conf >= thresholds[head]
+            and conf >= thr.threshold_for(thresholds[head], label)
             and taken.get((head, label), 0) < quotas.get(head, {}).get(label, 0)
             and (flt.label is None or label == flt.label)
             and (flt.min_confidence is None or conf >= flt.min_confidence)
@@ -519,3 +520,154 @@ def test_a_held_card_is_hidden_until_its_lease_expires(store, fx):
         assert q.queue_size(s, round_id=fx.round_id) == size + 1
     with store.write() as s:  # an expired lease can be taken over
         assert q.lease(s, round_id=fx.round_id, sample_id=first, user_id=fx.annotator_id)
+
+
+# --------------------------------------------------------------------------- per-class thresholds
+
+
+def per_class_round(store, fx) -> dict:
+    """Give the fixture round per-class emotion thresholds (0.3, 0.45, 0.6, ... by class) and
+    one intent threshold; returns the thresholds."""
+    th = {
+        "emotion": {c: round(0.3 + 0.15 * (k % 5), 2) for k, c in enumerate(EMOTIONS)},
+        "intent": 0.5,
+    }
+    with store.write() as s:
+        s.get(ReviewRound, fx.round_id).thresholds = th
+        s.get(ReviewRound, fx.round_id).quotas = {
+            "emotion": dict.fromkeys(EMOTIONS, 100),
+            "intent": dict.fromkeys(INTENTS, 100),
+        }
+    return th
+
+
+def test_per_class_thresholds_are_honoured_by_the_queue_and_its_counts(store, fx):
+    th = per_class_round(store, fx)
+    with store.read() as s:
+        rows = s.execute(
+            select(Prediction.head, Prediction.label, Prediction.confidence)
+            .join(Sample, Sample.id == Prediction.sample_id)
+            .where(Prediction.model_version_id == fx.model_version_id, Sample.split == "pool")
+        ).all()
+    direct: dict = {"emotion": {}, "intent": {}}
+    for head, label, conf in rows:
+        if conf >= thr.threshold_for(th[head], label):
+            direct[head][label] = direct[head].get(label, 0) + 1
+    # some emotion predictions pass one class's threshold but would fail another's
+    assert any(
+        0.3 <= conf < 0.9 and conf < thr.threshold_for(th["emotion"], label)
+        for head, label, conf in rows
+        if head == "emotion"
+    )
+    with store.read() as s:
+        cands = q.class_candidates(s, model_version_id=fx.model_version_id, thresholds=th)
+    assert {h: {c: n for c, n in per.items() if n} for h, per in cands.items()} == direct
+    for flt in (
+        q.QueueFilter(),
+        q.QueueFilter(head="emotion"),
+        q.QueueFilter(head="emotion", min_confidence=0.5),
+        q.QueueFilter(label="neutral"),
+    ):
+        expected = reference_queue(store, fx.round_id, flt)
+        with store.read() as s:
+            assert q.queue(s, round_id=fx.round_id, flt=flt, limit=500) == expected
+            assert q.queue_size(s, round_id=fx.round_id, flt=flt) == len(expected)
+    with store.read() as s:  # the dashboard's candidates per class read the same thresholds
+        from db.analytics import pseudo_label_classes
+
+        table = pseudo_label_classes(s, round_id=fx.round_id)
+    assert {r["class"]: r["candidates"] for r in table["emotion"] if r["candidates"]} == {
+        c: n for c, n in direct["emotion"].items()
+    }
+
+
+def test_the_below_threshold_guard_reads_the_predicted_class_threshold(store, fx):
+    th = per_class_round(store, fx)
+    with store.read() as s:
+        preds = s.execute(
+            select(Prediction.sample_id, Prediction.label, Prediction.confidence)
+            .join(Sample, Sample.id == Prediction.sample_id)
+            .where(
+                Prediction.model_version_id == fx.model_version_id,
+                Prediction.head == "emotion",
+                Sample.split == "pool",
+            )
+        ).all()
+    below = next(
+        (sid, label, c)
+        for sid, label, c in preds
+        if 0.3 <= c < thr.threshold_for(th["emotion"], label)
+    )
+    above = next(
+        (sid, label, c)
+        for sid, label, c in preds
+        if thr.threshold_for(th["emotion"], label) <= c and sid != below[0]
+    )
+    with store.write() as s, pytest.raises(q.BelowThreshold) as e:
+        q.decide(
+            s,
+            round_id=fx.round_id,
+            sample_id=below[0],
+            action="accept",
+            user_id=fx.admin_id,
+            heads=["emotion"],
+            check_threshold=True,
+        )
+    assert e.value.threshold == thr.threshold_for(th["emotion"], below[1])
+    with store.write() as s:
+        d = q.decide(
+            s,
+            round_id=fx.round_id,
+            sample_id=above[0],
+            action="accept",
+            user_id=fx.admin_id,
+            heads=["emotion"],
+            check_threshold=True,
+        )
+    assert d[0].override is None and d[0].label == above[1]
+
+
+def test_open_round_takes_per_class_thresholds_and_refuses_bad_ones(store, fx):
+    from meiju_core.errors import InputError
+    from meiju_core.settings import Settings
+
+    settings = Settings.load()
+    admin = {"id": fx.admin_id, "role": "admin"}
+    th = {"emotion": {"happy": 0.9, "*": 0.4}, "intent": {c: 0.6 for c in INTENTS}}
+    plan = pipeline.round_plan(
+        store,
+        settings,
+        project_id=fx.project_id,
+        model_version_id=fx.model_version_id,
+        thresholds=th,
+    )
+    # a mapping names every class; one whose classes are all equal is stored as the number
+    assert plan["thresholds"]["emotion"] == {c: (0.9 if c == "happy" else 0.4) for c in EMOTIONS}
+    assert plan["thresholds"]["intent"] == 0.6
+    row = next(r for r in plan["classes"]["emotion"] if r["class"] == "happy")
+    assert row["threshold"] == 0.9
+    rid = pipeline.open_round(
+        store,
+        settings,
+        project_id=fx.project_id,
+        model_version_id=fx.model_version_id,
+        thresholds=th,
+        user=admin,
+    )
+    with store.read() as s:
+        assert s.get(ReviewRound, rid).thresholds == plan["thresholds"]
+    bad = [
+        ({"emotion": {"happy": 1.5, "*": 0.4}}, "threshold emotion happy"),
+        ({"emotion": {"joyful": 0.5, "*": 0.4}}, "threshold emotion"),
+        ({"emotion": {"happy": 0.5}}, "threshold emotion"),  # the other classes have none
+    ]
+    for value, field in bad:
+        with pytest.raises(InputError) as e:
+            pipeline.round_plan(
+                store,
+                settings,
+                project_id=fx.project_id,
+                model_version_id=fx.model_version_id,
+                thresholds=value,
+            )
+        assert e.value.field == field, e.value

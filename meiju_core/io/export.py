@@ -71,6 +71,7 @@ DECISION_COLUMNS = (
     "reviewer",
     "ms_spent",
     "created_at",
+    "previous_label",
 )
 EDIT_COLUMNS = ("edit_id", "utt_id", "before", "after", "kind", "editor", "created_at")
 EXPORTS = ("submission", "labels", "decisions", "transcript_edits")
@@ -206,8 +207,9 @@ def export_decisions(
     path: Path | str | None = None,
     round_id: int | None = None,
 ) -> int:
-    """The decision log (every round, or ``round_id``) to ``decisions.csv``, oldest first.
-    Returns data rows."""
+    """The decision log (every round, or ``round_id``) to ``decisions.csv``, oldest first:
+    pseudo-label decisions and the keep / relabel decisions of gold-label checks, whose
+    ``previous_label`` is the gold label a relabel replaced. Returns data rows."""
     with store.read() as s:
         q = (
             select(Decision, Sample.utt_id, User.name)
@@ -230,6 +232,7 @@ def export_decisions(
                 name,
                 d.ms_spent,
                 _iso(d.created_at),
+                d.previous_label,
             )
             for d, utt, name in s.execute(q)
         ]

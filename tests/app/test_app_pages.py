@@ -386,8 +386,9 @@ def test_admin_opens_a_round(fx):
     at.number_input(key="rv_new_budget").set_value(100)
     plans = [d.value for d in at.dataframe if "queue" in getattr(d.value, "columns", ())]
     assert len(plans) == 2  # one per head: the queue each class gets before the round opens
-    assert list(plans[0].columns) == ["gold", "candidates", "quota", "queue"]
+    assert list(plans[0].columns) == ["gold", "threshold", "candidates", "quota", "queue"]
     assert (plans[0]["queue"] <= plans[0]["candidates"]).all()
+    assert plans[0]["threshold"].between(0, 1).all()
     at.button(key="rv_open_round").click().run()
     assert not at.exception
     with store.read() as s:
@@ -397,6 +398,35 @@ def test_admin_opens_a_round(fx):
     assert sum(rounds[-1].quotas["emotion"].values()) <= 100
     assert at.session_state["rv_round"] == rounds[-1].id
     assert any(f"Round #{rounds[-1].id} is open." in x.value for x in at.success)
+
+
+def test_the_open_round_form_takes_per_class_thresholds_from_review(fx):
+    store, ids = fx
+    for k, sid in enumerate(ids.pool_ids[:6]):  # some evidence in the open round
+        pipeline.decide(
+            store,
+            round_id=ids.round_id,
+            sample_id=sid,
+            action="reject" if k % 2 else "accept",
+            user={"id": ids.admin_id},
+        )
+    at = signed_in(ids)
+    toggle = at.toggle(key="rv_new_from_review")
+    assert f"round #{ids.round_id}" in toggle.label
+    toggle.set_value(True).run()
+    assert not at.exception
+    expected = pipeline.thresholds_from_evidence(store, round_id=ids.round_id)
+    plans = [d.value for d in at.dataframe if "queue" in getattr(d.value, "columns", ())]
+    emotion = expected["thresholds"]["emotion"]
+    assert dict(zip(plans[0].index, plans[0]["threshold"], strict=True)) == pytest.approx(emotion)
+    at.button(key="rv_open_round").click().run()
+    with store.read() as s:
+        new = s.scalars(select(ReviewRound).order_by(ReviewRound.id.desc())).first()
+    assert new.id != ids.round_id
+    from db import thresholds as thr
+
+    for cls, t in emotion.items():
+        assert thr.threshold_for(new.thresholds["emotion"], cls) == pytest.approx(t)
 
 
 def test_annotator_cannot_open_rounds_or_retrain(fx):

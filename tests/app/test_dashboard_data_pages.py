@@ -546,3 +546,49 @@ def test_evidence_tab_draws_acceptance_by_confidence_from_human_decisions(fx):
     table = at.dataframe[0].value
     assert table["reviewed"].sum() == 48 and table["accepted"].sum() == 2 * accepted_cards
     assert [c.key for c in at.get("plotly_chart")] == ["ev_chart"]
+    bins = at.dataframe[-1].value  # every decision of the head shown, by bin
+    assert bins["reviewed"].sum() == 24
+
+
+def test_evidence_tab_opens_the_next_round_with_per_class_thresholds_in_one_click(fx):
+    from db import queries as q
+    from db import thresholds as thr
+    from db.models import ReviewRound
+
+    store, ids = fx
+    with store.write() as s:  # room for every card: the evidence, not the quotas, is tested
+        rnd = s.get(ReviewRound, ids.round_id)
+        rnd.quotas = {
+            h: dict.fromkeys(c, 1000)
+            for h, c in A.project_schema(s, project_id=ids.project_id).items()
+        }
+    admin = {"id": ids.admin_id}
+    for k, sid in enumerate(ids.pool_ids[:36]):
+        pipeline.decide(
+            store,
+            round_id=ids.round_id,
+            sample_id=sid,
+            action="reject" if k % 6 == 0 else "accept",
+            user=admin,
+        )
+    ann = tab(signed_in(ids, role="annotator", page="pages/dashboard.py"), "Evidence")
+    assert "ev_next_round" not in [b.key for b in ann.button]
+    assert any("An admin can open" in c.value for c in ann.caption)
+    at = tab(signed_in(ids, page="pages/dashboard.py"), "Evidence")
+    at.number_input(key="ev_min_count").set_value(3).run()
+    table = at.dataframe[0].value
+    assert {"threshold", "round's", "next round"} <= set(table.columns)
+    expected = pipeline.thresholds_from_evidence(store, round_id=ids.round_id, min_count=3)
+    from_review = [r for r in expected["rows"] if r["evidence"] is not None]
+    assert from_review, "the fixture decisions give some class enough evidence"
+    at.button(key="ev_next_round").click().run()
+    assert not at.exception
+    with store.read() as s:
+        new = q.active_round(s, project_id=ids.project_id)
+        old = s.get(ReviewRound, ids.round_id)
+        assert new.id != ids.round_id and old.status == "closed" and new.created_by == ids.admin_id
+        for r in expected["rows"]:
+            assert thr.threshold_for(new.thresholds[r["head"]], r["class"]) == pytest.approx(
+                r["next"]
+            )
+    assert any(f"Round #{new.id} is open" in m.value for m in at.success)
