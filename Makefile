@@ -45,9 +45,12 @@ postgres:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; \
 	  else echo "install Debian's postgresql: sudo apt-get install postgresql"; exit 1; fi; }
 
+# ruff; the layers of shared/DESIGN.md as import contracts ([tool.importlinter] in
+# pyproject.toml).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-logo
 
 format: install
 	$(BIN)/ruff format .
