@@ -36,9 +36,8 @@ from __future__ import annotations
 
 import csv
 import itertools
-import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,17 @@ from sqlalchemy.orm import Session
 from db import Store
 from db.models import SPLITS, TRANSCRIPT_SOURCES, GoldLabel, Project, Sample, Transcript
 from meiju_core.errors import ImportDataError, InputError, LabelError
+from meiju_core.io.reading import (
+    Lines,
+    Problems,
+    check_start,
+    find_column,
+    guess_delimiter,
+    label_value,
+    norm_header,
+    read_utf8,
+    strip_extension,
+)
 from meiju_core.schema import LabelSchema
 from meiju_core.validate import id_problem, text_problem
 
@@ -67,9 +77,6 @@ SPLIT_VALUES = {
     "unlabelled": "pool",
     "unlabeled": "pool",
 }
-MAX_PROBLEMS_SHOWN = 5
-
-_MEDIA_EXTENSION = re.compile(r"\.(?=\d*[A-Za-z])[A-Za-z0-9]{3}$")
 
 
 @dataclass(frozen=True)
@@ -104,143 +111,11 @@ class ImportSummary:
     ignored_columns: tuple[str, ...] = ()
 
 
-class _Problems:
-    """Collects every problem of a file, then raises one ``ImportDataError`` for all of them."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-        self.items: list[ImportDataError] = []
-
-    def add(self, message: str, *, row: int | None = None, field: str | None = None) -> None:
-        self.items.append(ImportDataError(message, path=self.path, row=row, field=field))
-
-    def raise_if_any(self) -> None:
-        if not self.items:
-            return
-        first, rest = self.items[0], self.items[1:]
-        message = first.reason
-        if rest:
-            shown = "; ".join(
-                str(e).removeprefix(f"{self.path}, ") for e in rest[:MAX_PROBLEMS_SHOWN]
-            )
-            more = len(rest) - MAX_PROBLEMS_SHOWN
-            message += f" (and {len(rest)} more: {shown}{f'; {more} more' if more > 0 else ''})"
-        err = ImportDataError(message, path=self.path, row=first.row, field=first.field)
-        err.problems = list(self.items)  # type: ignore[attr-defined]
-        raise err
-
-
 # --------------------------------------------------------------------------- reading
-
-
-def read_utf8(path: Path) -> str:
-    """The text of ``path`` decoded as UTF-8 (a BOM is dropped).
-
-    Raises ``ImportDataError`` naming the file and the line of the first bad byte when the file is
-    not UTF-8 (GBK, say), so a wrongly encoded file never becomes mojibake in the store.
-    """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise ImportDataError(f"cannot read the file: {e.strerror or e}", path=str(path)) from None
-    _check_start(data, Path(path))
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise ImportDataError(
-            f"the file is not UTF-8 (byte 0x{data[e.start]:02x} on line {line} is invalid; it may "
-            "be GBK or another legacy encoding); re-save it as UTF-8 and import it again",
-            path=str(path),
-            row=line,
-        ) from None
-
-
-def _check_start(data: bytes, path: Path) -> None:
-    """Refuse UTF-16 (with or without a byte-order mark) and NUL bytes from the first bytes."""
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise ImportDataError(
-            "the file is UTF-16, not UTF-8; re-save it as UTF-8 and import it again", path=str(path)
-        )
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        line = data[:nul].count(b"\n") + 1
-        sixteen = data.count(b"\x00") * 3 > len(data)
-        raise ImportDataError(
-            "the file looks like UTF-16 without a byte-order mark (every other byte is NUL); "
-            "re-save it as UTF-8 and import it again"
-            if sixteen
-            else f"the file contains a NUL byte on line {line}; it is not a text file",
-            path=str(path),
-            row=line,
-        )
-
-
-class _Lines:
-    """A UTF-8 file read line by line (a BOM dropped), never whole: a decoding error or a NUL byte
-    raises ``ImportDataError`` naming the line. ``line`` is the number of lines read so far."""
-
-    def __init__(self, path: Path, binary) -> None:
-        self.path, self.binary, self.line = path, binary, 0
-
-    def __iter__(self):
-        first = True
-        for raw in self.binary:
-            self.line += 1
-            if first:
-                raw = raw.removeprefix(b"\xef\xbb\xbf")
-                first = False
-            if b"\x00" in raw:
-                raise ImportDataError(
-                    f"the file contains a NUL byte on line {self.line}; it is not a text file",
-                    path=str(self.path),
-                    row=self.line,
-                )
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ImportDataError(
-                    f"the file is not UTF-8 (byte 0x{raw[e.start]:02x} on line {self.line} is "
-                    "invalid; it may be GBK or another legacy encoding); re-save it as UTF-8 and "
-                    "import it again",
-                    path=str(self.path),
-                    row=self.line,
-                ) from None
-
-
-def strip_extension(utt_id: str) -> str:
-    """``Track1_Training_00001.mp4`` -> ``Track1_Training_00001`` (a 4-character extension)."""
-    return _MEDIA_EXTENSION.sub("", utt_id.strip())
-
-
-def _norm(header: str) -> str:
-    return re.sub(r"[\s_\-]+", "", header.strip().lower())
-
-
-def _find(header: Sequence[str], names: Iterable[str]) -> int | None:
-    """Index of the first of ``names`` (in priority order) found in ``header``."""
-    normed = [_norm(h) for h in header]
-    for name in names:
-        if _norm(name) in normed:
-            return normed.index(_norm(name))
-    return None
 
 
 def _split_value(raw: str) -> str | None:
     return SPLIT_VALUES.get(raw.strip().lower())
-
-
-def _label_value(schema: LabelSchema, head: str, raw: str) -> str | None:
-    """The schema's spelling of ``raw`` (case-insensitive); None for an empty cell.
-
-    Raises ``LabelError`` (from ``LabelSchema.index``) for a value outside the head's classes.
-    """
-    value = raw.strip()
-    if not value:
-        return None
-    canonical = {c.lower(): c for c in schema.classes(head)}.get(value.lower(), value)
-    schema.index(head, canonical)
-    return canonical
 
 
 # --------------------------------------------------------------------------- CSV
@@ -261,7 +136,7 @@ class _Columns:
 
 def _resolve_columns(
     header: list[str],
-    problems: _Problems,
+    problems: Problems,
     *,
     schema: LabelSchema,
     id_column: str,
@@ -271,10 +146,10 @@ def _resolve_columns(
     default_split: str | None,
 ) -> _Columns | None:
     found = f"columns found: {header}"
-    normed = [_norm(h) for h in header]
+    normed = [norm_header(h) for h in header]
     for n in {x for x in normed if normed.count(x) > 1}:
         problems.add(f"two columns are named {n!r} (case and _ ignored); {found}", row=1)
-    id_col = _find(header, (id_column, *ID_HEADERS))
+    id_col = find_column(header, (id_column, *ID_HEADERS))
     if id_col is None:
         also = ", ".join(h for h in ID_HEADERS if h != id_column)
         problems.add(
@@ -282,7 +157,7 @@ def _resolve_columns(
             row=1,
             field=id_column,
         )
-    split_col = _find(header, (split_column, *SPLIT_HEADERS))
+    split_col = find_column(header, (split_column, *SPLIT_HEADERS))
     if split_col is None and default_split is None:
         problems.add(
             f"missing required column {split_column!r} (or pass a default split); {found}",
@@ -291,7 +166,7 @@ def _resolve_columns(
         )
     labels: dict[str, int] = {}
     for head, column in label_columns.items():
-        col = _find(header, (column, head))
+        col = find_column(header, (column, head))
         if col is not None and head not in schema.heads:
             problems.add(
                 f"column {header[col]!r} holds {head} labels, but the project's heads are "
@@ -303,7 +178,7 @@ def _resolve_columns(
             labels[head] = col
     if id_col is None:
         return None
-    return _Columns(id_col, _find(header, (text_column, *TEXT_HEADERS)), split_col, labels)
+    return _Columns(id_col, find_column(header, (text_column, *TEXT_HEADERS)), split_col, labels)
 
 
 def _csv_row(
@@ -311,7 +186,7 @@ def _csv_row(
     row: int,
     header: list[str],
     cols: _Columns,
-    problems: _Problems,
+    problems: Problems,
     *,
     schema: LabelSchema,
     default_split: str | None,
@@ -336,16 +211,19 @@ def _csv_row(
                 row=row,
                 field=header[cols.split],
             )
-    elif split is None:
-        problems.add("empty split and no default split given", row=row, field=header[cols.split])
-    text = record[cols.text].strip() if cols.text is not None else ""
-    bad_text = text_problem(text) if text else None
-    if bad_text:
-        problems.add(bad_text, row=row, field=header[cols.text])
+    elif split is None:  # a split column with an empty cell (without one, a default is given)
+        field = header[cols.split] if cols.split is not None else None
+        problems.add("empty split and no default split given", row=row, field=field)
+    text = ""
+    if cols.text is not None:
+        text = record[cols.text].strip()
+        bad_text = text_problem(text) if text else None
+        if bad_text:
+            problems.add(bad_text, row=row, field=header[cols.text])
     labels: dict[str, str] = {}
     for head, col in cols.labels.items():
         try:
-            label = _label_value(schema, head, record[col])
+            label = label_value(schema, head, record[col])
         except LabelError as e:
             problems.add(e.reason, row=row, field=header[col])
             continue
@@ -418,19 +296,18 @@ def import_csv(
     _check_options(default_split=default_split, text_source=text_source)
     default_split = _split_value(default_split) if default_split is not None else None
     schema = _project_schema(store, project_id)
-    problems = _Problems(path)
+    problems = Problems(path)
     try:
         binary = path.open("rb")
     except OSError as e:
         raise ImportDataError(f"cannot read the file: {e.strerror or e}", path=str(path)) from None
     with binary:
-        _check_start(binary.read(4096), path)
+        check_start(binary.read(4096), path)
         binary.seek(0)
-        lines = _Lines(path, binary)
+        lines = Lines(path, binary)
         stream = iter(lines)
         first = next(stream, "")
-        delimiter = "\t" if "\t" in first and "," not in first else ","
-        reader = csv.reader(itertools.chain([first], stream), delimiter=delimiter)
+        reader = csv.reader(itertools.chain([first], stream), delimiter=guess_delimiter(first))
         try:
             return _import_records(
                 store,
@@ -461,7 +338,7 @@ def _import_records(
     store: Store,
     path: Path,
     reader: Iterator[list[str]],
-    problems: _Problems,
+    problems: Problems,
     *,
     project_id: int,
     schema: LabelSchema,
@@ -481,6 +358,7 @@ def _import_records(
     if record is None or not any(cell.strip() for cell in record):
         problems.add("the file is empty: no header row", row=1)
         problems.raise_if_any()
+    assert record is not None  # raise_if_any raised for an empty file
     header = [h.strip() for h in record]
     cols = _resolve_columns(
         header,
@@ -594,7 +472,7 @@ def import_label_list(
     split = _split_value(split) or split
     schema = _project_schema(store, project_id)
     heads = schema.head_names
-    problems = _Problems(path)
+    problems = Problems(path)
     rows: list[tuple[int, SampleRow]] = []
     width: tuple[int, int] | None = None  # (fields, first line with that many)
     for line_no, line in enumerate(read_utf8(path).splitlines(), start=1):
@@ -620,7 +498,7 @@ def import_label_list(
         labels: dict[str, str] = {}
         for head, raw in zip(heads, fields[1:], strict=False):
             try:
-                label = _label_value(schema, head, raw)
+                label = label_value(schema, head, raw)
             except LabelError as e:
                 problems.add(e.reason, row=line_no, field=head)
                 continue
@@ -671,7 +549,7 @@ def _project_schema(store: Store, project_id: int) -> LabelSchema:
 
 
 def _check_duplicates(
-    rows: Sequence[tuple[int, SampleRow]], problems: _Problems, id_field: str
+    rows: Sequence[tuple[int, SampleRow]], problems: Problems, id_field: str
 ) -> None:
     first_row: dict[str, int] = {}
     for row, sample in rows:
@@ -691,7 +569,7 @@ def _store_rows(
     project_id: int,
     schema: LabelSchema,
     rows: Sequence[tuple[int, SampleRow]],
-    problems: _Problems,
+    problems: Problems,
     *,
     id_field: str,
 ) -> ImportSummary:
@@ -764,7 +642,7 @@ def bulk_insert(session: Session, project_id: int, rows: Sequence[SampleRow]) ->
         for r in rows
     ]
     # Core executemany on the tables: several times faster than the ORM bulk path for 10k rows.
-    session.execute(insert(Sample.__table__), sample_values)
+    session.execute(insert(Sample.__table__), sample_values)  # type: ignore[arg-type]  # __table__ is typed FromClause
     id_of: dict[str, int] = {}
     names = [r.utt_id for r in rows]
     for start in range(0, len(names), 900):  # under SQLite's bound-parameter limit
@@ -788,12 +666,12 @@ def bulk_insert(session: Session, project_id: int, rows: Sequence[SampleRow]) ->
         if r.text is not None
     ]
     if transcripts:
-        session.execute(insert(Transcript.__table__), transcripts)
+        session.execute(insert(Transcript.__table__), transcripts)  # type: ignore[arg-type]  # __table__ is typed FromClause
     labels = [
         {"sample_id": i, "head": head, "label": label, "source": r.label_source}
         for i, r in zip(ids, rows, strict=True)
         for head, label in r.labels.items()
     ]
     if labels:
-        session.execute(insert(GoldLabel.__table__), labels)
+        session.execute(insert(GoldLabel.__table__), labels)  # type: ignore[arg-type]  # __table__ is typed FromClause
     return ids
