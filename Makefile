@@ -46,11 +46,12 @@ postgres:
 	  else echo "install Debian's postgresql: sudo apt-get install postgresql"; exit 1; fi; }
 
 # ruff; the layers of shared/DESIGN.md as import contracts ([tool.importlinter] in
-# pyproject.toml).
+# pyproject.toml); mypy on the store and the services ([tool.mypy]).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-logo
+	$(BIN)/mypy
 
 format: install
 	$(BIN)/ruff format .
