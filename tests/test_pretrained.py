@@ -9,6 +9,7 @@ same ``from_pretrained(..., local_files_only=True)`` path the real models take
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import subprocess
 import sys
@@ -354,6 +355,18 @@ def test_importing_the_extractor_does_not_set_the_offline_variables() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_without_transformers_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "transformers" else real(name, *a),
+    )
+    ex = PretrainedExtractor(text_model="/nowhere", modalities=("text",))
+    with pytest.raises(ModelUnavailable, match=r"meiju-review\[pretrained\]"):
+        _ = ex.dims
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
