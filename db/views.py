@@ -8,11 +8,13 @@ saves go through ``pipeline.save_transcript``, promotion through ``pipeline.prom
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from db import queries as q
 from db.models import Job, ModelVersion, Sample, Transcript, TranscriptEdit, User
 
 # --------------------------------------------------------------------------- model versions
@@ -197,3 +199,40 @@ def job(s: Session, *, job_id: int) -> dict[str, Any] | None:
         "finished_at": j.finished_at,
         "heartbeat_at": j.heartbeat_at,
     }
+
+
+def train_job_id(s: Session, *, project_id: int) -> int | None:
+    """The project's running or queued train job, else its newest one, else None."""
+    active = q.active_job(s, kind="train", project_id=project_id)
+    if active is not None:
+        return active.id
+    latest = q.latest_jobs(s, project_id=project_id, limit=1, kind="train")
+    return latest[0].id if latest else None
+
+
+def retrain_state(s: Session, *, project_id: int) -> dict[str, Any]:
+    """What the retrain button needs: the train job in the way (``busy``: ``{"id", "status"}``
+    or None), the open round (``round_id`` or None) and its accepted pseudo-labels
+    (``accepted``, over both heads)."""
+    busy = q.active_job(s, kind="train", project_id=project_id)
+    rnd = q.active_round(s, project_id=project_id)
+    accepted = 0
+    if rnd is not None:
+        accepted = sum(sum(c.values()) for c in q.accepted_counts(s, round_id=rnd.id).values())
+    return {
+        "busy": None if busy is None else {"id": busy.id, "status": busy.status},
+        "round_id": None if rnd is None else rnd.id,
+        "accepted": accepted,
+    }
+
+
+def recent_job_ids(
+    s: Session, *, kinds: Sequence[str], project_id: int, limit: int = 10
+) -> list[int]:
+    """Ids of the newest jobs of ``kinds`` for the project or for no project, newest first
+    (among the last 100 jobs)."""
+    return [
+        j.id
+        for j in q.latest_jobs(s, limit=100)
+        if j.kind in kinds and j.project_id in (project_id, None)
+    ][:limit]
