@@ -157,6 +157,40 @@ def extract_features(
         FeatureError: ``builtin`` and no transcript has a token to fit the text model on.
         JobError: cancelled through ``progress``; the chunks finished so far are kept.
     """
+    workers = _check_options(settings, set_name=set_name, workers=workers, chunk_size=chunk_size)
+    from meiju_core.features.store import FeatureStore
+
+    pretrained = _open_pretrained() if set_name == "pretrained" else None  # before the store
+    root = settings.feature_dir / f"project{project_id}"
+    rows, fs_prev, known = _read_state(store, project_id, set_name)
+    if not rows:
+        raise InputError(f"project {project_id} has no samples to extract features from")
+    if pretrained is None:
+        setup = _builtin_setup(root / set_name, rows, fs_prev, known, seed=settings.seed)
+    else:
+        setup = _pretrained_setup(pretrained, fs_prev, known)
+    todo = _plan(rows, setup.known, setup.modalities)
+    if pretrained is not None and todo:  # load every model now: a missing weight fails here
+        _load_models(pretrained, setup.modalities)
+    fs_id = _upsert_feature_set(
+        store,
+        project_id=project_id,
+        set_name=set_name,
+        path=root / set_name,
+        dims=setup.dims,
+        settings=setup.fs_settings,
+    )
+    writer = _Writer(
+        store, fs_id, FeatureStore(root, set_name), progress, len(todo), len(rows) - len(todo)
+    )
+    _run(todo, setup, writer, workers=workers, chunk_size=chunk_size)
+    return fs_id
+
+
+def _check_options(
+    settings: Settings, *, set_name: str, workers: int | None, chunk_size: int
+) -> int:
+    """The media worker count, once the options are checked (see :func:`extract_features`)."""
     if set_name not in FEATURE_SETS:
         raise InputError(
             f"unknown feature set {set_name!r}; extractable sets are {list(FEATURE_SETS)}",
@@ -167,138 +201,206 @@ def extract_features(
     workers = resolve_workers(workers, settings)
     if chunk_size < 1:
         raise InputError("chunk_size must be at least 1", field="chunk_size")
-    from meiju_core.features.store import FeatureStore
+    return workers
 
-    pretrained: Any = None
-    pretrained_dims: dict[str, int] = {}
+
+# --------------------------------------------------------------------------- the two sets
+
+
+@dataclass
+class _Setup:
+    """What a run extracts with: the feature set's dims and settings (for its row), the
+    modalities, the media workers' spec, the stored rows still valid, and the text model
+    (builtin: a fitted LSA) or the pretrained extractor."""
+
+    dims: dict[str, int]
+    fs_settings: dict[str, Any]
+    modalities: tuple[str, ...]
+    spec: MediaSpec
+    known: dict[tuple[int, str], tuple[str, str]]
     lsa: Any = None
-    if set_name == "pretrained":  # fail fast: model configs, before the store is touched
-        from meiju_core.features.pretrained import PretrainedExtractor, PretrainedSettings
+    pretrained: Any = None
 
-        pretrained = PretrainedExtractor(PretrainedSettings.from_env())
-        pretrained_dims = pretrained.dims  # raises ModelUnavailable when a config is absent
 
-    root = settings.feature_dir / f"project{project_id}"
-    fstore = FeatureStore(root, set_name)
-    rows, fs_prev, known = _read_state(store, project_id, set_name)
-    if not rows:
-        raise InputError(f"project {project_id} has no samples to extract features from")
+def _open_pretrained() -> Any:
+    """The pretrained extractor, its model configs read (fail fast: before the store is touched).
 
-    if pretrained is None:
-        from meiju_core.features.builtin import BuiltinExtractor, TextLSA
+    Raises:
+        ModelUnavailable: a config is not on this machine.
+    """
+    from meiju_core.features.pretrained import PretrainedExtractor, PretrainedSettings
 
-        lsa_path = root / set_name / "text_lsa.npz"
-        if fs_prev is not None and lsa_path.exists():
-            lsa = TextLSA.load(lsa_path)
-        else:  # first extraction: fit the text model on the project's transcripts
-            lsa = TextLSA(seed=settings.seed).fit([r.text or "" for r in rows])
-            lsa.save(lsa_path)
-            known = {k: v for k, v in known.items() if k[1] != "text"}
-        dims = BuiltinExtractor(lsa).dims
-        fs_settings: dict[str, Any] = {
+    pretrained = PretrainedExtractor(PretrainedSettings.from_env())
+    _ = pretrained.dims  # raises ModelUnavailable when a config is absent
+    return pretrained
+
+
+def _builtin_setup(
+    folder: Path,
+    rows: Sequence[Any],
+    fs_prev: FeatureSet | None,
+    known: dict[tuple[int, str], tuple[str, str]],
+    *,
+    seed: int,
+) -> _Setup:
+    """The builtin set: the project's text model, loaded, or fitted on its transcripts the first
+    time (then every stored text feature is stale)."""
+    from meiju_core.features.builtin import BuiltinExtractor, TextLSA
+
+    lsa_path = folder / "text_lsa.npz"
+    if fs_prev is not None and lsa_path.exists():
+        lsa = TextLSA.load(lsa_path)
+    else:  # first extraction: fit the text model on the project's transcripts
+        lsa = TextLSA(seed=seed).fit([r.text or "" for r in rows])
+        lsa.save(lsa_path)
+        known = {k: v for k, v in known.items() if k[1] != "text"}
+    return _Setup(
+        dims=BuiltinExtractor(lsa).dims,
+        fs_settings={
             "text_dim": lsa.dim,
             "frame_every": BUILTIN_EVERY,
             "audio_hz": BUILTIN_SR,
             "seed": lsa.seed,
             "vocabulary": len(lsa.vocab),
-        }
-        modalities: tuple[str, ...] = ("text", "audio", "visual")
-        spec = MediaSpec("builtin", BUILTIN_EVERY, BUILTIN_SR, MEDIA_MODALITIES, str(lsa_path))
-    else:
-        ps = pretrained.settings
-        dims = dict(pretrained_dims)
-        fs_settings = {**ps.as_dict(), "frame_every": ps.every, "audio_hz": ps.sr}
-        prev = (fs_prev.settings or {}) if fs_prev is not None else {}
-        if any(k in prev and prev[k] != fs_settings[k] for k in PRETRAINED_SIGNATURE):
-            known = {}  # other models or settings: every stored feature is stale
-        modalities = tuple(ps.modalities)
-        spec = MediaSpec(
-            "pretrained", ps.every, ps.sr, tuple(m for m in modalities if m in MEDIA_MODALITIES)
-        )
-
-    todo = _plan(rows, known, modalities)
-    if pretrained is not None and todo:  # load every model now: a missing weight fails here
-        for modality, load in (
-            ("text", lambda: pretrained.text_features([])),
-            ("audio", lambda: pretrained.audio_features([])),
-            ("visual", lambda: pretrained.visual_features([])),
-        ):
-            if modality in modalities:
-                load()
-
-    fs_id = _upsert_feature_set(
-        store,
-        project_id=project_id,
-        set_name=set_name,
-        path=root / set_name,
-        dims=dims,
-        settings=fs_settings,
+        },
+        modalities=("text", "audio", "visual"),
+        spec=MediaSpec("builtin", BUILTIN_EVERY, BUILTIN_SR, MEDIA_MODALITIES, str(lsa_path)),
+        known=known,
+        lsa=lsa,
     )
-    total, skipped = len(todo), len(rows) - len(todo)
-    started = last_report = time.perf_counter()
-    done = written = 0
-    pending: list[tuple[_Todo, list[dict[str, Any]]]] = []
 
-    def report(message: str = "") -> Any:
-        nonlocal last_report
-        last_report = time.perf_counter()
-        elapsed = max(last_report - started, 1e-9)
+
+def _pretrained_setup(
+    pretrained: Any, fs_prev: FeatureSet | None, known: dict[tuple[int, str], tuple[str, str]]
+) -> _Setup:
+    """The pretrained set: every stored feature is stale when the models or their settings
+    (:data:`PRETRAINED_SIGNATURE`) changed since the last run."""
+    ps = pretrained.settings
+    fs_settings = {**ps.as_dict(), "frame_every": ps.every, "audio_hz": ps.sr}
+    prev = (fs_prev.settings or {}) if fs_prev is not None else {}
+    if any(k in prev and prev[k] != fs_settings[k] for k in PRETRAINED_SIGNATURE):
+        known = {}  # other models or settings: every stored feature is stale
+    modalities = tuple(ps.modalities)
+    media = tuple(m for m in modalities if m in MEDIA_MODALITIES)
+    return _Setup(
+        dims=dict(pretrained.dims),
+        fs_settings=fs_settings,
+        modalities=modalities,
+        spec=MediaSpec("pretrained", ps.every, ps.sr, media),
+        known=known,
+        pretrained=pretrained,
+    )
+
+
+def _load_models(pretrained: Any, modalities: Sequence[str]) -> None:
+    """Load the weights of every model the run uses (a missing weight fails here, early)."""
+    for modality, load in (
+        ("text", lambda: pretrained.text_features([])),
+        ("audio", lambda: pretrained.audio_features([])),
+        ("visual", lambda: pretrained.visual_features([])),
+    ):
+        if modality in modalities:
+            load()
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class _Writer:
+    """Writes a run's files at once and their rows in chunks (one short write transaction per
+    :meth:`commit`), and reports progress: at each commit and at least every
+    ``PROGRESS_EVERY_S`` while samples complete."""
+
+    def __init__(
+        self, store: Store, fs_id: int, fstore: Any, progress: Progress, total: int, skipped: int
+    ) -> None:
+        self.store, self.fs_id, self.fstore, self.progress = store, fs_id, fstore, progress
+        self.total, self.skipped = total, skipped
+        self.done = self.written = 0
+        self.pending: list[tuple[_Todo, list[dict[str, Any]]]] = []
+        self.started = self.last_report = time.perf_counter()
+
+    def report(self, message: str = "") -> Any:
+        """Send a progress event; returns what the callback returned (``"cancel"`` stops)."""
+        self.last_report = time.perf_counter()
+        elapsed = max(self.last_report - self.started, 1e-9)
         event: dict[str, Any] = {
-            "progress": done / total if total else 1.0,
-            "samples_done": done,
-            "samples_total": total,
-            "samples_skipped": skipped,
-            "samples_per_second": round(done / elapsed, 2),
+            "progress": self.done / self.total if self.total else 1.0,
+            "samples_done": self.done,
+            "samples_total": self.total,
+            "samples_skipped": self.skipped,
+            "samples_per_second": round(self.done / elapsed, 2),
         }
         if message:
             event["message"] = message
-        return progress(event)
+        return self.progress(event)
 
-    def commit() -> None:
-        nonlocal written
-        if pending:
-            written += _commit(store, fs_id, pending)
-            pending.clear()
+    def save(
+        self, t: _Todo, files: Mapping[str, tuple[np.ndarray, str]], missing: Mapping[str, str]
+    ) -> None:
+        """Write one sample's feature files; its rows wait for the next commit. A modality that
+        could not be extracted is reported once, naming the sample and the reason."""
+        new_rows = []
+        for modality, (arr, key) in files.items():
+            path, _digest = self.fstore.save(t.utt_id, modality, arr)
+            new_rows.append(_row(t.sample_id, modality, path, key, arr))
+        self.pending.append((t, new_rows))
+        for modality, reason in missing.items():
+            if reason not in ("not in sample", "not extracted"):
+                self.progress({"message": f"{t.utt_id}: {modality} missing: {reason}"})
 
-    media_items = [t.media for t in todo if t.media is not None]
-    results = MediaPool(media_items, spec, workers)
-    batch = pretrained.settings.batch_size if pretrained is not None else 1
+    def step(self, n: int, *, chunk_size: int) -> Any:
+        """``n`` more samples done: commit a full chunk and report, or report when it is time.
+        Returns what the progress callback returned, None when it was not called."""
+        self.done += n
+        if len(self.pending) >= chunk_size:
+            self.commit()
+            return self.report(f"features {self.done}/{self.total}")
+        if time.perf_counter() - self.last_report >= PROGRESS_EVERY_S:
+            return self.report()
+        return None
+
+    def commit(self) -> None:
+        if self.pending:
+            self.written += _commit(self.store, self.fs_id, self.pending)
+            self.pending.clear()
+
+
+def _run(
+    todo: Sequence[_Todo], setup: _Setup, writer: _Writer, *, workers: int, chunk_size: int
+) -> None:
+    """Extract ``todo`` in batches (one sample for builtin, the extractor's batch for
+    pretrained) while the media pool works ahead; whatever stops the run, the samples finished
+    are committed first."""
+    results = MediaPool([t.media for t in todo if t.media is not None], setup.spec, workers)
+    batch = setup.pretrained.settings.batch_size if setup.pretrained is not None else 1
+    total = len(todo)
     try:
-        if report(f"features: {total} samples to extract, {skipped} up to date") == "cancel":
+        if (
+            writer.report(f"features: {total} samples to extract, {writer.skipped} up to date")
+            == "cancel"
+        ):
             raise JobError("cancelled by request before any sample was extracted")
         results.start()  # workers start while this process works on the first samples' text
         for start in range(0, total, batch):
             part = todo[start : start + batch]
-            outputs = _extract_part(part, results, lsa, pretrained)
+            outputs = _extract_part(part, results, setup.lsa, setup.pretrained)
             for t, (files, missing) in zip(part, outputs, strict=True):
-                new_rows = []
-                for modality, (arr, key) in files.items():
-                    path, _digest = fstore.save(t.utt_id, modality, arr)
-                    new_rows.append(_row(t.sample_id, modality, path, key, arr))
-                pending.append((t, new_rows))
-                for modality, reason in missing.items():
-                    if reason not in ("not in sample", "not extracted"):
-                        progress({"message": f"{t.utt_id}: {modality} missing: {reason}"})
-            done += len(part)
-            wanted = None
-            if len(pending) >= chunk_size:
-                commit()
-                wanted = report(f"features {done}/{total}")
-            elif time.perf_counter() - last_report >= PROGRESS_EVERY_S:
-                wanted = report()
-            if wanted == "cancel":
-                commit()
-                raise JobError(f"cancelled by request after {done} of {total} samples")
+                writer.save(t, files, missing)
+            if writer.step(len(part), chunk_size=chunk_size) == "cancel":
+                writer.commit()
+                raise JobError(f"cancelled by request after {writer.done} of {total} samples")
     except BaseException:
         results.close()  # stop the workers
         with contextlib.suppress(Exception):  # the original error matters more
-            commit()  # keep what is finished, whatever stopped the run
+            writer.commit()  # keep what is finished, whatever stopped the run
         raise
     results.close()
-    commit()
-    rate = done / max(time.perf_counter() - started, 1e-9)
-    report(f"features: {written} files written for {done} samples ({rate:.1f} samples/s)")
-    return fs_id
+    writer.commit()
+    rate = writer.done / max(time.perf_counter() - writer.started, 1e-9)
+    writer.report(
+        f"features: {writer.written} files written for {writer.done} samples ({rate:.1f} samples/s)"
+    )
 
 
 def _read_state(
