@@ -36,7 +36,7 @@ import io
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1009,6 +1009,54 @@ def export_baseline_layout(
         )
     types = dict(BASELINE_TYPES if types is None else types)
     out = Path(out_dir).expanduser().resolve()
+    src = _baseline_source(store, project_id, feature_set_id, types, corpus_name)
+    feature_root, target_root = out / "feature", out / "target"
+    lines, skipped = _export_splits(src, types, feature_root, extension, fill_missing)
+    target_root.mkdir(parents=True, exist_ok=True)
+    for name, body in lines.items():
+        (target_root / f"{name}_files.txt").write_text(
+            "".join(f"{x}\n" for x in body), encoding="utf-8"
+        )
+    config_path = out / "data" / "config" / f"{src.corpus}_config.json"
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config = {
+        "target_root": str(target_root),
+        "feature_root": str(feature_root),
+        "total_cv": total_cv,
+    }
+    config_path.write_text(json.dumps(config, indent=4) + "\n", encoding="utf-8")
+    flags = _baseline_flags(src.corpus, types, src.dims)
+    (out / "baseline_flags.txt").write_text(flags + "\n", encoding="utf-8")
+    return ExportSummary(
+        config_path=str(config_path),
+        target_root=str(target_root),
+        feature_root=str(feature_root),
+        written={n: len(v) for n, v in lines.items()},
+        skipped=skipped,
+        dims=src.dims,
+        flags=flags,
+    )
+
+
+@dataclass(frozen=True)
+class _BaselineSource:
+    """What the export reads from the store: the corpus name, D per exported modality, the
+    train / valid / test samples by utterance id, their gold labels and feature files."""
+
+    corpus: str
+    dims: dict[str, int]
+    samples: Sequence[Any]  # (id, utt_id, split) rows
+    gold: dict[tuple[int, str], str]  # (sample id, head) -> class
+    paths: dict[tuple[int, str], str]  # (sample id, modality) -> .npy path
+
+
+def _baseline_source(
+    store: Store,
+    project_id: int,
+    feature_set_id: int,
+    types: Mapping[str, str],
+    corpus_name: str | None,
+) -> _BaselineSource:
     with store.read() as s:
         project = s.get(Project, project_id)
         fs = s.get(FeatureSet, feature_set_id)
@@ -1020,6 +1068,12 @@ def export_baseline_layout(
             or "MEIJU_balance_Mandarin"
         )
         dims = {m: int(d) for m, d in (fs.dims or {}).items() if m in types}
+        missing_dims = [m for m in types if m not in dims]
+        if missing_dims:
+            raise InputError(
+                f"feature set {fs.name!r} has no {missing_dims} features (dims {fs.dims})",
+                field="types",
+            )
         samples = s.execute(
             select(Sample.id, Sample.utt_id, Sample.split)
             .where(Sample.project_id == project_id, Sample.split.in_(list(BASELINE_LISTS)))
@@ -1039,23 +1093,28 @@ def export_baseline_layout(
                 select(FeatureFile).where(FeatureFile.feature_set_id == feature_set_id)
             )
         }
-    missing_dims = [m for m in types if m not in dims]
-    if missing_dims:
-        raise InputError(
-            f"feature set {fs.name!r} has no {missing_dims} features (dims {fs.dims})",
-            field="types",
-        )
-    feature_root, target_root = out / "feature", out / "target"
+    return _BaselineSource(corpus, dims, samples, gold, paths)
+
+
+def _export_splits(
+    src: _BaselineSource,
+    types: Mapping[str, str],
+    feature_root: Path,
+    extension: str,
+    fill_missing: bool,
+) -> tuple[dict[str, list[str]], dict[str, dict[str, str]]]:
+    """Write each exported utterance's ``.npy`` files; returns the lines of each list and the
+    utterances left out with the reason, per list."""
     lines: dict[str, list[str]] = {name: [] for name in BASELINE_LISTS.values()}
     skipped: dict[str, dict[str, str]] = {name: {} for name in BASELINE_LISTS.values()}
-    for r in samples:
+    for r in src.samples:
         name = BASELINE_LISTS[r.split]
         if any(ch.isspace() for ch in r.utt_id):
             raise InputError(
                 f"utterance id {r.utt_id!r} has white space; the baseline's lists split on spaces"
             )
-        line = _list_line(r, name, gold, extension)
-        absent = [m for m in types if (r.id, m) not in paths]
+        line = _list_line(r, name, src.gold, extension)
+        absent = [m for m in types if (r.id, m) not in src.paths]
         if line is None:
             skipped[name][r.utt_id] = "no gold label for emotion and intent"
         elif absent and not fill_missing:
@@ -1063,42 +1122,24 @@ def export_baseline_layout(
         else:
             for modality, folder in types.items():
                 _export_array(
-                    paths.get((r.id, modality)),
-                    dims[modality],
+                    src.paths.get((r.id, modality)),
+                    src.dims[modality],
                     feature_root / folder / f"{r.utt_id}.npy",
                 )
             lines[name].append(line)
-    target_root.mkdir(parents=True, exist_ok=True)
-    for name, body in lines.items():
-        (target_root / f"{name}_files.txt").write_text(
-            "".join(f"{x}\n" for x in body), encoding="utf-8"
-        )
-    config_path = out / "data" / "config" / f"{corpus}_config.json"
-    config_path.parent.mkdir(parents=True, exist_ok=True)
-    config = {
-        "target_root": str(target_root),
-        "feature_root": str(feature_root),
-        "total_cv": total_cv,
-    }
-    config_path.write_text(json.dumps(config, indent=4) + "\n", encoding="utf-8")
+    return lines, skipped
+
+
+def _baseline_flags(corpus: str, types: Mapping[str, str], dims: Mapping[str, int]) -> str:
+    """The baseline's command-line options for these features."""
     flag_of = {"audio": ("A", "a"), "visual": ("V", "v"), "text": ("L", "l")}
-    flags = " ".join(
+    return " ".join(
         [f"--dataset_mode=multimodal --corpus_name={corpus}"]
         + [
             f"--{flag_of[m][0]}_type={types[m]} --input_dim_{flag_of[m][1]}={dims[m]}"
             for m in ("audio", "visual", "text")
             if m in types
         ]
-    )
-    (out / "baseline_flags.txt").write_text(flags + "\n", encoding="utf-8")
-    return ExportSummary(
-        config_path=str(config_path),
-        target_root=str(target_root),
-        feature_root=str(feature_root),
-        written={n: len(v) for n, v in lines.items()},
-        skipped=skipped,
-        dims=dims,
-        flags=flags,
     )
 
 

@@ -354,14 +354,8 @@ def _import_records(
     """Validate and insert the records of a CSV in batches of ``BATCH_ROWS`` inside one write
     transaction; any problem stops the inserts, every remaining row is still checked, and the
     transaction is rolled back, so the store is unchanged. Memory holds one batch and the ids."""
-    record = next(reader, None)
-    if record is None or not any(cell.strip() for cell in record):
-        problems.add("the file is empty: no header row", row=1)
-        problems.raise_if_any()
-    assert record is not None  # raise_if_any raised for an empty file
-    header = [h.strip() for h in record]
-    cols = _resolve_columns(
-        header,
+    header, cols = _read_header(
+        reader,
         problems,
         schema=schema,
         id_column=id_column,
@@ -370,33 +364,11 @@ def _import_records(
         label_columns=label_columns,
         default_split=default_split,
     )
-    problems.raise_if_any()
-    assert cols is not None
-    id_field = header[cols.id]
-    labels = {head: dict.fromkeys(schema.classes(head), 0) for head in schema.head_names}
-    splits: Counter[str] = Counter()
-    n = transcripts = 0
+    tally = _Tally(
+        labels={head: dict.fromkeys(schema.classes(head), 0) for head in schema.head_names}
+    )
     with store.write() as s:
-        # ids are checked within a batch here and against the store (earlier batches included)
-        # before each insert, so memory never holds every id of a large file
-        first_row: dict[str, int] = {}
-        batch: list[tuple[int, SampleRow]] = []
-
-        def flush() -> None:
-            stored = _stored_ids(s, project_id, [b.utt_id for _, b in batch])
-            for row_, sample_ in batch:
-                if sample_.utt_id in stored:
-                    problems.add(
-                        f"id {sample_.utt_id!r} is already stored in project {project_id} "
-                        "(or earlier in this file)",
-                        row=row_,
-                        field=id_field,
-                    )
-            if not problems.items:
-                bulk_insert(s, project_id, [b for _, b in batch])
-            batch.clear()
-            first_row.clear()
-
+        batch = _Batch(s, project_id, problems, id_field=header[cols.id])
         for row, record in enumerate(reader, start=2):
             if not any(cell.strip() for cell in record):
                 continue  # a blank line
@@ -412,40 +384,102 @@ def _import_records(
                 text_source=text_source,
                 label_source=label_source,
             )
-            if sample is None:
-                continue
-            if sample.utt_id in first_row:
-                problems.add(
-                    f"duplicate id {sample.utt_id!r}: rows {first_row[sample.utt_id]} and {row}",
-                    row=row,
-                    field=id_field,
-                )
-                continue
-            first_row[sample.utt_id] = row
-            n += 1
-            transcripts += sample.text is not None
-            splits[sample.split] += 1
-            for head, label in sample.labels.items():
-                labels[head][label] += 1
-            batch.append((row, sample))
-            if len(batch) >= BATCH_ROWS:
-                flush()
-        if batch:
-            flush()
-        if not n and not problems.items:
+            if sample is not None and batch.add(row, sample):
+                tally.add(sample)
+        batch.flush()
+        if not tally.samples and not problems.items:
             problems.add("no rows to import")
         problems.raise_if_any()  # rolls every inserted batch back
     used = cols.used(header)
     return ImportSummary(
         path=str(path),
         project_id=project_id,
-        samples=n,
-        transcripts=transcripts,
-        splits=dict(splits),
-        labels=labels,
+        samples=tally.samples,
+        transcripts=tally.transcripts,
+        splits=dict(tally.splits),
+        labels=tally.labels,
         columns=used,
         ignored_columns=tuple(h for h in header if h not in used.values()),
     )
+
+
+def _read_header(
+    reader: Iterator[list[str]], problems: Problems, **options: Any
+) -> tuple[list[str], _Columns]:
+    """The header row and the columns it gives each role (``options``: see
+    :func:`_resolve_columns`); raises every problem found in it."""
+    record = next(reader, None)
+    if record is None or not any(cell.strip() for cell in record):
+        problems.add("the file is empty: no header row", row=1)
+        problems.raise_if_any()
+    assert record is not None  # raise_if_any raised for an empty file
+    header = [h.strip() for h in record]
+    cols = _resolve_columns(header, problems, **options)
+    problems.raise_if_any()
+    assert cols is not None  # no id column is a problem, raised above
+    return header, cols
+
+
+@dataclass
+class _Tally:
+    """What an import stores: samples, transcripts, samples per split, labels per head and
+    class."""
+
+    labels: dict[str, dict[str, int]]
+    samples: int = 0
+    transcripts: int = 0
+    splits: Counter[str] = field(default_factory=Counter)
+
+    def add(self, sample: SampleRow) -> None:
+        self.samples += 1
+        self.transcripts += sample.text is not None
+        self.splits[sample.split] += 1
+        for head, label in sample.labels.items():
+            self.labels[head][label] += 1
+
+
+class _Batch:
+    """Rows checked but not inserted yet, inside the import's write transaction. An id seen
+    twice in the batch is a problem at once; at :meth:`flush` an id already stored (earlier
+    batches included) is one too. Once any problem is known nothing more is inserted, so ids
+    stay checked against the store while memory never holds every id of a large file."""
+
+    def __init__(self, s: Session, project_id: int, problems: Problems, *, id_field: str) -> None:
+        self.s, self.project_id, self.problems, self.id_field = s, project_id, problems, id_field
+        self.first_row: dict[str, int] = {}
+        self.items: list[tuple[int, SampleRow]] = []
+
+    def add(self, row: int, sample: SampleRow) -> bool:
+        """Queue one row (inserting a full batch); False for an id already in this batch."""
+        if sample.utt_id in self.first_row:
+            self.problems.add(
+                f"duplicate id {sample.utt_id!r}: rows {self.first_row[sample.utt_id]} and {row}",
+                row=row,
+                field=self.id_field,
+            )
+            return False
+        self.first_row[sample.utt_id] = row
+        self.items.append((row, sample))
+        if len(self.items) >= BATCH_ROWS:
+            self.flush()
+        return True
+
+    def flush(self) -> None:
+        if not self.items:
+            return
+        stored = _stored_ids(self.s, self.project_id, [b.utt_id for _, b in self.items])
+        for row, sample in self.items:
+            if sample.utt_id in stored:
+                self.problems.add(
+                    f"id {sample.utt_id!r} is already stored in project {self.project_id} "
+                    "(or earlier in this file)",
+                    row=row,
+                    field=self.id_field,
+                )
+        if not self.problems.items:
+            bulk_insert(self.s, self.project_id, [b for _, b in self.items])
+        self.items.clear()
+        self.first_row.clear()
 
 
 # --------------------------------------------------------------------------- label lists
