@@ -322,10 +322,38 @@ def _go(sample_id: int) -> None:
 
 
 def editor_ui(store, project_id: int, sample_id: int, user: dict, index: Index) -> None:
+    """One transcript: where it comes from, its media, the editor with its actions, the diffs
+    and flags of the text being edited, and its saved edits."""
     tr = common.transcript(store, sample_id=sample_id)
     if tr is None or sample_id not in index.codes:
         st.warning(f"Sample {sample_id} has no transcript in this project.")
         return
+    _header_ui(tr, sample_id)
+    _media(tr)
+    key, base = _editor_state(tr)
+    if base["version"] != tr["version"]:
+        st.warning(
+            f"Someone saved version {tr['version']} while you were editing version "
+            f"{base['version']}: saving now would overwrite it."
+        )
+        st.button(
+            "Load the saved version (drops your edit)",
+            key="ts_reload",
+            on_click=_reload,
+            args=(tr,),
+        )
+    edited = st.text_area("Transcript", key=key, height=100) or ""
+    suggestion = text.suggest(edited)
+    if _actions_ui(tr, key, edited, suggestion, user, _next_flagged(index, sample_id)):
+        _save(store, tr, base, edited, user)
+    common.show_flash(key="ts_flash")
+    _diffs_ui(tr, key, base, edited, suggestion)
+    flags_ui(key, edited)
+    _edits_ui(store, project_id, sample_id)
+
+
+def _header_ui(tr: dict, sample_id: int) -> None:
+    """The utterance id, a link back to the Review queue, the transcript's source and version."""
     head = st.container(horizontal=True, vertical_alignment="center")
     head.subheader(tr["utt_id"], anchor=False)
     came = S.get("ts_back") or {}
@@ -342,22 +370,13 @@ def editor_ui(store, project_id: int, sample_id: int, user: dict, index: Index) 
     )
     if tr["source"] == "asr":
         st.caption("ASR transcript: check the words too, not only the punctuation.")
-    _media(tr)
-    key, base = _editor_state(tr)
-    if base["version"] != tr["version"]:
-        st.warning(
-            f"Someone saved version {tr['version']} while you were editing version "
-            f"{base['version']}: saving now would overwrite it."
-        )
-        st.button(
-            "Load the saved version (drops your edit)",
-            key="ts_reload",
-            on_click=_reload,
-            args=(tr,),
-        )
-    edited = st.text_area("Transcript", key=key, height=100) or ""
-    suggestion = text.suggest(edited)
-    nxt = _next_flagged(index, sample_id)
+
+
+def _actions_ui(
+    tr: dict, key: str, edited: str, suggestion: str, user: dict, nxt: int | None
+) -> bool:
+    """Save, accept all, use the suggestion, back to the original, next flagged (keys S, A, N);
+    returns whether Save was clicked."""
     row = st.container(horizontal=True)
     save = row.button("Save", type="primary", key="ts_save", icon=":material/save:", shortcut="S")
     row.button(
@@ -394,9 +413,11 @@ def editor_ui(store, project_id: int, sample_id: int, user: dict, index: Index) 
         icon=":material/skip_next:",
         shortcut="N",
     )
-    if save:
-        _save(store, tr, base, edited, user)
-    common.show_flash(key="ts_flash")
+    return save
+
+
+def _diffs_ui(tr: dict, key: str, base: dict, edited: str, suggestion: str) -> None:
+    """The unsaved change (live while typing), original -> current, and the full suggestion."""
     # follows the box while typing (a text area reaches the script only when it loses focus)
     live_diff(
         widget_key=key, base=base["text"], current=edited, label="Your change (not saved yet)"
@@ -407,7 +428,9 @@ def editor_ui(store, project_id: int, sample_id: int, user: dict, index: Index) 
     if suggestion != edited:
         st.markdown("**Full suggestion** (A accepts it and saves)")
         st.html(diff_html(edited, suggestion))
-    flags_ui(key, edited)
+
+
+def _edits_ui(store, project_id: int, sample_id: int) -> None:
     st.markdown("**Edits of this transcript**")
     edits = common.transcript_edits(store, project_id=project_id, sample_id=sample_id)
     if not edits:
