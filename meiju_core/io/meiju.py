@@ -854,40 +854,10 @@ def import_npy_features(
     files: list[dict[str, Any]] = []
     dims: dict[str, int] = {}
     for modality, folder in dirs.items():
-        folder_path = root / folder
-        if not folder_path.is_dir():
-            problems.add(
-                f"missing the {modality} folder {folder!r}", path=folder_path, field=modality
-            )
-            continue
-        shapes: dict[Path, tuple[int, int]] = {}
-        for path in sorted(folder_path.glob("*.npy")):
-            if path.stem not in sample_ids:
-                problems.add(f"no utterance {path.stem!r} in project {project_id}", path=path)
-                continue
-            shape = _check_npy(path, problems)
-            if shape is not None:
-                shapes[path] = shape
-        if not shapes:
-            continue
-        dims[modality] = Counter(d for _, d in shapes.values()).most_common(1)[0][0]
-        for path, (t, d) in shapes.items():
-            if d != dims[modality]:
-                problems.add(
-                    f"D = {d}, but the other {modality} files have D = {dims[modality]}",
-                    path=path,
-                    kind=FeatureError,
-                )
-                continue
-            files.append(
-                {
-                    "sample_id": sample_ids[path.stem],
-                    "modality": modality,
-                    "path": str(path),
-                    "shape": [t, d],
-                    "content_hash": _sha256(path),
-                }
-            )
+        dim, found = _scan_modality(root, folder, modality, sample_ids, project_id, problems)
+        if dim is not None:
+            dims[modality] = dim
+            files += found
     if not files and not problems.items:
         problems.add(f"no .npy file in {[str(root / d) for d in dirs.values()]}", path=root)
     problems.raise_if_any()
@@ -899,6 +869,52 @@ def import_npy_features(
         dims=dims,
         missing={m: len(sample_ids) - counts[m] for m in dirs},
     )
+
+
+def _scan_modality(
+    root: Path,
+    folder_name: str,
+    modality: str,
+    sample_ids: Mapping[str, int],
+    project_id: int,
+    problems: Problems,
+) -> tuple[int | None, list[dict[str, Any]]]:
+    """The ``feature_file`` rows of one modality's folder and its D (the most common one; a file
+    with another D is a problem); ``(None, [])`` when the folder has no usable file."""
+    folder = root / folder_name
+    if not folder.is_dir():
+        problems.add(f"missing the {modality} folder {folder_name!r}", path=folder, field=modality)
+        return None, []
+    shapes: dict[Path, tuple[int, int]] = {}
+    for path in sorted(folder.glob("*.npy")):
+        if path.stem not in sample_ids:
+            problems.add(f"no utterance {path.stem!r} in project {project_id}", path=path)
+            continue
+        shape = _check_npy(path, problems)
+        if shape is not None:
+            shapes[path] = shape
+    if not shapes:
+        return None, []
+    dim = Counter(d for _, d in shapes.values()).most_common(1)[0][0]
+    files = []
+    for path, (t, d) in shapes.items():
+        if d != dim:
+            problems.add(
+                f"D = {d}, but the other {modality} files have D = {dim}",
+                path=path,
+                kind=FeatureError,
+            )
+            continue
+        files.append(
+            {
+                "sample_id": sample_ids[path.stem],
+                "modality": modality,
+                "path": str(path),
+                "shape": [t, d],
+                "content_hash": _sha256(path),
+            }
+        )
+    return dim, files
 
 
 def _store_feature_set(
