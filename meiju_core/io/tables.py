@@ -134,17 +134,25 @@ class _Columns:
         return {role: header[col] for role, col in roles.items() if col is not None}
 
 
-def _resolve_columns(
-    header: list[str],
-    problems: Problems,
-    *,
-    schema: LabelSchema,
-    id_column: str,
-    text_column: str,
-    split_column: str,
-    label_columns: Mapping[str, str],
-    default_split: str | None,
-) -> _Columns | None:
+@dataclass(frozen=True)
+class _CsvOptions:
+    """The options of :func:`import_csv`, checked, as its steps share them."""
+
+    schema: LabelSchema  # the project's: validates the labels
+    id_column: str
+    text_column: str
+    split_column: str
+    label_columns: Mapping[str, str]  # head -> preferred header
+    default_split: str | None
+    source: str
+    text_source: str
+    label_source: str
+
+
+def _resolve_columns(header: list[str], problems: Problems, opts: _CsvOptions) -> _Columns | None:
+    schema, default_split = opts.schema, opts.default_split
+    id_column, text_column, split_column = opts.id_column, opts.text_column, opts.split_column
+    label_columns = opts.label_columns
     found = f"columns found: {header}"
     normed = [norm_header(h) for h in header]
     for n in {x for x in normed if normed.count(x) > 1}:
@@ -187,13 +195,10 @@ def _csv_row(
     header: list[str],
     cols: _Columns,
     problems: Problems,
-    *,
-    schema: LabelSchema,
-    default_split: str | None,
-    source: str,
-    text_source: str,
-    label_source: str,
+    opts: _CsvOptions,
 ) -> SampleRow | None:
+    schema, default_split = opts.schema, opts.default_split
+    source, text_source, label_source = opts.source, opts.text_source, opts.label_source
     if len(record) != len(header):
         problems.add(f"the row has {len(record)} fields, the header has {len(header)}", row=row)
         return None
@@ -295,7 +300,17 @@ def import_csv(
     )
     _check_options(default_split=default_split, text_source=text_source)
     default_split = _split_value(default_split) if default_split is not None else None
-    schema = _project_schema(store, project_id)
+    opts = _CsvOptions(
+        schema=_project_schema(store, project_id),
+        id_column=id_column,
+        text_column=text_column,
+        split_column=split_column,
+        label_columns=label_columns,
+        default_split=default_split,
+        source=source,
+        text_source=text_source,
+        label_source=label_source,
+    )
     problems = Problems(path)
     try:
         binary = path.open("rb")
@@ -309,22 +324,7 @@ def import_csv(
         first = next(stream, "")
         reader = csv.reader(itertools.chain([first], stream), delimiter=guess_delimiter(first))
         try:
-            return _import_records(
-                store,
-                path,
-                reader,
-                problems,
-                project_id=project_id,
-                schema=schema,
-                id_column=id_column,
-                text_column=text_column,
-                split_column=split_column,
-                label_columns=label_columns,
-                default_split=default_split,
-                source=source,
-                text_source=text_source,
-                label_source=label_source,
-            )
+            return _import_records(store, path, reader, problems, project_id, opts)
         except csv.Error as e:
             raise ImportDataError(
                 f"not a readable CSV file: {e}", path=str(path), row=reader.line_num
@@ -339,31 +339,14 @@ def _import_records(
     path: Path,
     reader: Iterator[list[str]],
     problems: Problems,
-    *,
     project_id: int,
-    schema: LabelSchema,
-    id_column: str,
-    text_column: str,
-    split_column: str,
-    label_columns: Mapping[str, str],
-    default_split: str | None,
-    source: str,
-    text_source: str,
-    label_source: str,
+    opts: _CsvOptions,
 ) -> ImportSummary:
     """Validate and insert the records of a CSV in batches of ``BATCH_ROWS`` inside one write
     transaction; any problem stops the inserts, every remaining row is still checked, and the
     transaction is rolled back, so the store is unchanged. Memory holds one batch and the ids."""
-    header, cols = _read_header(
-        reader,
-        problems,
-        schema=schema,
-        id_column=id_column,
-        text_column=text_column,
-        split_column=split_column,
-        label_columns=label_columns,
-        default_split=default_split,
-    )
+    schema = opts.schema
+    header, cols = _read_header(reader, problems, opts)
     tally = _Tally(
         labels={head: dict.fromkeys(schema.classes(head), 0) for head in schema.head_names}
     )
@@ -372,18 +355,7 @@ def _import_records(
         for row, record in enumerate(reader, start=2):
             if not any(cell.strip() for cell in record):
                 continue  # a blank line
-            sample = _csv_row(
-                record,
-                row,
-                header,
-                cols,
-                problems,
-                schema=schema,
-                default_split=default_split,
-                source=source,
-                text_source=text_source,
-                label_source=label_source,
-            )
+            sample = _csv_row(record, row, header, cols, problems, opts)
             if sample is not None and batch.add(row, sample):
                 tally.add(sample)
         batch.flush()
@@ -404,17 +376,16 @@ def _import_records(
 
 
 def _read_header(
-    reader: Iterator[list[str]], problems: Problems, **options: Any
+    reader: Iterator[list[str]], problems: Problems, opts: _CsvOptions
 ) -> tuple[list[str], _Columns]:
-    """The header row and the columns it gives each role (``options``: see
-    :func:`_resolve_columns`); raises every problem found in it."""
+    """The header row and the columns it gives each role; raises every problem found in it."""
     record = next(reader, None)
     if record is None or not any(cell.strip() for cell in record):
         problems.add("the file is empty: no header row", row=1)
         problems.raise_if_any()
     assert record is not None  # raise_if_any raised for an empty file
     header = [h.strip() for h in record]
-    cols = _resolve_columns(header, problems, **options)
+    cols = _resolve_columns(header, problems, opts)
     problems.raise_if_any()
     assert cols is not None  # no id column is a problem, raised above
     return header, cols
