@@ -425,7 +425,7 @@ def f1_change_from_metrics(
 
 def f1_change(s: Session, *, base_id: int, new_id: int, split: str = "valid") -> dict[str, Any]:
     """:func:`f1_change_from_metrics` for two stored model versions (``new - base``)."""
-    metrics = dict(
+    metrics: dict[int, Any] = dict(
         s.execute(
             select(ModelVersion.id, ModelVersion.metrics).where(
                 ModelVersion.id.in_((base_id, new_id))
@@ -483,7 +483,7 @@ def labelled_samples(
         .outerjoin(Transcript, Transcript.sample_id == Sample.id)
         .where(Sample.id.in_(ids))
     ).all()
-    out = {
+    out: dict[int, dict[str, Any]] = {
         sid: {"sample_id": sid, "utt_id": utt, "split": split, "text": text or "", "gold": {}}
         for sid, utt, split, text in rows
     }

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import column, insert, select, table
+from sqlalchemy.orm import Session
 
 from db.engine import Store
 from db.models import (
@@ -145,65 +146,9 @@ def build_fixture(
         annotator = User(name="ann", role="annotator", password_hash=password_hash)
         s.add_all([project, admin, annotator])
         s.flush()
-        rows = []
-        for split, n in (
-            ("train", n_train),
-            ("valid", n_valid),
-            ("test", n_test),
-            ("pool", n_pool),
-        ):
-            rows += [
-                {
-                    "project_id": project.id,
-                    "utt_id": f"{split}_{i:06d}",
-                    "split": split,
-                    "source": "fixture",
-                    "group_id": f"{split}_{i // 5}",
-                    "created_at": now,
-                }
-                for i in range(n)
-            ]
-        _fast_insert(s, "sample", rows)
-        samples = s.execute(
-            select(Sample.id, Sample.split)
-            .where(Sample.project_id == project.id)
-            .order_by(Sample.id)
-        ).all()
-        _fast_insert(
-            s,
-            "transcript",
-            [
-                {
-                    "sample_id": sid,
-                    "original_text": TEXTS[k % len(TEXTS)],
-                    "text": TEXTS[k % len(TEXTS)],
-                    "source": "official",
-                    "version": 1,
-                    "updated_at": now,
-                }
-                for k, (sid, _) in enumerate(samples)
-            ],
-        )
-        gold = []
-        for sid, split in samples:
-            if split != "pool":
-                gold.append(
-                    {
-                        "sample_id": sid,
-                        "head": "emotion",
-                        "source": "fixture",
-                        "label": EMOTIONS[int(rng.integers(len(EMOTIONS)))],
-                    }
-                )
-                gold.append(
-                    {
-                        "sample_id": sid,
-                        "head": "intent",
-                        "source": "fixture",
-                        "label": INTENTS[int(rng.integers(len(INTENTS)))],
-                    }
-                )
-        s.execute(insert(GoldLabel), gold)
+        splits = {"train": n_train, "valid": n_valid, "test": n_test, "pool": n_pool}
+        samples = _add_samples(s, project.id, splits, now)
+        _add_gold(s, samples, rng)  # draws from rng first, then the predictions do
         mv = ModelVersion(
             project_id=project.id,
             name="fixture-model",
@@ -236,3 +181,58 @@ def build_fixture(
             round_id=rnd.id,
             pool_ids=[sid for sid, split in samples if split == "pool"],
         )
+
+
+def _add_samples(
+    s: Session, project_id: int, splits: dict[str, int], now: str
+) -> list[tuple[int, str]]:
+    """``splits[split]`` samples per split, each with a transcript; returns (id, split) rows."""
+    rows = [
+        {
+            "project_id": project_id,
+            "utt_id": f"{split}_{i:06d}",
+            "split": split,
+            "source": "fixture",
+            "group_id": f"{split}_{i // 5}",
+            "created_at": now,
+        }
+        for split, n in splits.items()
+        for i in range(n)
+    ]
+    _fast_insert(s, "sample", rows)
+    samples = [
+        (sid, split)
+        for sid, split in s.execute(
+            select(Sample.id, Sample.split)
+            .where(Sample.project_id == project_id)
+            .order_by(Sample.id)
+        )
+    ]
+    _fast_insert(
+        s,
+        "transcript",
+        [
+            {
+                "sample_id": sid,
+                "original_text": TEXTS[k % len(TEXTS)],
+                "text": TEXTS[k % len(TEXTS)],
+                "source": "official",
+                "version": 1,
+                "updated_at": now,
+            }
+            for k, (sid, _) in enumerate(samples)
+        ],
+    )
+    return samples
+
+
+def _add_gold(s: Session, samples: list[tuple[int, str]], rng: np.random.Generator) -> None:
+    """A random gold emotion and intent for every sample outside the pool."""
+    gold = []
+    for sid, split in samples:
+        if split == "pool":
+            continue
+        for head, classes in (("emotion", EMOTIONS), ("intent", INTENTS)):
+            label = classes[int(rng.integers(len(classes)))]
+            gold.append({"sample_id": sid, "head": head, "source": "fixture", "label": label})
+    s.execute(insert(GoldLabel), gold)

@@ -29,6 +29,7 @@ from sqlalchemy import select
 from db import Store
 from db.models import LoginSession, LoginThrottle, User, utcnow
 from meiju_core.errors import SignInThrottled
+from meiju_core.settings import env_value
 
 COOKIE_NAME = "meiju_session"
 SESSION_TTL_S = 12 * 3600
@@ -52,7 +53,7 @@ def secret_key(data_dir: Path) -> str:
     Raises:
         OSError: the data dir cannot be written.
     """
-    env = os.environ.get("MEIJU_SECRET_KEY", "").strip()
+    env = env_value("secret_key")
     if env:
         return env
     path = Path(data_dir) / "session_secret"

@@ -31,8 +31,10 @@ Resumable
 Parallel
     The media part (decoding, log-mel, face detection and HOG; for ``pretrained``, decoding and
     face crops) runs in ``workers`` processes (``concurrent.futures.ProcessPoolExecutor``,
-    spawned, each worker single-threaded). Default: the ``extract_workers`` setting
-    (``MEIJU_EXTRACT_WORKERS``), 0 meaning one per CPU this process may use. With one worker, or a single clip, everything runs in-process.
+    spawned, each worker single-threaded; :mod:`meiju_core.features.media_pool`, which holds no
+    store code). Default: the ``extract_workers`` setting (``MEIJU_EXTRACT_WORKERS``), 0 meaning
+    one per CPU this process may use. With one worker, or a single clip, everything runs
+    in-process.
     Text (LSA transform, or RoBERTa batches) and the pretrained models run in the parent, which is
     also the only writer of files and rows. Results are identical whatever the worker count.
 
@@ -46,15 +48,9 @@ Progress
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import multiprocessing
 import os
-import sys
 import time
-import types
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,7 +60,14 @@ from sqlalchemy import delete, insert, select
 
 from db import Store
 from db.models import FeatureFile, FeatureSet, Sample, Transcript
-from meiju_core.errors import FeatureError, InputError, JobError, MediaError
+from meiju_core.errors import InputError, JobError
+from meiju_core.features.media_pool import (
+    MEDIA_MODALITIES,
+    MediaPool,
+    MediaSpec,
+    media_key,
+    text_key,
+)
 from meiju_core.settings import Settings
 
 __all__ = [
@@ -81,8 +84,6 @@ Progress = Callable[[dict[str, Any]], Any]
 FEATURE_SETS = ("builtin", "pretrained")
 CHUNK_SIZE = 200  # samples per committed chunk of feature_file rows
 PROGRESS_EVERY_S = 0.25
-MEDIA_MODALITIES = ("audio", "visual")
-LOOKAHEAD = 16  # media tasks queued per worker, so no worker waits for the parent
 # builtin settings (the paper and the baseline: 1 frame in 30, 16 kHz mono audio)
 BUILTIN_EVERY = 30
 BUILTIN_SR = 16000
@@ -118,212 +119,6 @@ def resolve_workers(requested: int | None, settings: Settings) -> int:
         except AttributeError:  # not on Linux
             n = os.cpu_count() or 1
     return max(1, n)
-
-
-def text_key(text: str) -> str:
-    """``content_hash`` of a text feature: SHA-256 hex of the transcript's UTF-8 bytes."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def media_key(video_path: str | None, audio_path: str | None) -> str:
-    """``content_hash`` of audio/visual features: SHA-256 hex of each media path with its size
-    in bytes and modification time (ns); a file that is not there counts as ``missing``."""
-    parts = []
-    for p in (video_path, audio_path):
-        if not p:
-            parts.append("")
-            continue
-        try:
-            st = os.stat(p)
-            parts.append(f"{p}|{st.st_size}|{st.st_mtime_ns}")
-        except OSError:
-            parts.append(f"{p}|missing")
-    return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
-
-
-# --------------------------------------------------------------------------- media workers
-
-
-@dataclass(frozen=True)
-class _MediaSpec:
-    """What a media worker needs (picklable): which set, and its settings."""
-
-    set_name: str
-    every: int
-    sr: int
-    modalities: tuple[str, ...]
-    lsa_path: str = ""  # builtin: the fitted text model (BuiltinExtractor requires one)
-
-
-class _MediaWorker:
-    """The per-sample media part. ``builtin``: features ``{modality: (T, D)}``; ``pretrained``:
-    model inputs, ``{"audio": wave (S,), "visual": [crops]}``. Returns ``(arrays, missing,
-    info)``; a file that cannot be decoded gives a reason in ``missing``, never an exception."""
-
-    def __init__(self, spec: _MediaSpec) -> None:
-        self.spec = spec
-        self.extractor = None
-        if spec.set_name == "builtin":
-            from meiju_core.features.builtin import BuiltinExtractor, TextLSA
-
-            self.extractor = BuiltinExtractor(
-                TextLSA.load(spec.lsa_path), every=spec.every, sr=spec.sr
-            )
-
-    def __call__(self, paths: Mapping[str, str | None]) -> tuple[dict, dict, dict]:
-        sample = {"video_path": paths.get("video_path"), "audio_path": paths.get("audio_path")}
-        if self.extractor is not None:
-            try:
-                res = self.extractor.extract(sample)
-            except FeatureError as e:  # e.g. audio holding NaN: mark both, keep the batch going
-                return {}, dict.fromkeys(MEDIA_MODALITIES, str(e)), {}
-            missing = {m: r for m, r in res.missing.items() if m in MEDIA_MODALITIES}
-            arrays = {m: a for m, a in res.items() if m in MEDIA_MODALITIES}
-            return arrays, missing, dict(res.info)
-        return self._pretrained_inputs(sample)
-
-    def _pretrained_inputs(self, sample: Mapping[str, Any]) -> tuple[dict, dict, dict]:
-        from meiju_core import media
-        from meiju_core.features.pretrained import face_crops
-
-        arrays: dict[str, Any] = {}
-        missing: dict[str, str] = {}
-        info: dict[str, Any] = {}
-        source = sample.get("audio_path") or sample.get("video_path")
-        if "audio" in self.spec.modalities:
-            if not source:
-                missing["audio"] = "not in sample"
-            else:
-                try:
-                    arrays["audio"] = media.load_audio(source, self.spec.sr)
-                except MediaError as e:
-                    missing["audio"] = str(e)
-        if "visual" in self.spec.modalities:
-            if not sample.get("video_path"):
-                missing["visual"] = "not in sample"
-            else:
-                try:
-                    frames, times = media.sample_frames(sample["video_path"], self.spec.every)
-                    crops, choices = face_crops(frames)
-                    arrays["visual"] = crops
-                    info["visual_choices"], info["visual_times"] = choices, times.tolist()
-                except MediaError as e:
-                    missing["visual"] = str(e)
-        return arrays, missing, info
-
-
-_worker: _MediaWorker | None = None
-_worker_limits: Any = None
-
-
-def _single_threaded() -> Any:
-    """Limit BLAS and OpenCV to one thread in this process (a worker is one core's share)."""
-    import cv2
-    from threadpoolctl import threadpool_limits
-
-    cv2.setNumThreads(1)
-    return threadpool_limits(limits=1, user_api="blas")
-
-
-def _init_worker(spec: _MediaSpec) -> None:
-    global _worker, _worker_limits
-    _worker_limits = _single_threaded()
-    _worker = _MediaWorker(spec)
-
-
-def _run_worker(paths: Mapping[str, str | None]) -> tuple[dict, dict, dict]:
-    assert _worker is not None, "worker not initialised"
-    return _worker(paths)
-
-
-@contextlib.contextmanager
-def _neutral_main() -> Any:
-    """Hide the parent's ``__main__`` while worker processes are spawned.
-
-    A spawned child re-runs the parent's main script before unpickling its task
-    (``multiprocessing.spawn``'s ``_fixup_main_from_path``). That script may not be importable
-    on its own: a Streamlit app page run in-process (Streamlit installs it as ``__main__``), a
-    notebook, a test runner. The workers need nothing from it (their code is in this module), so
-    while they start ``__main__`` is a bare module with no file or spec, which the child skips.
-    """
-    main = sys.modules.get("__main__")
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        if main is not None:
-            sys.modules["__main__"] = main
-
-
-class _MediaPool:
-    """Media results of ``items``, one per ``next()``, in the order of ``items``.
-
-    With more than one worker, a ``ProcessPoolExecutor`` (spawn) is started by
-    :meth:`start` and kept ``LOOKAHEAD`` tasks per worker ahead of the parent, so that worker
-    start-up and media work overlap the parent's own work (text features, writing files).
-    Otherwise each item is computed in this process when asked for, single-threaded as in a
-    worker, so that the arrays are the same bits whatever the worker count.
-    """
-
-    def __init__(self, items: Sequence[Mapping[str, str | None]], spec: _MediaSpec, workers: int):
-        self.items, self.spec = items, spec
-        self.workers = min(workers, len(items))
-        self._next = 0  # next item to hand out
-        self._submitted = 0
-        self._queue: deque[Future] = deque()
-        self._pool: ProcessPoolExecutor | None = None
-        self._local: _MediaWorker | None = None
-
-    def start(self) -> _MediaPool:
-        if self.workers > 1 and self._pool is None:
-            # spawn, not fork: forking a process whose threads hold locks (torch's OpenMP
-            # pool, huey's consumer threads) can hang the children. Spawned workers start from
-            # a fresh interpreter and import only this module (see _neutral_main).
-            ctx = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.workers,
-                mp_context=ctx,
-                initializer=_init_worker,
-                initargs=(self.spec,),
-            )
-            self._fill()
-        return self
-
-    def _fill(self) -> None:
-        assert self._pool is not None
-        with _neutral_main():  # a submit may spawn a worker (see _neutral_main)
-            while self._submitted < len(self.items) and len(self._queue) < self.workers * LOOKAHEAD:
-                self._queue.append(self._pool.submit(_run_worker, self.items[self._submitted]))
-                self._submitted += 1
-
-    def __next__(self) -> tuple[dict, dict, dict]:
-        if self._next >= len(self.items):
-            raise StopIteration
-        self._next += 1
-        if self.workers > 1:
-            self.start()
-            result = self._queue.popleft().result()
-            self._fill()
-            return result
-        import cv2
-        from threadpoolctl import threadpool_limits
-
-        if self._local is None:
-            self._local = _MediaWorker(self.spec)
-        before = cv2.getNumThreads()
-        cv2.setNumThreads(1)
-        try:
-            with threadpool_limits(limits=1, user_api="blas"):
-                return self._local(self.items[self._next - 1])
-        finally:
-            cv2.setNumThreads(before)
-
-    def close(self) -> None:
-        """Stop the workers: queued tasks are dropped, running ones finish."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-            self._queue.clear()
 
 
 # --------------------------------------------------------------------------- the job
@@ -362,6 +157,40 @@ def extract_features(
         FeatureError: ``builtin`` and no transcript has a token to fit the text model on.
         JobError: cancelled through ``progress``; the chunks finished so far are kept.
     """
+    workers = _check_options(settings, set_name=set_name, workers=workers, chunk_size=chunk_size)
+    from meiju_core.features.store import FeatureStore
+
+    pretrained = _open_pretrained() if set_name == "pretrained" else None  # before the store
+    root = settings.feature_dir / f"project{project_id}"
+    rows, fs_prev, known = _read_state(store, project_id, set_name)
+    if not rows:
+        raise InputError(f"project {project_id} has no samples to extract features from")
+    if pretrained is None:
+        setup = _builtin_setup(root / set_name, rows, fs_prev, known, seed=settings.seed)
+    else:
+        setup = _pretrained_setup(pretrained, fs_prev, known)
+    todo = _plan(rows, setup.known, setup.modalities)
+    if pretrained is not None and todo:  # load every model now: a missing weight fails here
+        _load_models(pretrained, setup.modalities)
+    fs_id = _upsert_feature_set(
+        store,
+        project_id=project_id,
+        set_name=set_name,
+        path=root / set_name,
+        dims=setup.dims,
+        settings=setup.fs_settings,
+    )
+    writer = _Writer(
+        store, fs_id, FeatureStore(root, set_name), progress, len(todo), len(rows) - len(todo)
+    )
+    _run(todo, setup, writer, workers=workers, chunk_size=chunk_size)
+    return fs_id
+
+
+def _check_options(
+    settings: Settings, *, set_name: str, workers: int | None, chunk_size: int
+) -> int:
+    """The media worker count, once the options are checked (see :func:`extract_features`)."""
     if set_name not in FEATURE_SETS:
         raise InputError(
             f"unknown feature set {set_name!r}; extractable sets are {list(FEATURE_SETS)}",
@@ -372,143 +201,211 @@ def extract_features(
     workers = resolve_workers(workers, settings)
     if chunk_size < 1:
         raise InputError("chunk_size must be at least 1", field="chunk_size")
-    from meiju_core.features.store import FeatureStore
+    return workers
 
-    pretrained: Any = None
-    pretrained_dims: dict[str, int] = {}
+
+# --------------------------------------------------------------------------- the two sets
+
+
+@dataclass
+class _Setup:
+    """What a run extracts with: the feature set's dims and settings (for its row), the
+    modalities, the media workers' spec, the stored rows still valid, and the text model
+    (builtin: a fitted LSA) or the pretrained extractor."""
+
+    dims: dict[str, int]
+    fs_settings: dict[str, Any]
+    modalities: tuple[str, ...]
+    spec: MediaSpec
+    known: dict[tuple[int, str], tuple[str, str]]
     lsa: Any = None
-    if set_name == "pretrained":  # fail fast: model configs, before the store is touched
-        from meiju_core.features.pretrained import PretrainedExtractor, PretrainedSettings
+    pretrained: Any = None
 
-        pretrained = PretrainedExtractor(PretrainedSettings.from_env())
-        pretrained_dims = pretrained.dims  # raises ModelUnavailable when a config is absent
 
-    root = settings.feature_dir / f"project{project_id}"
-    fstore = FeatureStore(root, set_name)
-    rows, fs_prev, known = _read_state(store, project_id, set_name)
-    if not rows:
-        raise InputError(f"project {project_id} has no samples to extract features from")
+def _open_pretrained() -> Any:
+    """The pretrained extractor, its model configs read (fail fast: before the store is touched).
 
-    if pretrained is None:
-        from meiju_core.features.builtin import BuiltinExtractor, TextLSA
+    Raises:
+        ModelUnavailable: a config is not on this machine.
+    """
+    from meiju_core.features.pretrained import PretrainedExtractor, PretrainedSettings
 
-        lsa_path = root / set_name / "text_lsa.npz"
-        if fs_prev is not None and lsa_path.exists():
-            lsa = TextLSA.load(lsa_path)
-        else:  # first extraction: fit the text model on the project's transcripts
-            lsa = TextLSA(seed=settings.seed).fit([r.text or "" for r in rows])
-            lsa.save(lsa_path)
-            known = {k: v for k, v in known.items() if k[1] != "text"}
-        dims = BuiltinExtractor(lsa).dims
-        fs_settings: dict[str, Any] = {
+    pretrained = PretrainedExtractor(PretrainedSettings.from_env())
+    _ = pretrained.dims  # raises ModelUnavailable when a config is absent
+    return pretrained
+
+
+def _builtin_setup(
+    folder: Path,
+    rows: Sequence[Any],
+    fs_prev: FeatureSet | None,
+    known: dict[tuple[int, str], tuple[str, str]],
+    *,
+    seed: int,
+) -> _Setup:
+    """The builtin set: the project's text model, loaded, or fitted on its transcripts the first
+    time (then every stored text feature is stale)."""
+    from meiju_core.features.builtin import BuiltinExtractor, TextLSA
+
+    lsa_path = folder / "text_lsa.npz"
+    if fs_prev is not None and lsa_path.exists():
+        lsa = TextLSA.load(lsa_path)
+    else:  # first extraction: fit the text model on the project's transcripts
+        lsa = TextLSA(seed=seed).fit([r.text or "" for r in rows])
+        lsa.save(lsa_path)
+        known = {k: v for k, v in known.items() if k[1] != "text"}
+    return _Setup(
+        dims=BuiltinExtractor(lsa).dims,
+        fs_settings={
             "text_dim": lsa.dim,
             "frame_every": BUILTIN_EVERY,
             "audio_hz": BUILTIN_SR,
             "seed": lsa.seed,
             "vocabulary": len(lsa.vocab),
-        }
-        modalities: tuple[str, ...] = ("text", "audio", "visual")
-        spec = _MediaSpec("builtin", BUILTIN_EVERY, BUILTIN_SR, MEDIA_MODALITIES, str(lsa_path))
-    else:
-        ps = pretrained.settings
-        dims = dict(pretrained_dims)
-        fs_settings = {**ps.as_dict(), "frame_every": ps.every, "audio_hz": ps.sr}
-        prev = (fs_prev.settings or {}) if fs_prev is not None else {}
-        if any(k in prev and prev[k] != fs_settings[k] for k in PRETRAINED_SIGNATURE):
-            known = {}  # other models or settings: every stored feature is stale
-        modalities = tuple(ps.modalities)
-        spec = _MediaSpec(
-            "pretrained", ps.every, ps.sr, tuple(m for m in modalities if m in MEDIA_MODALITIES)
-        )
-
-    todo = _plan(rows, known, modalities)
-    if pretrained is not None and todo:  # load every model now: a missing weight fails here
-        for modality, load in (
-            ("text", lambda: pretrained.text_features([])),
-            ("audio", lambda: pretrained.audio_features([])),
-            ("visual", lambda: pretrained.visual_features([])),
-        ):
-            if modality in modalities:
-                load()
-
-    fs_id = _upsert_feature_set(
-        store,
-        project_id=project_id,
-        set_name=set_name,
-        path=root / set_name,
-        dims=dims,
-        settings=fs_settings,
+        },
+        modalities=("text", "audio", "visual"),
+        spec=MediaSpec("builtin", BUILTIN_EVERY, BUILTIN_SR, MEDIA_MODALITIES, str(lsa_path)),
+        known=known,
+        lsa=lsa,
     )
-    total, skipped = len(todo), len(rows) - len(todo)
-    started = last_report = time.perf_counter()
-    done = written = 0
-    pending: list[tuple[_Todo, list[dict[str, Any]]]] = []
 
-    def report(message: str = "") -> Any:
-        nonlocal last_report
-        last_report = time.perf_counter()
-        elapsed = max(last_report - started, 1e-9)
+
+def _pretrained_setup(
+    pretrained: Any, fs_prev: FeatureSet | None, known: dict[tuple[int, str], tuple[str, str]]
+) -> _Setup:
+    """The pretrained set: every stored feature is stale when the models or their settings
+    (:data:`PRETRAINED_SIGNATURE`) changed since the last run."""
+    ps = pretrained.settings
+    fs_settings = {**ps.as_dict(), "frame_every": ps.every, "audio_hz": ps.sr}
+    prev = (fs_prev.settings or {}) if fs_prev is not None else {}
+    if any(k in prev and prev[k] != fs_settings[k] for k in PRETRAINED_SIGNATURE):
+        known = {}  # other models or settings: every stored feature is stale
+    modalities = tuple(ps.modalities)
+    media = tuple(m for m in modalities if m in MEDIA_MODALITIES)
+    return _Setup(
+        dims=dict(pretrained.dims),
+        fs_settings=fs_settings,
+        modalities=modalities,
+        spec=MediaSpec("pretrained", ps.every, ps.sr, media),
+        known=known,
+        pretrained=pretrained,
+    )
+
+
+def _load_models(pretrained: Any, modalities: Sequence[str]) -> None:
+    """Load the weights of every model the run uses (a missing weight fails here, early)."""
+    for modality, load in (
+        ("text", lambda: pretrained.text_features([])),
+        ("audio", lambda: pretrained.audio_features([])),
+        ("visual", lambda: pretrained.visual_features([])),
+    ):
+        if modality in modalities:
+            load()
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class _Writer:
+    """Writes a run's files at once and their rows in chunks (one short write transaction per
+    :meth:`commit`), and reports progress: at each commit and at least every
+    ``PROGRESS_EVERY_S`` while samples complete."""
+
+    def __init__(
+        self, store: Store, fs_id: int, fstore: Any, progress: Progress, total: int, skipped: int
+    ) -> None:
+        self.store, self.fs_id, self.fstore, self.progress = store, fs_id, fstore, progress
+        self.total, self.skipped = total, skipped
+        self.done = self.written = 0
+        self.pending: list[tuple[_Todo, list[dict[str, Any]]]] = []
+        self.started = self.last_report = time.perf_counter()
+
+    def report(self, message: str = "") -> Any:
+        """Send a progress event; returns what the callback returned (``"cancel"`` stops)."""
+        self.last_report = time.perf_counter()
+        elapsed = max(self.last_report - self.started, 1e-9)
         event: dict[str, Any] = {
-            "progress": done / total if total else 1.0,
-            "samples_done": done,
-            "samples_total": total,
-            "samples_skipped": skipped,
-            "samples_per_second": round(done / elapsed, 2),
+            "progress": self.done / self.total if self.total else 1.0,
+            "samples_done": self.done,
+            "samples_total": self.total,
+            "samples_skipped": self.skipped,
+            "samples_per_second": round(self.done / elapsed, 2),
         }
         if message:
             event["message"] = message
-        return progress(event)
+        return self.progress(event)
 
-    def commit() -> None:
-        nonlocal written
-        if pending:
-            written += _commit(store, fs_id, pending)
-            pending.clear()
+    def save(
+        self, t: _Todo, files: Mapping[str, tuple[np.ndarray, str]], missing: Mapping[str, str]
+    ) -> None:
+        """Write one sample's feature files; its rows wait for the next commit. A modality that
+        could not be extracted is reported once, naming the sample and the reason."""
+        new_rows = []
+        for modality, (arr, key) in files.items():
+            path, _digest = self.fstore.save(t.utt_id, modality, arr)
+            new_rows.append(_row(t.sample_id, modality, path, key, arr))
+        self.pending.append((t, new_rows))
+        for modality, reason in missing.items():
+            if reason not in ("not in sample", "not extracted"):
+                self.progress({"message": f"{t.utt_id}: {modality} missing: {reason}"})
 
-    media_items = [t.media for t in todo if t.media is not None]
-    results = _MediaPool(media_items, spec, workers)
-    batch = pretrained.settings.batch_size if pretrained is not None else 1
+    def step(self, n: int, *, chunk_size: int) -> Any:
+        """``n`` more samples done: commit a full chunk and report, or report when it is time.
+        Returns what the progress callback returned, None when it was not called."""
+        self.done += n
+        if len(self.pending) >= chunk_size:
+            self.commit()
+            return self.report(f"features {self.done}/{self.total}")
+        if time.perf_counter() - self.last_report >= PROGRESS_EVERY_S:
+            return self.report()
+        return None
+
+    def commit(self) -> None:
+        if self.pending:
+            self.written += _commit(self.store, self.fs_id, self.pending)
+            self.pending.clear()
+
+
+def _run(
+    todo: Sequence[_Todo], setup: _Setup, writer: _Writer, *, workers: int, chunk_size: int
+) -> None:
+    """Extract ``todo`` in batches (one sample for builtin, the extractor's batch for
+    pretrained) while the media pool works ahead; whatever stops the run, the samples finished
+    are committed first."""
+    results = MediaPool([t.media for t in todo if t.media is not None], setup.spec, workers)
+    batch = setup.pretrained.settings.batch_size if setup.pretrained is not None else 1
+    total = len(todo)
     try:
-        if report(f"features: {total} samples to extract, {skipped} up to date") == "cancel":
+        if (
+            writer.report(f"features: {total} samples to extract, {writer.skipped} up to date")
+            == "cancel"
+        ):
             raise JobError("cancelled by request before any sample was extracted")
         results.start()  # workers start while this process works on the first samples' text
         for start in range(0, total, batch):
             part = todo[start : start + batch]
-            outputs = _extract_part(part, results, lsa, pretrained)
+            outputs = _extract_part(part, results, setup.lsa, setup.pretrained)
             for t, (files, missing) in zip(part, outputs, strict=True):
-                new_rows = []
-                for modality, (arr, key) in files.items():
-                    path, _digest = fstore.save(t.utt_id, modality, arr)
-                    new_rows.append(_row(t.sample_id, modality, path, key, arr))
-                pending.append((t, new_rows))
-                for modality, reason in missing.items():
-                    if reason not in ("not in sample", "not extracted"):
-                        progress({"message": f"{t.utt_id}: {modality} missing: {reason}"})
-            done += len(part)
-            wanted = None
-            if len(pending) >= chunk_size:
-                commit()
-                wanted = report(f"features {done}/{total}")
-            elif time.perf_counter() - last_report >= PROGRESS_EVERY_S:
-                wanted = report()
-            if wanted == "cancel":
-                commit()
-                raise JobError(f"cancelled by request after {done} of {total} samples")
+                writer.save(t, files, missing)
+            if writer.step(len(part), chunk_size=chunk_size) == "cancel":
+                writer.commit()
+                raise JobError(f"cancelled by request after {writer.done} of {total} samples")
     except BaseException:
         results.close()  # stop the workers
         with contextlib.suppress(Exception):  # the original error matters more
-            commit()  # keep what is finished, whatever stopped the run
+            writer.commit()  # keep what is finished, whatever stopped the run
         raise
     results.close()
-    commit()
-    rate = done / max(time.perf_counter() - started, 1e-9)
-    report(f"features: {written} files written for {done} samples ({rate:.1f} samples/s)")
-    return fs_id
+    writer.commit()
+    rate = writer.done / max(time.perf_counter() - writer.started, 1e-9)
+    writer.report(
+        f"features: {writer.written} files written for {writer.done} samples ({rate:.1f} samples/s)"
+    )
 
 
 def _read_state(
     store: Store, project_id: int, set_name: str
-) -> tuple[list[Any], FeatureSet | None, dict[tuple[int, str], tuple[str, str]]]:
+) -> tuple[Sequence[Any], FeatureSet | None, dict[tuple[int, str], tuple[str, str]]]:
     """Samples (id, utt_id, paths, transcript), the feature set row, and the stored rows
     ``{(sample_id, modality): (content_hash, path)}``."""
     with store.read() as s:
@@ -581,7 +478,7 @@ def _fresh(entry: tuple[str, str] | None, content_hash: str) -> bool:
 
 
 def _extract_part(
-    part: Sequence[_Todo], results: _MediaPool, lsa: Any, pretrained: Any
+    part: Sequence[_Todo], results: MediaPool, lsa: Any, pretrained: Any
 ) -> list[tuple[dict[str, tuple[np.ndarray, str]], dict[str, str]]]:
     """Features of a few samples: per sample ``({modality: (array, content_hash)}, missing)``."""
     out: list[tuple[dict[str, tuple[np.ndarray, str]], dict[str, str]]] = [({}, {}) for _ in part]
@@ -596,8 +493,8 @@ def _extract_part(
     media_idx = [i for i, t in enumerate(part) if t.media is not None]
     got = [(i, next(results)) for i in media_idx]
     if pretrained is None:
-        for i, (arrays, missing, _info) in got:
-            for modality, arr in arrays.items():
+        for i, (media_arrays, missing, _info) in got:
+            for modality, arr in media_arrays.items():
                 out[i][0][modality] = (arr, part[i].media_hash)
             out[i][1].update(missing)
         return out

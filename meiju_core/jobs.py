@@ -152,7 +152,7 @@ def cancel(store: Store, *, job_id: int, user: dict[str, Any] | None = None) -> 
 
         require_admin(user, "cancel a job", store=store)
     with store.write() as s:
-        job = s.get(Job, job_id)
+        job = s.get_one(Job, job_id)
         if job.status == "queued":
             job.status, job.finished_at = "cancelled", utcnow()
         job.cancel_requested = True
@@ -224,7 +224,7 @@ def run_subprocess(settings: Settings, job_id: int, *, poll_s: float = 0.5) -> i
     while proc.poll() is None:
         time.sleep(poll_s)
         with store.read() as s:
-            wanted = s.get(Job, job_id).cancel_requested
+            wanted = s.get_one(Job, job_id).cancel_requested
         if wanted:
             _soft_wait(proc, 5.0)  # the job stops itself at its next progress report
             if proc.poll() is None:
@@ -233,7 +233,7 @@ def run_subprocess(settings: Settings, job_id: int, *, poll_s: float = 0.5) -> i
             _finish(store, job_id, "cancelled", error="cancelled by request")
     if proc.returncode not in (0, None):
         with store.read() as s:
-            status = s.get(Job, job_id).status
+            status = s.get_one(Job, job_id).status
         if status in ("queued", "running"):
             _finish(store, job_id, "failed", error=f"job process exited with {proc.returncode}")
     store.dispose()
@@ -460,7 +460,9 @@ class JobReporter:
     def __init__(self, store: Store, job_id: int, *, every_s: float | None = None) -> None:
         self.store, self.job_id = store, job_id
         self.every_s = PROGRESS_EVERY_S if every_s is None else every_s
-        self._last, self._log, self._pending = 0.0, [], {}
+        self._last = 0.0
+        self._log: list[str] = []
+        self._pending: dict[str, Any] = {}
         self.cancelled = False
 
     def __call__(self, event: dict[str, Any]) -> str | None:
@@ -474,7 +476,7 @@ class JobReporter:
     def flush(self) -> None:
         self._last = time.monotonic()
         with self.store.write() as s:
-            job = s.get(Job, self.job_id)
+            job = s.get_one(Job, self.job_id)
             ev = self._pending
             if "progress" in ev:
                 job.progress = float(min(1.0, max(0.0, ev["progress"])))
@@ -497,7 +499,7 @@ def execute(store: Store, settings: Settings, job_id: int) -> dict[str, Any] | N
     """Run job ``job_id`` in this process: mark it running, call its pipeline function with a
     progress reporter, store the result or the error. Returns the result dict."""
     with store.write() as s:
-        job = s.get(Job, job_id)
+        job = s.get_one(Job, job_id)
         if job.status != "queued":
             return None
         job.status, job.started_at, job.heartbeat_at = "running", utcnow(), utcnow()
@@ -507,7 +509,7 @@ def execute(store: Store, settings: Settings, job_id: int) -> dict[str, Any] | N
         if job.created_by:
             from db.models import User
 
-            u = s.get(User, job.created_by)
+            u = s.get_one(User, job.created_by)
             user = {"id": u.id, "name": u.name, "role": u.role}
     reporter = JobReporter(store, job_id)
     try:
@@ -536,7 +538,7 @@ def _finish(
     error: str | None = None,
 ) -> None:
     with store.write() as s:
-        job = s.get(Job, job_id)
+        job = s.get_one(Job, job_id)
         if job.status in ("succeeded", "failed", "cancelled"):
             return
         job.status, job.finished_at, job.result, job.error = status, utcnow(), result, error

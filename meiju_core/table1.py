@@ -53,7 +53,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -137,7 +137,7 @@ class Table1Options:
     epochs: int | None = None
     threshold: float = 0.99
     budget: int = 2000
-    rule: str = "joint"
+    rule: Literal["joint", "per_head"] = "joint"
     device: str = "auto"
     feature_set: str = "builtin"
     # CPU threads per training run: 1 keeps a shared machine responsive and, on 2 busy cores,
@@ -291,12 +291,13 @@ class _Runner:
         from meiju_core import resume
 
         resume.discard(run_dir)  # the run is cached whole; no epoch to resume
-        ckpt = result.best_joint_path
+        ckpt = result.best_joint_path  # set whenever fit trained an epoch (epochs >= 1 here)
         splits = {"valid": self.d.valid, "test": self.d.test}
         if stage == 1 and len(self.d.pool):
             splits["pool"] = self.d.pool
         probs = {
-            name: tr.predict(ckpt, data, device=self.o.device) for name, data in splits.items()
+            name: tr.predict(ckpt, data, device=self.o.device)  # type: ignore[arg-type]
+            for name, data in splits.items()
         }
         for extra in (result.best_emotion_path, result.best_intent_path):
             if extra is not None and extra != ckpt:
@@ -313,7 +314,7 @@ class _Runner:
             "valid": self._scores(self.d.valid, probs["valid"]),
             "test": self._scores(self.d.test, probs["test"]),
         }
-        np.savez(run_dir / "probs.npz", **_flatten(probs))
+        np.savez(run_dir / "probs.npz", **_flatten(probs))  # type: ignore[arg-type]  # numpy stubs type **kwds as savez's own flags
         done.write_text(json.dumps(meta, indent=1))
         meta["probs"] = probs
         meta["cached"] = False
@@ -448,7 +449,7 @@ def linear_reference(data: _Splits, *, seed: int) -> dict[str, Any]:
     vec = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), min_df=2, sublinear_tf=True)
     x_train = vec.fit_transform(data.texts["train"])
     x_valid, x_test = vec.transform(data.texts["valid"]), vec.transform(data.texts["test"])
-    pred = {"valid": {}, "test": {}}
+    pred: dict[str, dict[str, Any]] = {"valid": {}, "test": {}}
     chosen = {}
     for h in data.schema.head_names:
         y = data.train.labels[h]
@@ -463,6 +464,7 @@ def linear_reference(data: _Splits, *, seed: int) -> dict[str, Any]:
                 score = head_f1(yv[yv >= 0], pv[yv >= 0])
                 if best is None or score > best[0]:
                     best = (score, c, weight, clf)
+        assert best is not None  # the grid above is never empty
         _, c, weight, clf = best
         chosen[h] = {"C": c, "class_weight": weight}
         pred["valid"][h] = clf.predict(x_valid)

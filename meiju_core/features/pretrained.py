@@ -37,6 +37,7 @@ GPU supports it, else fp16; layer sums and outputs in float32) and on CPU in flo
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import threading
 import warnings
@@ -51,11 +52,7 @@ from meiju_core import media
 from meiju_core.errors import FeatureError, MediaError, ModelUnavailable
 from meiju_core.features import builtin
 from meiju_core.features.builtin import Extraction
-
-# Never reach the hub from this process (read by huggingface_hub when it is first imported;
-# ``local_files_only=True`` below covers an already imported one).
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
+from meiju_core.settings import env_value, setting_default
 
 __all__ = [
     "DEFAULT_AUDIO_MODEL",
@@ -66,9 +63,10 @@ __all__ = [
     "face_crops",
 ]
 
-DEFAULT_TEXT_MODEL = "hfl/chinese-roberta-wwm-ext"
-DEFAULT_AUDIO_MODEL = "TencentGameMate/chinese-hubert-large"
-DEFAULT_VISUAL_MODEL = "openai/clip-vit-large-patch14"
+# the declared defaults of the text_model, audio_model and visual_model settings
+DEFAULT_TEXT_MODEL: str = setting_default("text_model")
+DEFAULT_AUDIO_MODEL: str = setting_default("audio_model")
+DEFAULT_VISUAL_MODEL: str = setting_default("visual_model")
 MODALITIES = ("text", "audio", "visual")
 MIN_AUDIO_SAMPLES = 400  # one 25 ms HuBERT/wav2vec2 conv window at 16 kHz: shorter is zero-padded
 FACE_MARGIN = 0.2  # each side of the face box grows by this share of its size
@@ -80,8 +78,9 @@ _UNUSED_KEYS = ("pooler", "masked_spec_embed", "position_ids")
 class PretrainedSettings:
     """Which models, and how to run them. Each model is a hub id (already cached) or a folder.
 
-    Environment overrides (:meth:`from_env`): ``MEIJU_TEXT_MODEL``, ``MEIJU_AUDIO_MODEL``,
-    ``MEIJU_VISUAL_MODEL``, ``MEIJU_FEATURE_DEVICE``, ``MEIJU_FEATURE_BATCH``.
+    :meth:`from_env` reads the declared settings (``meiju_core.settings``) ``text_model``,
+    ``audio_model``, ``visual_model``, ``feature_device`` and ``feature_batch`` (``MEIJU_TEXT_MODEL``
+    ...).
     """
 
     text_model: str = DEFAULT_TEXT_MODEL
@@ -105,19 +104,15 @@ class PretrainedSettings:
 
     @classmethod
     def from_env(cls, **overrides: Any) -> PretrainedSettings:
-        """Defaults, then ``MEIJU_*`` environment variables, then ``overrides`` (None ignored)."""
-        env = {
-            "text_model": "MEIJU_TEXT_MODEL",
-            "audio_model": "MEIJU_AUDIO_MODEL",
-            "visual_model": "MEIJU_VISUAL_MODEL",
-            "device": "MEIJU_FEATURE_DEVICE",
-            "batch_size": "MEIJU_FEATURE_BATCH",
+        """The declared settings (their ``MEIJU_*`` variables, else their defaults), then
+        ``overrides`` (None ignored)."""
+        values: dict[str, Any] = {
+            "text_model": env_value("text_model"),
+            "audio_model": env_value("audio_model"),
+            "visual_model": env_value("visual_model"),
+            "device": env_value("feature_device"),
+            "batch_size": env_value("feature_batch"),
         }
-        types = {f.name: f.type for f in fields(cls)}
-        values: dict[str, Any] = {}
-        for name, var in env.items():
-            if os.environ.get(var):
-                values[name] = int(os.environ[var]) if types[name] == "int" else os.environ[var]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -182,6 +177,25 @@ def _check_loading(kind: str, model_id: str, info: Mapping[str, Any]) -> None:
         )
 
 
+def _offline_hub() -> None:
+    """Check that transformers is installed (the ``pretrained`` extra), and never reach the hub
+    from this process: the variables are set before transformers (and huggingface_hub, which
+    reads them when first imported) load a model; ``local_files_only=True`` below covers an
+    already imported one. Called by the loaders, never on import of this module.
+
+    Raises:
+        ModelUnavailable: transformers is not installed.
+    """
+    if importlib.util.find_spec("transformers") is None:
+        raise ModelUnavailable(
+            "the pretrained feature set needs transformers, which is not installed; "
+            "pip install 'meiju-review[pretrained]' (the project's test extra includes it)",
+            model="transformers",
+        )
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
 def _from_pretrained(kind: str, setting: str, loader: Any, model_id: str, **kwargs: Any) -> Any:
     try:
         return loader.from_pretrained(str(model_id), local_files_only=True, **kwargs)
@@ -191,6 +205,7 @@ def _from_pretrained(kind: str, setting: str, loader: Any, model_id: str, **kwar
 
 @functools.lru_cache(maxsize=1)
 def _load_text(model_id: str, device: str, dtype: str) -> tuple[Any, Any]:
+    _offline_hub()
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = _from_pretrained("text", "text_model", AutoTokenizer, model_id)
@@ -209,6 +224,7 @@ def _load_text(model_id: str, device: str, dtype: str) -> tuple[Any, Any]:
 
 @functools.lru_cache(maxsize=1)
 def _load_audio(model_id: str, device: str, dtype: str) -> tuple[Any, Any]:
+    _offline_hub()
     from transformers import AutoFeatureExtractor, AutoModel
 
     extractor = _from_pretrained("audio", "audio_model", AutoFeatureExtractor, model_id)
@@ -227,6 +243,7 @@ def _load_audio(model_id: str, device: str, dtype: str) -> tuple[Any, Any]:
 
 @functools.lru_cache(maxsize=1)
 def _load_visual(model_id: str, device: str, dtype: str) -> tuple[Any, Any]:
+    _offline_hub()
     from transformers import AutoImageProcessor, CLIPVisionModelWithProjection
 
     processor = _from_pretrained("visual", "visual_model", AutoImageProcessor, model_id)
@@ -358,6 +375,7 @@ class PretrainedExtractor:
         Raises:
             ModelUnavailable: a model's config is not on this machine.
         """
+        _offline_hub()
         from transformers import AutoConfig, CLIPVisionConfig
 
         s, out = self.settings, {}

@@ -39,7 +39,8 @@ from sqlalchemy.orm import Session
 from db import Store
 from db.models import SPLITS, GoldLabel, Project, Sample
 from meiju_core.errors import ImportDataError
-from meiju_core.io.tables import SampleRow, bulk_insert, read_utf8
+from meiju_core.io.reading import read_utf8
+from meiju_core.io.tables import SampleRow, bulk_insert
 from meiju_core.schema import LabelSchema
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "demo"

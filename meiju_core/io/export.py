@@ -173,7 +173,7 @@ def export_labels(
         if round_id is not None:
             q = q.where(PseudoLabel.round_id == round_id)
         pseudo = s.execute(q).all()
-    rows = [
+    rows: list[tuple[Any, ...]] = [
         (u, sp, h, lab, "gold", src, None, None, None, None, None, None)
         for u, sp, h, lab, src in gold
     ]

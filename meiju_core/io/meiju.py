@@ -54,7 +54,15 @@ from meiju_core.errors import (
     LabelError,
     MediaError,
 )
-from meiju_core.io.tables import SampleRow, bulk_insert, read_utf8, strip_extension
+from meiju_core.io.reading import (
+    Problems,
+    find_column,
+    guess_delimiter,
+    label_value,
+    read_utf8,
+    strip_extension,
+)
+from meiju_core.io.tables import SampleRow, bulk_insert
 from meiju_core.schema import MODALITIES, LabelSchema
 from meiju_core.validate import id_problem, text_problem
 
@@ -86,67 +94,6 @@ MEDIA_EXTENSIONS = frozenset(VIDEO_EXTENSIONS + AUDIO_EXTENSIONS)
 FILE_HEADERS = ("filename", "name", "utt_id", "file", "id")
 TEXT_HEADERS = ("subtitle", "sentence", "text", "transcript", "transcription")
 SOURCE = "meiju"
-MAX_PROBLEMS_SHOWN = 5
-
-
-# --------------------------------------------------------------------------- problems
-
-
-class _Problems:
-    """Every problem found in a release (several files), raised at once as the first one's class
-    (``ImportDataError`` or ``FeatureError``) with the others summarised in its message."""
-
-    def __init__(self) -> None:
-        self.items: list[InputError] = []
-
-    def add(
-        self,
-        message: str,
-        *,
-        path: Path | str | None = None,
-        row: int | None = None,
-        field: str | None = None,
-        kind: type[InputError] = ImportDataError,
-    ) -> None:
-        self.items.append(kind(message, path=str(path) if path else None, row=row, field=field))
-
-    def raise_if_any(self) -> None:
-        if not self.items:
-            return
-        first, rest = self.items[0], self.items[1:]
-        message = first.reason
-        if rest:
-            shown = "; ".join(str(e) for e in rest[:MAX_PROBLEMS_SHOWN])
-            more = len(rest) - MAX_PROBLEMS_SHOWN
-            message += f" (and {len(rest)} more: {shown}{f'; {more} more' if more > 0 else ''})"
-        err = type(first)(message, path=first.path, row=first.row, field=first.field)
-        err.problems = list(self.items)  # type: ignore[attr-defined]
-        raise err
-
-
-def _norm(header: str) -> str:
-    return "".join(ch for ch in header.strip().lower() if ch not in " _-")
-
-
-def _column(header: Sequence[str], names: Sequence[str]) -> int | None:
-    normed = [_norm(h) for h in header]
-    for name in names:
-        if _norm(name) in normed:
-            return normed.index(_norm(name))
-    return None
-
-
-def _label(schema: LabelSchema, head: str, raw: str) -> str | None:
-    """The schema's spelling of ``raw`` (case-insensitive), None for an empty cell.
-
-    Raises ``LabelError`` for a value that is not a class of ``head``.
-    """
-    value = raw.strip()
-    if not value:
-        return None
-    canonical = {c.lower(): c for c in schema.classes(head)}.get(value.lower(), value)
-    schema.index(head, canonical)
-    return canonical
 
 
 # --------------------------------------------------------------------------- reading files
@@ -170,8 +117,7 @@ class LabelListRow:
 
 def _csv_records(path: Path) -> list[list[str]]:
     text = read_utf8(path)
-    first = text.split("\n", 1)[0]
-    delimiter = "\t" if "\t" in first and "," not in first else ","
+    delimiter = guess_delimiter(text.split("\n", 1)[0])
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         return list(reader)
@@ -186,7 +132,7 @@ def read_transcription_csv(
     schema: LabelSchema | None = None,
     *,
     labels_required: bool = True,
-    problems: _Problems | None = None,
+    problems: Problems | None = None,
 ) -> list[LabelListRow]:
     """Read an official ``{Training,Validation}_transcription.csv``.
 
@@ -204,16 +150,16 @@ def read_transcription_csv(
     path = Path(path)
     schema = schema or LabelSchema.meiju_track1()
     own = problems is None
-    problems = problems if problems is not None else _Problems()
+    problems = problems if problems is not None else Problems()
     records = _csv_records(path)
     if not records or not any(c.strip() for c in records[0]):
         problems.add("the file is empty: no header row", path=path, row=1)
         return _finish(problems, own, [])
     header = [h.strip() for h in records[0]]
     found = f"columns found: {header}"
-    id_col = _column(header, FILE_HEADERS)
-    text_col = _column(header, TEXT_HEADERS)
-    label_cols = {h: _column(header, (h,)) for h in schema.head_names}
+    id_col = find_column(header, FILE_HEADERS)
+    text_col = find_column(header, TEXT_HEADERS)
+    label_cols = {h: find_column(header, (h,)) for h in schema.head_names}
     if id_col is None:
         problems.add(f"missing the file name column (FileName or name); {found}", path=path, row=1)
     if text_col is None:
@@ -274,18 +220,18 @@ def _transcription_row(
     label_cols: Mapping[str, int | None],
     schema: LabelSchema,
     labels_required: bool,
-    problems: _Problems,
+    problems: Problems,
 ) -> LabelListRow | None:
     before = len(problems.items)
     utt_id = strip_extension(record[id_col])
     if not utt_id:
         problems.add("empty file name", path=path, row=row, field=header[id_col])
-    elif id_problem(utt_id):
-        problems.add(id_problem(utt_id), path=path, row=row, field=header[id_col])
+    elif bad_id := id_problem(utt_id):
+        problems.add(bad_id, path=path, row=row, field=header[id_col])
     text = record[text_col].strip()
-    if text and text_problem(text):
+    if text and (bad_text := text_problem(text)):
         problems.add(
-            text_problem(text).replace("transcript", "subtitle"),
+            bad_text.replace("transcript", "subtitle"),
             path=path,
             row=row,
             field=header[text_col],
@@ -295,7 +241,7 @@ def _transcription_row(
         if col is None:
             continue
         try:
-            value = _label(schema, head, record[col])
+            value = label_value(schema, head, record[col])
         except LabelError as e:
             problems.add(e.reason, path=path, row=row, field=header[col])
             continue
@@ -310,14 +256,14 @@ def _transcription_row(
     )
 
 
-def _finish(problems: _Problems, own: bool, rows: list[LabelListRow]) -> list[LabelListRow]:
+def _finish(problems: Problems, own: bool, rows: list[LabelListRow]) -> list[LabelListRow]:
     if own:
         problems.raise_if_any()
     return rows
 
 
 def read_label_list(
-    path: Path | str, schema: LabelSchema | None = None, *, problems: _Problems | None = None
+    path: Path | str, schema: LabelSchema | None = None, *, problems: Problems | None = None
 ) -> list[LabelListRow]:
     """Read a MEIJU label list: ``<utt_id> <emotion> <intent>`` per line, or ``<utt_id>`` alone
     (a test list), heads in ``schema`` order (default MEIJU Track I). Also reads the baseline's
@@ -333,7 +279,7 @@ def read_label_list(
     schema = schema or LabelSchema.meiju_track1()
     heads = schema.head_names
     own = problems is None
-    problems = problems if problems is not None else _Problems()
+    problems = problems if problems is not None else Problems()
     rows: list[LabelListRow] = []
     width: tuple[int, int] | None = None  # (fields, first line with that many)
     first_row: dict[str, int] = {}
@@ -351,7 +297,7 @@ def read_label_list(
         labels: dict[str, str] = {}
         for head, raw in zip(heads, fields[1:], strict=False):
             try:
-                labels[head] = _label(schema, head, raw) or raw
+                labels[head] = label_value(schema, head, raw) or raw
             except LabelError as e:
                 problems.add(e.reason, path=path, row=line_no, field=head)
         utt_id = strip_extension(fields[0])
@@ -369,7 +315,7 @@ def read_label_list(
 
 
 def read_testing_list(
-    path: Path | str, schema: LabelSchema | None = None, *, problems: _Problems | None = None
+    path: Path | str, schema: LabelSchema | None = None, *, problems: Problems | None = None
 ) -> list[LabelListRow]:
     """Read the test ids: ``<Lang>_Testing_files.csv`` (a ``FileName`` column; other columns
     are ignored) when the name ends in ``.csv``, else a label list (:func:`read_label_list`).
@@ -381,10 +327,10 @@ def read_testing_list(
     if path.suffix.lower() != ".csv":
         return read_label_list(path, schema, problems=problems)
     own = problems is None
-    problems = problems if problems is not None else _Problems()
+    problems = problems if problems is not None else Problems()
     records = _csv_records(path)
     header = [h.strip() for h in records[0]] if records else []
-    col = _column(header, FILE_HEADERS)
+    col = find_column(header, FILE_HEADERS)
     if col is None:
         problems.add(
             f"missing the FileName column; columns found: {header}",
@@ -434,7 +380,7 @@ def find_release(root: Path | str, lang: str = "Mandarin") -> Path:
     )
 
 
-def _media_index(folder: Path, problems: _Problems) -> dict[str, Path]:
+def _media_index(folder: Path, problems: Problems) -> dict[str, Path]:
     """{utt_id: absolute path} of the media files directly in ``folder`` (hidden files and
     non-media files are ignored); two files with one id is a problem."""
     index: dict[str, Path] = {}
@@ -452,7 +398,7 @@ def _media_index(folder: Path, problems: _Problems) -> dict[str, Path]:
     return index
 
 
-def _media_fields(path: Path | None) -> dict[str, str | None]:
+def _media_fields(path: Path | None) -> dict[str, Any]:
     """``video_path`` for a video file, ``audio_path`` for an audio-only file (by extension)."""
     if path is None:
         return {}
@@ -519,7 +465,7 @@ def import_release(
     started = time.perf_counter()
     release = find_release(root, lang)
     schema = LabelSchema.meiju_track1()
-    problems = _Problems()
+    problems = Problems()
     rows: list[SampleRow] = []
     seen: dict[str, str] = {}  # utt_id -> where it was first seen
 
@@ -572,7 +518,7 @@ def _labelled_split(
     folder: str,
     split: str,
     schema: LabelSchema,
-    problems: _Problems,
+    problems: Problems,
     claim: Callable[[str, str, Path, int | None], bool],
 ) -> list[SampleRow]:
     annotation = release / "Annotation"
@@ -631,7 +577,7 @@ def _test_split(
     release: Path,
     path: Path,
     schema: LabelSchema,
-    problems: _Problems,
+    problems: Problems,
     claim: Callable[[str, str, Path, int | None], bool],
 ) -> list[SampleRow]:
     if not path.is_file():
@@ -656,7 +602,7 @@ def _test_split(
     return out
 
 
-def _with_durations(rows: list[SampleRow], problems: _Problems) -> list[SampleRow]:
+def _with_durations(rows: list[SampleRow], problems: Problems) -> list[SampleRow]:
     out = []
     for r in rows:
         path = r.video_path or r.audio_path
@@ -680,7 +626,7 @@ def _store_release(
     test_path: Path | None,
     rows: list[SampleRow],
 ) -> int:
-    problems = _Problems()
+    problems = Problems()
     with store.write() as s:
         if s.scalars(select(Project.id).where(Project.name == project_name)).first() is not None:
             problems.add(
@@ -807,7 +753,7 @@ def _store_transcripts(store: Store, pending: list[dict[str, Any]]) -> int:
         )
         rows = [{**p, "source": "asr", "version": 1} for p in pending if p["sample_id"] not in have]
         if rows:
-            s.execute(insert(Transcript.__table__), rows)
+            s.execute(insert(Transcript.__table__), rows)  # type: ignore[arg-type]  # __table__ is typed FromClause
     return len(rows)
 
 
@@ -825,7 +771,7 @@ class NpyImportSummary:
     missing: dict[str, int]
 
 
-def _check_npy(path: Path, problems: _Problems) -> tuple[int, int] | None:
+def _check_npy(path: Path, problems: Problems) -> tuple[int, int] | None:
     """Shape ``(T, D)`` of a valid feature file, or None after adding the problem."""
     try:
         array = np.load(path, allow_pickle=False, mmap_mode="r")
@@ -904,44 +850,14 @@ def import_npy_features(
         sample_ids = dict(
             s.execute(select(Sample.utt_id, Sample.id).where(Sample.project_id == project_id)).all()
         )
-    problems = _Problems()
+    problems = Problems()
     files: list[dict[str, Any]] = []
     dims: dict[str, int] = {}
     for modality, folder in dirs.items():
-        folder_path = root / folder
-        if not folder_path.is_dir():
-            problems.add(
-                f"missing the {modality} folder {folder!r}", path=folder_path, field=modality
-            )
-            continue
-        shapes: dict[Path, tuple[int, int]] = {}
-        for path in sorted(folder_path.glob("*.npy")):
-            if path.stem not in sample_ids:
-                problems.add(f"no utterance {path.stem!r} in project {project_id}", path=path)
-                continue
-            shape = _check_npy(path, problems)
-            if shape is not None:
-                shapes[path] = shape
-        if not shapes:
-            continue
-        dims[modality] = Counter(d for _, d in shapes.values()).most_common(1)[0][0]
-        for path, (t, d) in shapes.items():
-            if d != dims[modality]:
-                problems.add(
-                    f"D = {d}, but the other {modality} files have D = {dims[modality]}",
-                    path=path,
-                    kind=FeatureError,
-                )
-                continue
-            files.append(
-                {
-                    "sample_id": sample_ids[path.stem],
-                    "modality": modality,
-                    "path": str(path),
-                    "shape": [t, d],
-                    "content_hash": _sha256(path),
-                }
-            )
+        dim, found = _scan_modality(root, folder, modality, sample_ids, project_id, problems)
+        if dim is not None:
+            dims[modality] = dim
+            files += found
     if not files and not problems.items:
         problems.add(f"no .npy file in {[str(root / d) for d in dirs.values()]}", path=root)
     problems.raise_if_any()
@@ -953,6 +869,52 @@ def import_npy_features(
         dims=dims,
         missing={m: len(sample_ids) - counts[m] for m in dirs},
     )
+
+
+def _scan_modality(
+    root: Path,
+    folder_name: str,
+    modality: str,
+    sample_ids: Mapping[str, int],
+    project_id: int,
+    problems: Problems,
+) -> tuple[int | None, list[dict[str, Any]]]:
+    """The ``feature_file`` rows of one modality's folder and its D (the most common one; a file
+    with another D is a problem); ``(None, [])`` when the folder has no usable file."""
+    folder = root / folder_name
+    if not folder.is_dir():
+        problems.add(f"missing the {modality} folder {folder_name!r}", path=folder, field=modality)
+        return None, []
+    shapes: dict[Path, tuple[int, int]] = {}
+    for path in sorted(folder.glob("*.npy")):
+        if path.stem not in sample_ids:
+            problems.add(f"no utterance {path.stem!r} in project {project_id}", path=path)
+            continue
+        shape = _check_npy(path, problems)
+        if shape is not None:
+            shapes[path] = shape
+    if not shapes:
+        return None, []
+    dim = Counter(d for _, d in shapes.values()).most_common(1)[0][0]
+    files = []
+    for path, (t, d) in shapes.items():
+        if d != dim:
+            problems.add(
+                f"D = {d}, but the other {modality} files have D = {dim}",
+                path=path,
+                kind=FeatureError,
+            )
+            continue
+        files.append(
+            {
+                "sample_id": sample_ids[path.stem],
+                "modality": modality,
+                "path": str(path),
+                "shape": [t, d],
+                "content_hash": _sha256(path),
+            }
+        )
+    return dim, files
 
 
 def _store_feature_set(
@@ -991,7 +953,7 @@ def _store_feature_set(
         )
         s.add(fs)
         s.flush()
-        s.execute(insert(FeatureFile.__table__), [{**f, "feature_set_id": fs.id} for f in files])
+        s.execute(insert(FeatureFile.__table__), [{**f, "feature_set_id": fs.id} for f in files])  # type: ignore[arg-type]  # __table__ is typed FromClause
         return fs.id
 
 
@@ -1063,6 +1025,54 @@ def export_baseline_layout(
         )
     types = dict(BASELINE_TYPES if types is None else types)
     out = Path(out_dir).expanduser().resolve()
+    src = _baseline_source(store, project_id, feature_set_id, types, corpus_name)
+    feature_root, target_root = out / "feature", out / "target"
+    lines, skipped = _export_splits(src, types, feature_root, extension, fill_missing)
+    target_root.mkdir(parents=True, exist_ok=True)
+    for name, body in lines.items():
+        (target_root / f"{name}_files.txt").write_text(
+            "".join(f"{x}\n" for x in body), encoding="utf-8"
+        )
+    config_path = out / "data" / "config" / f"{src.corpus}_config.json"
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config = {
+        "target_root": str(target_root),
+        "feature_root": str(feature_root),
+        "total_cv": total_cv,
+    }
+    config_path.write_text(json.dumps(config, indent=4) + "\n", encoding="utf-8")
+    flags = _baseline_flags(src.corpus, types, src.dims)
+    (out / "baseline_flags.txt").write_text(flags + "\n", encoding="utf-8")
+    return ExportSummary(
+        config_path=str(config_path),
+        target_root=str(target_root),
+        feature_root=str(feature_root),
+        written={n: len(v) for n, v in lines.items()},
+        skipped=skipped,
+        dims=src.dims,
+        flags=flags,
+    )
+
+
+@dataclass(frozen=True)
+class _BaselineSource:
+    """What the export reads from the store: the corpus name, D per exported modality, the
+    train / valid / test samples by utterance id, their gold labels and feature files."""
+
+    corpus: str
+    dims: dict[str, int]
+    samples: Sequence[Any]  # (id, utt_id, split) rows
+    gold: dict[tuple[int, str], str]  # (sample id, head) -> class
+    paths: dict[tuple[int, str], str]  # (sample id, modality) -> .npy path
+
+
+def _baseline_source(
+    store: Store,
+    project_id: int,
+    feature_set_id: int,
+    types: Mapping[str, str],
+    corpus_name: str | None,
+) -> _BaselineSource:
     with store.read() as s:
         project = s.get(Project, project_id)
         fs = s.get(FeatureSet, feature_set_id)
@@ -1074,6 +1084,12 @@ def export_baseline_layout(
             or "MEIJU_balance_Mandarin"
         )
         dims = {m: int(d) for m, d in (fs.dims or {}).items() if m in types}
+        missing_dims = [m for m in types if m not in dims]
+        if missing_dims:
+            raise InputError(
+                f"feature set {fs.name!r} has no {missing_dims} features (dims {fs.dims})",
+                field="types",
+            )
         samples = s.execute(
             select(Sample.id, Sample.utt_id, Sample.split)
             .where(Sample.project_id == project_id, Sample.split.in_(list(BASELINE_LISTS)))
@@ -1093,23 +1109,28 @@ def export_baseline_layout(
                 select(FeatureFile).where(FeatureFile.feature_set_id == feature_set_id)
             )
         }
-    missing_dims = [m for m in types if m not in dims]
-    if missing_dims:
-        raise InputError(
-            f"feature set {fs.name!r} has no {missing_dims} features (dims {fs.dims})",
-            field="types",
-        )
-    feature_root, target_root = out / "feature", out / "target"
+    return _BaselineSource(corpus, dims, samples, gold, paths)
+
+
+def _export_splits(
+    src: _BaselineSource,
+    types: Mapping[str, str],
+    feature_root: Path,
+    extension: str,
+    fill_missing: bool,
+) -> tuple[dict[str, list[str]], dict[str, dict[str, str]]]:
+    """Write each exported utterance's ``.npy`` files; returns the lines of each list and the
+    utterances left out with the reason, per list."""
     lines: dict[str, list[str]] = {name: [] for name in BASELINE_LISTS.values()}
     skipped: dict[str, dict[str, str]] = {name: {} for name in BASELINE_LISTS.values()}
-    for r in samples:
+    for r in src.samples:
         name = BASELINE_LISTS[r.split]
         if any(ch.isspace() for ch in r.utt_id):
             raise InputError(
                 f"utterance id {r.utt_id!r} has white space; the baseline's lists split on spaces"
             )
-        line = _list_line(r, name, gold, extension)
-        absent = [m for m in types if (r.id, m) not in paths]
+        line = _list_line(r, name, src.gold, extension)
+        absent = [m for m in types if (r.id, m) not in src.paths]
         if line is None:
             skipped[name][r.utt_id] = "no gold label for emotion and intent"
         elif absent and not fill_missing:
@@ -1117,42 +1138,24 @@ def export_baseline_layout(
         else:
             for modality, folder in types.items():
                 _export_array(
-                    paths.get((r.id, modality)),
-                    dims[modality],
+                    src.paths.get((r.id, modality)),
+                    src.dims[modality],
                     feature_root / folder / f"{r.utt_id}.npy",
                 )
             lines[name].append(line)
-    target_root.mkdir(parents=True, exist_ok=True)
-    for name, body in lines.items():
-        (target_root / f"{name}_files.txt").write_text(
-            "".join(f"{x}\n" for x in body), encoding="utf-8"
-        )
-    config_path = out / "data" / "config" / f"{corpus}_config.json"
-    config_path.parent.mkdir(parents=True, exist_ok=True)
-    config = {
-        "target_root": str(target_root),
-        "feature_root": str(feature_root),
-        "total_cv": total_cv,
-    }
-    config_path.write_text(json.dumps(config, indent=4) + "\n", encoding="utf-8")
+    return lines, skipped
+
+
+def _baseline_flags(corpus: str, types: Mapping[str, str], dims: Mapping[str, int]) -> str:
+    """The baseline's command-line options for these features."""
     flag_of = {"audio": ("A", "a"), "visual": ("V", "v"), "text": ("L", "l")}
-    flags = " ".join(
+    return " ".join(
         [f"--dataset_mode=multimodal --corpus_name={corpus}"]
         + [
             f"--{flag_of[m][0]}_type={types[m]} --input_dim_{flag_of[m][1]}={dims[m]}"
             for m in ("audio", "visual", "text")
             if m in types
         ]
-    )
-    (out / "baseline_flags.txt").write_text(flags + "\n", encoding="utf-8")
-    return ExportSummary(
-        config_path=str(config_path),
-        target_root=str(target_root),
-        feature_root=str(feature_root),
-        written={n: len(v) for n, v in lines.items()},
-        skipped=skipped,
-        dims=dims,
-        flags=flags,
     )
 
 

@@ -36,9 +36,8 @@ from __future__ import annotations
 
 import csv
 import itertools
-import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,17 @@ from sqlalchemy.orm import Session
 from db import Store
 from db.models import SPLITS, TRANSCRIPT_SOURCES, GoldLabel, Project, Sample, Transcript
 from meiju_core.errors import ImportDataError, InputError, LabelError
+from meiju_core.io.reading import (
+    Lines,
+    Problems,
+    check_start,
+    find_column,
+    guess_delimiter,
+    label_value,
+    norm_header,
+    read_utf8,
+    strip_extension,
+)
 from meiju_core.schema import LabelSchema
 from meiju_core.validate import id_problem, text_problem
 
@@ -67,9 +77,6 @@ SPLIT_VALUES = {
     "unlabelled": "pool",
     "unlabeled": "pool",
 }
-MAX_PROBLEMS_SHOWN = 5
-
-_MEDIA_EXTENSION = re.compile(r"\.(?=\d*[A-Za-z])[A-Za-z0-9]{3}$")
 
 
 @dataclass(frozen=True)
@@ -104,143 +111,11 @@ class ImportSummary:
     ignored_columns: tuple[str, ...] = ()
 
 
-class _Problems:
-    """Collects every problem of a file, then raises one ``ImportDataError`` for all of them."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-        self.items: list[ImportDataError] = []
-
-    def add(self, message: str, *, row: int | None = None, field: str | None = None) -> None:
-        self.items.append(ImportDataError(message, path=self.path, row=row, field=field))
-
-    def raise_if_any(self) -> None:
-        if not self.items:
-            return
-        first, rest = self.items[0], self.items[1:]
-        message = first.reason
-        if rest:
-            shown = "; ".join(
-                str(e).removeprefix(f"{self.path}, ") for e in rest[:MAX_PROBLEMS_SHOWN]
-            )
-            more = len(rest) - MAX_PROBLEMS_SHOWN
-            message += f" (and {len(rest)} more: {shown}{f'; {more} more' if more > 0 else ''})"
-        err = ImportDataError(message, path=self.path, row=first.row, field=first.field)
-        err.problems = list(self.items)  # type: ignore[attr-defined]
-        raise err
-
-
 # --------------------------------------------------------------------------- reading
-
-
-def read_utf8(path: Path) -> str:
-    """The text of ``path`` decoded as UTF-8 (a BOM is dropped).
-
-    Raises ``ImportDataError`` naming the file and the line of the first bad byte when the file is
-    not UTF-8 (GBK, say), so a wrongly encoded file never becomes mojibake in the store.
-    """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise ImportDataError(f"cannot read the file: {e.strerror or e}", path=str(path)) from None
-    _check_start(data, Path(path))
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise ImportDataError(
-            f"the file is not UTF-8 (byte 0x{data[e.start]:02x} on line {line} is invalid; it may "
-            "be GBK or another legacy encoding); re-save it as UTF-8 and import it again",
-            path=str(path),
-            row=line,
-        ) from None
-
-
-def _check_start(data: bytes, path: Path) -> None:
-    """Refuse UTF-16 (with or without a byte-order mark) and NUL bytes from the first bytes."""
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise ImportDataError(
-            "the file is UTF-16, not UTF-8; re-save it as UTF-8 and import it again", path=str(path)
-        )
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        line = data[:nul].count(b"\n") + 1
-        sixteen = data.count(b"\x00") * 3 > len(data)
-        raise ImportDataError(
-            "the file looks like UTF-16 without a byte-order mark (every other byte is NUL); "
-            "re-save it as UTF-8 and import it again"
-            if sixteen
-            else f"the file contains a NUL byte on line {line}; it is not a text file",
-            path=str(path),
-            row=line,
-        )
-
-
-class _Lines:
-    """A UTF-8 file read line by line (a BOM dropped), never whole: a decoding error or a NUL byte
-    raises ``ImportDataError`` naming the line. ``line`` is the number of lines read so far."""
-
-    def __init__(self, path: Path, binary) -> None:
-        self.path, self.binary, self.line = path, binary, 0
-
-    def __iter__(self):
-        first = True
-        for raw in self.binary:
-            self.line += 1
-            if first:
-                raw = raw.removeprefix(b"\xef\xbb\xbf")
-                first = False
-            if b"\x00" in raw:
-                raise ImportDataError(
-                    f"the file contains a NUL byte on line {self.line}; it is not a text file",
-                    path=str(self.path),
-                    row=self.line,
-                )
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ImportDataError(
-                    f"the file is not UTF-8 (byte 0x{raw[e.start]:02x} on line {self.line} is "
-                    "invalid; it may be GBK or another legacy encoding); re-save it as UTF-8 and "
-                    "import it again",
-                    path=str(self.path),
-                    row=self.line,
-                ) from None
-
-
-def strip_extension(utt_id: str) -> str:
-    """``Track1_Training_00001.mp4`` -> ``Track1_Training_00001`` (a 4-character extension)."""
-    return _MEDIA_EXTENSION.sub("", utt_id.strip())
-
-
-def _norm(header: str) -> str:
-    return re.sub(r"[\s_\-]+", "", header.strip().lower())
-
-
-def _find(header: Sequence[str], names: Iterable[str]) -> int | None:
-    """Index of the first of ``names`` (in priority order) found in ``header``."""
-    normed = [_norm(h) for h in header]
-    for name in names:
-        if _norm(name) in normed:
-            return normed.index(_norm(name))
-    return None
 
 
 def _split_value(raw: str) -> str | None:
     return SPLIT_VALUES.get(raw.strip().lower())
-
-
-def _label_value(schema: LabelSchema, head: str, raw: str) -> str | None:
-    """The schema's spelling of ``raw`` (case-insensitive); None for an empty cell.
-
-    Raises ``LabelError`` (from ``LabelSchema.index``) for a value outside the head's classes.
-    """
-    value = raw.strip()
-    if not value:
-        return None
-    canonical = {c.lower(): c for c in schema.classes(head)}.get(value.lower(), value)
-    schema.index(head, canonical)
-    return canonical
 
 
 # --------------------------------------------------------------------------- CSV
@@ -259,22 +134,30 @@ class _Columns:
         return {role: header[col] for role, col in roles.items() if col is not None}
 
 
-def _resolve_columns(
-    header: list[str],
-    problems: _Problems,
-    *,
-    schema: LabelSchema,
-    id_column: str,
-    text_column: str,
-    split_column: str,
-    label_columns: Mapping[str, str],
-    default_split: str | None,
-) -> _Columns | None:
+@dataclass(frozen=True)
+class _CsvOptions:
+    """The options of :func:`import_csv`, checked, as its steps share them."""
+
+    schema: LabelSchema  # the project's: validates the labels
+    id_column: str
+    text_column: str
+    split_column: str
+    label_columns: Mapping[str, str]  # head -> preferred header
+    default_split: str | None
+    source: str
+    text_source: str
+    label_source: str
+
+
+def _resolve_columns(header: list[str], problems: Problems, opts: _CsvOptions) -> _Columns | None:
+    schema, default_split = opts.schema, opts.default_split
+    id_column, text_column, split_column = opts.id_column, opts.text_column, opts.split_column
+    label_columns = opts.label_columns
     found = f"columns found: {header}"
-    normed = [_norm(h) for h in header]
+    normed = [norm_header(h) for h in header]
     for n in {x for x in normed if normed.count(x) > 1}:
         problems.add(f"two columns are named {n!r} (case and _ ignored); {found}", row=1)
-    id_col = _find(header, (id_column, *ID_HEADERS))
+    id_col = find_column(header, (id_column, *ID_HEADERS))
     if id_col is None:
         also = ", ".join(h for h in ID_HEADERS if h != id_column)
         problems.add(
@@ -282,7 +165,7 @@ def _resolve_columns(
             row=1,
             field=id_column,
         )
-    split_col = _find(header, (split_column, *SPLIT_HEADERS))
+    split_col = find_column(header, (split_column, *SPLIT_HEADERS))
     if split_col is None and default_split is None:
         problems.add(
             f"missing required column {split_column!r} (or pass a default split); {found}",
@@ -291,7 +174,7 @@ def _resolve_columns(
         )
     labels: dict[str, int] = {}
     for head, column in label_columns.items():
-        col = _find(header, (column, head))
+        col = find_column(header, (column, head))
         if col is not None and head not in schema.heads:
             problems.add(
                 f"column {header[col]!r} holds {head} labels, but the project's heads are "
@@ -303,7 +186,7 @@ def _resolve_columns(
             labels[head] = col
     if id_col is None:
         return None
-    return _Columns(id_col, _find(header, (text_column, *TEXT_HEADERS)), split_col, labels)
+    return _Columns(id_col, find_column(header, (text_column, *TEXT_HEADERS)), split_col, labels)
 
 
 def _csv_row(
@@ -311,14 +194,11 @@ def _csv_row(
     row: int,
     header: list[str],
     cols: _Columns,
-    problems: _Problems,
-    *,
-    schema: LabelSchema,
-    default_split: str | None,
-    source: str,
-    text_source: str,
-    label_source: str,
+    problems: Problems,
+    opts: _CsvOptions,
 ) -> SampleRow | None:
+    schema, default_split = opts.schema, opts.default_split
+    source, text_source, label_source = opts.source, opts.text_source, opts.label_source
     if len(record) != len(header):
         problems.add(f"the row has {len(record)} fields, the header has {len(header)}", row=row)
         return None
@@ -336,16 +216,19 @@ def _csv_row(
                 row=row,
                 field=header[cols.split],
             )
-    elif split is None:
-        problems.add("empty split and no default split given", row=row, field=header[cols.split])
-    text = record[cols.text].strip() if cols.text is not None else ""
-    bad_text = text_problem(text) if text else None
-    if bad_text:
-        problems.add(bad_text, row=row, field=header[cols.text])
+    elif split is None:  # a split column with an empty cell (without one, a default is given)
+        field = header[cols.split] if cols.split is not None else None
+        problems.add("empty split and no default split given", row=row, field=field)
+    text = ""
+    if cols.text is not None:
+        text = record[cols.text].strip()
+        bad_text = text_problem(text) if text else None
+        if bad_text:
+            problems.add(bad_text, row=row, field=header[cols.text])
     labels: dict[str, str] = {}
     for head, col in cols.labels.items():
         try:
-            label = _label_value(schema, head, record[col])
+            label = label_value(schema, head, record[col])
         except LabelError as e:
             problems.add(e.reason, row=row, field=header[col])
             continue
@@ -417,37 +300,31 @@ def import_csv(
     )
     _check_options(default_split=default_split, text_source=text_source)
     default_split = _split_value(default_split) if default_split is not None else None
-    schema = _project_schema(store, project_id)
-    problems = _Problems(path)
+    opts = _CsvOptions(
+        schema=_project_schema(store, project_id),
+        id_column=id_column,
+        text_column=text_column,
+        split_column=split_column,
+        label_columns=label_columns,
+        default_split=default_split,
+        source=source,
+        text_source=text_source,
+        label_source=label_source,
+    )
+    problems = Problems(path)
     try:
         binary = path.open("rb")
     except OSError as e:
         raise ImportDataError(f"cannot read the file: {e.strerror or e}", path=str(path)) from None
     with binary:
-        _check_start(binary.read(4096), path)
+        check_start(binary.read(4096), path)
         binary.seek(0)
-        lines = _Lines(path, binary)
+        lines = Lines(path, binary)
         stream = iter(lines)
         first = next(stream, "")
-        delimiter = "\t" if "\t" in first and "," not in first else ","
-        reader = csv.reader(itertools.chain([first], stream), delimiter=delimiter)
+        reader = csv.reader(itertools.chain([first], stream), delimiter=guess_delimiter(first))
         try:
-            return _import_records(
-                store,
-                path,
-                reader,
-                problems,
-                project_id=project_id,
-                schema=schema,
-                id_column=id_column,
-                text_column=text_column,
-                split_column=split_column,
-                label_columns=label_columns,
-                default_split=default_split,
-                source=source,
-                text_source=text_source,
-                label_source=label_source,
-            )
+            return _import_records(store, path, reader, problems, project_id, opts)
         except csv.Error as e:
             raise ImportDataError(
                 f"not a readable CSV file: {e}", path=str(path), row=reader.line_num
@@ -461,113 +338,119 @@ def _import_records(
     store: Store,
     path: Path,
     reader: Iterator[list[str]],
-    problems: _Problems,
-    *,
+    problems: Problems,
     project_id: int,
-    schema: LabelSchema,
-    id_column: str,
-    text_column: str,
-    split_column: str,
-    label_columns: Mapping[str, str],
-    default_split: str | None,
-    source: str,
-    text_source: str,
-    label_source: str,
+    opts: _CsvOptions,
 ) -> ImportSummary:
     """Validate and insert the records of a CSV in batches of ``BATCH_ROWS`` inside one write
     transaction; any problem stops the inserts, every remaining row is still checked, and the
     transaction is rolled back, so the store is unchanged. Memory holds one batch and the ids."""
-    record = next(reader, None)
-    if record is None or not any(cell.strip() for cell in record):
-        problems.add("the file is empty: no header row", row=1)
-        problems.raise_if_any()
-    header = [h.strip() for h in record]
-    cols = _resolve_columns(
-        header,
-        problems,
-        schema=schema,
-        id_column=id_column,
-        text_column=text_column,
-        split_column=split_column,
-        label_columns=label_columns,
-        default_split=default_split,
+    schema = opts.schema
+    header, cols = _read_header(reader, problems, opts)
+    tally = _Tally(
+        labels={head: dict.fromkeys(schema.classes(head), 0) for head in schema.head_names}
     )
-    problems.raise_if_any()
-    assert cols is not None
-    id_field = header[cols.id]
-    labels = {head: dict.fromkeys(schema.classes(head), 0) for head in schema.head_names}
-    splits: Counter[str] = Counter()
-    n = transcripts = 0
     with store.write() as s:
-        # ids are checked within a batch here and against the store (earlier batches included)
-        # before each insert, so memory never holds every id of a large file
-        first_row: dict[str, int] = {}
-        batch: list[tuple[int, SampleRow]] = []
-
-        def flush() -> None:
-            stored = _stored_ids(s, project_id, [b.utt_id for _, b in batch])
-            for row_, sample_ in batch:
-                if sample_.utt_id in stored:
-                    problems.add(
-                        f"id {sample_.utt_id!r} is already stored in project {project_id} "
-                        "(or earlier in this file)",
-                        row=row_,
-                        field=id_field,
-                    )
-            if not problems.items:
-                bulk_insert(s, project_id, [b for _, b in batch])
-            batch.clear()
-            first_row.clear()
-
+        batch = _Batch(s, project_id, problems, id_field=header[cols.id])
         for row, record in enumerate(reader, start=2):
             if not any(cell.strip() for cell in record):
                 continue  # a blank line
-            sample = _csv_row(
-                record,
-                row,
-                header,
-                cols,
-                problems,
-                schema=schema,
-                default_split=default_split,
-                source=source,
-                text_source=text_source,
-                label_source=label_source,
-            )
-            if sample is None:
-                continue
-            if sample.utt_id in first_row:
-                problems.add(
-                    f"duplicate id {sample.utt_id!r}: rows {first_row[sample.utt_id]} and {row}",
-                    row=row,
-                    field=id_field,
-                )
-                continue
-            first_row[sample.utt_id] = row
-            n += 1
-            transcripts += sample.text is not None
-            splits[sample.split] += 1
-            for head, label in sample.labels.items():
-                labels[head][label] += 1
-            batch.append((row, sample))
-            if len(batch) >= BATCH_ROWS:
-                flush()
-        if batch:
-            flush()
-        if not n and not problems.items:
+            sample = _csv_row(record, row, header, cols, problems, opts)
+            if sample is not None and batch.add(row, sample):
+                tally.add(sample)
+        batch.flush()
+        if not tally.samples and not problems.items:
             problems.add("no rows to import")
         problems.raise_if_any()  # rolls every inserted batch back
     used = cols.used(header)
     return ImportSummary(
         path=str(path),
         project_id=project_id,
-        samples=n,
-        transcripts=transcripts,
-        splits=dict(splits),
-        labels=labels,
+        samples=tally.samples,
+        transcripts=tally.transcripts,
+        splits=dict(tally.splits),
+        labels=tally.labels,
         columns=used,
         ignored_columns=tuple(h for h in header if h not in used.values()),
     )
+
+
+def _read_header(
+    reader: Iterator[list[str]], problems: Problems, opts: _CsvOptions
+) -> tuple[list[str], _Columns]:
+    """The header row and the columns it gives each role; raises every problem found in it."""
+    record = next(reader, None)
+    if record is None or not any(cell.strip() for cell in record):
+        problems.add("the file is empty: no header row", row=1)
+        problems.raise_if_any()
+    assert record is not None  # raise_if_any raised for an empty file
+    header = [h.strip() for h in record]
+    cols = _resolve_columns(header, problems, opts)
+    problems.raise_if_any()
+    assert cols is not None  # no id column is a problem, raised above
+    return header, cols
+
+
+@dataclass
+class _Tally:
+    """What an import stores: samples, transcripts, samples per split, labels per head and
+    class."""
+
+    labels: dict[str, dict[str, int]]
+    samples: int = 0
+    transcripts: int = 0
+    splits: Counter[str] = field(default_factory=Counter)
+
+    def add(self, sample: SampleRow) -> None:
+        self.samples += 1
+        self.transcripts += sample.text is not None
+        self.splits[sample.split] += 1
+        for head, label in sample.labels.items():
+            self.labels[head][label] += 1
+
+
+class _Batch:
+    """Rows checked but not inserted yet, inside the import's write transaction. An id seen
+    twice in the batch is a problem at once; at :meth:`flush` an id already stored (earlier
+    batches included) is one too. Once any problem is known nothing more is inserted, so ids
+    stay checked against the store while memory never holds every id of a large file."""
+
+    def __init__(self, s: Session, project_id: int, problems: Problems, *, id_field: str) -> None:
+        self.s, self.project_id, self.problems, self.id_field = s, project_id, problems, id_field
+        self.first_row: dict[str, int] = {}
+        self.items: list[tuple[int, SampleRow]] = []
+
+    def add(self, row: int, sample: SampleRow) -> bool:
+        """Queue one row (inserting a full batch); False for an id already in this batch."""
+        if sample.utt_id in self.first_row:
+            self.problems.add(
+                f"duplicate id {sample.utt_id!r}: rows {self.first_row[sample.utt_id]} and {row}",
+                row=row,
+                field=self.id_field,
+            )
+            return False
+        self.first_row[sample.utt_id] = row
+        self.items.append((row, sample))
+        if len(self.items) >= BATCH_ROWS:
+            self.flush()
+        return True
+
+    def flush(self) -> None:
+        if not self.items:
+            return
+        stored = _stored_ids(self.s, self.project_id, [b.utt_id for _, b in self.items])
+        for row, sample in self.items:
+            if sample.utt_id in stored:
+                self.problems.add(
+                    f"id {sample.utt_id!r} is already stored in project {self.project_id} "
+                    "(or earlier in this file)",
+                    row=row,
+                    field=self.id_field,
+                )
+        if not self.problems.items:
+            bulk_insert(self.s, self.project_id, [b for _, b in self.items])
+        self.items.clear()
+        self.first_row.clear()
 
 
 # --------------------------------------------------------------------------- label lists
@@ -594,7 +477,7 @@ def import_label_list(
     split = _split_value(split) or split
     schema = _project_schema(store, project_id)
     heads = schema.head_names
-    problems = _Problems(path)
+    problems = Problems(path)
     rows: list[tuple[int, SampleRow]] = []
     width: tuple[int, int] | None = None  # (fields, first line with that many)
     for line_no, line in enumerate(read_utf8(path).splitlines(), start=1):
@@ -620,7 +503,7 @@ def import_label_list(
         labels: dict[str, str] = {}
         for head, raw in zip(heads, fields[1:], strict=False):
             try:
-                label = _label_value(schema, head, raw)
+                label = label_value(schema, head, raw)
             except LabelError as e:
                 problems.add(e.reason, row=line_no, field=head)
                 continue
@@ -671,7 +554,7 @@ def _project_schema(store: Store, project_id: int) -> LabelSchema:
 
 
 def _check_duplicates(
-    rows: Sequence[tuple[int, SampleRow]], problems: _Problems, id_field: str
+    rows: Sequence[tuple[int, SampleRow]], problems: Problems, id_field: str
 ) -> None:
     first_row: dict[str, int] = {}
     for row, sample in rows:
@@ -691,7 +574,7 @@ def _store_rows(
     project_id: int,
     schema: LabelSchema,
     rows: Sequence[tuple[int, SampleRow]],
-    problems: _Problems,
+    problems: Problems,
     *,
     id_field: str,
 ) -> ImportSummary:
@@ -764,7 +647,7 @@ def bulk_insert(session: Session, project_id: int, rows: Sequence[SampleRow]) ->
         for r in rows
     ]
     # Core executemany on the tables: several times faster than the ORM bulk path for 10k rows.
-    session.execute(insert(Sample.__table__), sample_values)
+    session.execute(insert(Sample.__table__), sample_values)  # type: ignore[arg-type]  # __table__ is typed FromClause
     id_of: dict[str, int] = {}
     names = [r.utt_id for r in rows]
     for start in range(0, len(names), 900):  # under SQLite's bound-parameter limit
@@ -788,12 +671,12 @@ def bulk_insert(session: Session, project_id: int, rows: Sequence[SampleRow]) ->
         if r.text is not None
     ]
     if transcripts:
-        session.execute(insert(Transcript.__table__), transcripts)
+        session.execute(insert(Transcript.__table__), transcripts)  # type: ignore[arg-type]  # __table__ is typed FromClause
     labels = [
         {"sample_id": i, "head": head, "label": label, "source": r.label_source}
         for i, r in zip(ids, rows, strict=True)
         for head, label in r.labels.items()
     ]
     if labels:
-        session.execute(insert(GoldLabel.__table__), labels)
+        session.execute(insert(GoldLabel.__table__), labels)  # type: ignore[arg-type]  # __table__ is typed FromClause
     return ids

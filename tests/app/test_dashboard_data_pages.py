@@ -20,6 +20,7 @@ from db import analytics as A
 from db.models import Job, ModelVersion, Sample, Transcript, TranscriptEdit
 from meiju_core import jobs, pipeline, text
 from meiju_core import transcript_rules as TR
+from meiju_core import transcripts as TS
 from meiju_core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -378,7 +379,7 @@ def test_next_flagged_moves_on(fx):
 def test_bulk_rule_preview_then_confirm_saves_punctuation_edits(fx):
     store, ids = fx
     rule = TR.RULES["space_as_punct"]
-    expected = TR.preview_rule(store, project_id=ids.project_id, rule=rule)
+    expected = TS.preview_rule(store, project_id=ids.project_id, rule=rule)
     assert expected
     at = signed_in(ids, page="pages/transcripts.py")
     at.selectbox(key="ts_rule").set_value("space_as_punct").run()
