@@ -112,7 +112,7 @@ def _live(round_id: int):
     )
 
 
-def resolved(s: Session, *, round_id: int) -> dict[tuple[int, str], str]:
+def resolved(s: Session, *, round_id: int) -> dict[tuple[int, str | None], str]:
     """{(sample id, head): ``keep`` or ``relabel``} of the round's flags resolved now (one read
     of the round's decisions, by ``ix_decision_round_sample``)."""
     return {
@@ -267,8 +267,10 @@ def counts(s: Session, *, round_id: int) -> dict[str, dict[str, int]]:
         .group_by(LabelIssue.head)
     ):
         out[head] = {"flagged": n, "open": n, "kept": 0, "relabelled": 0}
-    for (_sid, head), action in resolved(s, round_id=round_id).items():
-        row = out.setdefault(head, {"flagged": 0, "open": 0, "kept": 0, "relabelled": 0})
+    for (_sid, flagged_head), action in resolved(s, round_id=round_id).items():
+        if flagged_head is None:  # label-issue decisions always name a head
+            continue
+        row = out.setdefault(flagged_head, {"flagged": 0, "open": 0, "kept": 0, "relabelled": 0})
         row["kept" if action == "keep" else "relabelled"] += 1
         row["open"] -= 1
     return out

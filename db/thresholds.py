@@ -70,7 +70,7 @@ def uniform(value: Any) -> float | None:
 
 def key(thresholds: Mapping[str, Any]) -> tuple:
     """A hashable, order-free form of a round's thresholds (for caches of built statements)."""
-    out = []
+    out: list[tuple[str, Any]] = []
     for head, value in sorted(thresholds.items()):
         if is_per_class(value):
             out.append((head, tuple(sorted((str(c), float(t)) for c, t in value.items()))))

@@ -15,7 +15,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from db import queries as q
-from db.models import Job, ModelVersion, Sample, Transcript, TranscriptEdit, User
+from db.models import Job, ModelVersion, ReviewRound, Sample, Transcript, TranscriptEdit, User
 
 # --------------------------------------------------------------------------- model versions
 
@@ -236,3 +236,9 @@ def recent_job_ids(
         for j in q.latest_jobs(s, limit=100)
         if j.kind in kinds and j.project_id in (project_id, None)
     ][:limit]
+
+
+def round_model_version(s: Session, *, round_id: int) -> int | None:
+    """The model version id a review round was opened on (None for an unknown round)."""
+    rnd = s.get(ReviewRound, round_id)
+    return None if rnd is None else rnd.model_version_id

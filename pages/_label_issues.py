@@ -22,7 +22,7 @@ import streamlit as st
 
 from db import label_issues as li
 from db import queries as q
-from db.models import ReviewRound
+from db import views
 from meiju_core import jobs, label_check
 from meiju_core.errors import CardTaken, MeijuError
 from pages import _common as common
@@ -401,7 +401,7 @@ def issue_panel(round_id: int, heads: dict[str, list[str]]) -> None:
     row = _current(store, round_id)
     with store.read() as s:
         counts = li.counts(s, round_id=round_id)
-        mv_id = s.get(ReviewRound, round_id).model_version_id
+        mv_id = views.round_model_version(s, round_id=round_id)
         card = (
             q.load_cards(s, model_version_id=mv_id, sample_ids=[row["sample_id"]])[0]
             if row
