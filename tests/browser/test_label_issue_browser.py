@@ -124,7 +124,7 @@ def test_a_flagged_gold_label_is_relabelled_by_keyboard(demo, browser):
     wait_idle(page)
     page.get_by_text("Gold label issues", exact=True).click()
     wait_idle(page)
-    page.get_by_text("Check gold labels").click()
+    page.locator("[data-testid='stExpander'] summary").filter(has_text="Check gold labels").click()
     page.get_by_role("button", name="Run the check").click()
     wait_idle(page)
     with store.read() as s:
