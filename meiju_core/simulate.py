@@ -54,6 +54,9 @@ from meiju_core.errors import BelowThreshold, CardTaken, InputError, QuotaExceed
 ACTIONS = ("reject", "correct")
 DEFAULT_SECONDS = 3.0  # seconds per card when the dashboard has no throughput figures yet
 SIMULATED_USER = "simulated-annotator"
+# the benchmark's rounds take every pool card (a softmax maximum is at least 1 / classes; the
+# automatic rule refuses a threshold of 0)
+MIN_THRESHOLD = 1e-3
 
 Progress = Callable[[dict[str, Any]], Any]
 
@@ -675,7 +678,7 @@ class _Bench:
             settings,
             project_id=self.pid,
             model_version_id=mv_id,
-            thresholds=0.0,
+            thresholds=MIN_THRESHOLD,
             strategy="explicit" if explicit else "balanced",
             budget=budget,
             explicit=explicit,
@@ -704,7 +707,7 @@ class _Bench:
             return json.loads(path.read_text())
         # quotas never bind: every class may take the whole budget (the order alone decides)
         explicit = {h: dict.fromkeys(self.d.schema.classes(h), o.budget) for h in self.heads}
-        rid = self._open(mv_id, order, explicit, o.budget)
+        rid = self._open(mv_id, order, explicit, max(sum(v.values()) for v in explicit.values()))
         t0 = time.perf_counter()
         log = simulate_review(
             self.work,
