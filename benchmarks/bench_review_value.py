@@ -113,6 +113,12 @@ def main() -> int:
     ap.add_argument("--points", default=None, help="card counts for stage 2, e.g. 500,1000,2000")
     ap.add_argument("--stage2-epochs", type=int, default=4)
     ap.add_argument("--stage1-epochs", type=int, default=None)
+    ap.add_argument(
+        "--started-at",
+        type=float,
+        default=None,
+        help="resuming an interrupted run: count the wall time from this Unix time (its start)",
+    )
     args = ap.parse_args()
     settings = Settings.load(data_dir=args.data_dir, project="demo")
     store = pipeline.open_store(settings)
@@ -127,7 +133,7 @@ def main() -> int:
         common += ["--points", args.points]
     if args.stage1_epochs:
         common += ["--stage1-epochs", str(args.stage1_epochs)]
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - (time.time() - args.started_at if args.started_at else 0.0)
     load = [os.getloadavg()[0]]
     if args.jobs > 1:
         procs = []

@@ -247,3 +247,26 @@ def test_budget_and_points_are_checked(store, fx):
         sim.ValueOptions(orders=("newest",)).check()
     assert e.value.field == "orders"
     assert sim.ValueOptions(budget=1000, every=250).check() == (250, 500, 750, 1000)
+
+
+def test_the_automatic_rule_is_matched_to_the_card_count(tmp_path):
+    """The joint rule under quotas on both heads takes fewer samples than its budget; the
+    benchmark searches the budget for the most samples not over the card count."""
+    from types import SimpleNamespace
+
+    calls = []
+
+    def auto_round(mv_id, budget):  # samples taken grow with the budget, slower than it
+        calls.append(budget)
+        n = int(budget * 0.6)
+        return n, {f"{i}:emotion": "happy" for i in range(n)}
+
+    fake = SimpleNamespace(
+        cache=tmp_path, d=SimpleNamespace(pool_ids=list(range(5000))), _auto_round=auto_round
+    )
+    out = sim._Bench.automatic(fake, 336, 1, 500)
+    assert out["samples"] <= 500 and out["samples"] >= 497 and out["cards"] == 500
+    assert out["budget"] > 500 and len(out["labels"]) == out["samples"]
+    assert len(calls) < 15
+    again = sim._Bench.automatic(fake, 336, 1, 500)  # cached
+    assert again == out and len(calls) == len(set(calls))
