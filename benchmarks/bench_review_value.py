@@ -93,8 +93,8 @@ def summary_rows(result: dict, wall: float, load: list[float], jobs: int) -> lis
             "figure": "Review value: benchmark wall time (CPU)",
             "value": f"{wall / 60:.1f} min",
             "goal": "≤ 45 min",
-            "note": f"{n} seeds, {len(result['options']['orders'])} orders x "
-            f"{len(result['options']['actions'])} actions + automatic + gold labelling, "
+            "note": f"{n} seeds, reviewed curves {', '.join(sc['vs_automatic'])} + automatic "
+            "+ gold labelling, "
             f"stage 2 at {'/'.join(pts)} ({result['options']['stage2_epochs']} epochs, "
             f"{result['options']['preset']} preset); {jobs} job(s); load average "
             f"{min(load):.1f}-{max(load):.1f} on 2 shared cores",
@@ -113,6 +113,9 @@ def main() -> int:
     ap.add_argument("--points", default=None, help="card counts for stage 2, e.g. 500,1000,2000")
     ap.add_argument("--stage2-epochs", type=int, default=4)
     ap.add_argument("--stage1-epochs", type=int, default=None)
+    ap.add_argument(
+        "--combos", default=None, help="order/action pairs, e.g. confidence/reject,rarest/correct"
+    )
     ap.add_argument(
         "--started-at",
         type=float,
@@ -133,6 +136,8 @@ def main() -> int:
         common += ["--points", args.points]
     if args.stage1_epochs:
         common += ["--stage1-epochs", str(args.stage1_epochs)]
+    if args.combos:
+        common += ["--combos", args.combos]
     t0 = time.perf_counter() - (time.time() - args.started_at if args.started_at else 0.0)
     load = [os.getloadavg()[0]]
     if args.jobs > 1:
@@ -156,6 +161,7 @@ def main() -> int:
         points=tuple(int(p) for p in args.points.split(",")) if args.points else None,
         stage1_epochs=args.stage1_epochs,
         stage2_epochs=args.stage2_epochs,
+        combos=tuple(args.combos.split(",")) if args.combos else None,
     )
 
     def show(e: dict) -> None:

@@ -443,6 +443,13 @@ def simulate_review(
     actions: Annotated[
         str | None, typer.Option(help="reject and/or correct, comma-separated (default: both).")
     ] = None,
+    combos: Annotated[
+        str | None,
+        typer.Option(
+            help="order/action pairs instead of every order with every action, e.g. "
+            "confidence/reject,confidence/correct,rarest/correct."
+        ),
+    ] = None,
     error_rate: Annotated[float, typer.Option(help="Chance the annotator errs, per head.")] = 0.05,
     seconds: Annotated[
         float | None,
@@ -484,6 +491,7 @@ def simulate_review(
         points=pts,
         orders=_names(orders, "--orders", q.QUEUE_ORDERS),
         actions=_names(actions, "--actions", sim.ACTIONS),
+        combos=tuple(c.strip() for c in combos.split(",") if c.strip()) if combos else None,
         error_rate=error_rate,
         seconds_per_decision=seconds,
         undo_rate=undo_rate,

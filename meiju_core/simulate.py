@@ -448,6 +448,8 @@ class ValueOptions:
             ``budget``); None: every checkpoint.
         orders: queue orders (``db.queries.QUEUE_ORDERS``).
         actions: annotator actions (:data:`ACTIONS`).
+        combos: ``"order/action"`` names to run instead of every order with every action (a
+            cheaper benchmark: e.g. both actions on one order, one action on the others).
         error_rate / seconds_per_decision / undo_rate: see :class:`ReviewerOptions`.
         preset: training preset of both stages (``fast``: the paper system, utterance means, a
             short schedule).
@@ -461,6 +463,7 @@ class ValueOptions:
     points: tuple[int, ...] | None = None
     orders: tuple[str, ...] = q.QUEUE_ORDERS
     actions: tuple[str, ...] = ACTIONS
+    combos: tuple[str, ...] | None = None
     error_rate: float = 0.05
     seconds_per_decision: float | None = None
     undo_rate: float = 0.01
@@ -496,6 +499,7 @@ class ValueOptions:
         ).check()
         for a in self.actions:
             ReviewerOptions(action=a).check()
+        self.pairs()
         checkpoints = list(range(self.every, self.budget + 1, self.every))
         if not checkpoints:
             raise InputError(
@@ -510,6 +514,22 @@ class ValueOptions:
                 field="points",
             )
         return points
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(order, action) pairs to run; raises InputError for a bad ``combos`` name."""
+        if not self.combos:
+            return [(o, a) for o in self.orders for a in self.actions]
+        out = []
+        for name in self.combos:
+            order, _, action = name.partition("/")
+            if order not in q.QUEUE_ORDERS or action not in ACTIONS:
+                raise InputError(
+                    f"combo {name!r} is not <order>/<action> with an order of "
+                    f"{', '.join(q.QUEUE_ORDERS)} and an action of {', '.join(ACTIONS)}",
+                    field="combos",
+                )
+            out.append((order, action))
+        return out
 
 
 @dataclass
@@ -880,7 +900,7 @@ def run_review_value(
     try:
         if not b.truth:
             raise InputError("no pool sample has a withheld label to simulate review against")
-        combos = [(o, a) for o in options.orders for a in options.actions]
+        combos = options.pairs()
         total = len(options.seeds) * (1 + len(points) * (len(combos) + 2) + 1)
         done = 0
 
