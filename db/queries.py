@@ -17,6 +17,7 @@ derived rows; decisions are never deleted; a bulk accept (``decision.batch_id``)
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -33,6 +34,7 @@ from sqlalchemy import (
     or_,
     select,
     union,
+    union_all,
     update,
 )
 from sqlalchemy.orm import Session, aliased
@@ -563,6 +565,26 @@ def _open_conditions(
 
 _STATEMENTS: dict[tuple, Any] = {}  # built queue statements; ``now`` and ``exclude`` are bound
 
+# Gold-derived facts the disagreement and rarest orders read on every queue call (the unseen
+# class pairs, the gold counts per class, the schema), kept this many seconds per database and
+# project: gold labels change rarely, and a relabel shows in the order within this time.
+GOLD_CACHE_S = 30.0
+_GOLD_CACHE: dict[tuple, tuple[float, Any]] = {}
+
+
+def _gold_cached(s: Session, key: tuple, compute):
+    """``compute()`` for ``key`` in this session's database, reused for :data:`GOLD_CACHE_S`."""
+    full = (str(s.get_bind().url), *key)
+    now = time.monotonic()
+    hit = _GOLD_CACHE.get(full)
+    if hit is not None and now - hit[0] < GOLD_CACHE_S:
+        return hit[1]
+    value = compute()
+    if len(_GOLD_CACHE) > 256:
+        _GOLD_CACHE.clear()
+    _GOLD_CACHE[full] = (now, value)
+    return value
+
 
 def _queue_statement(
     rnd: ReviewRound,
@@ -718,12 +740,17 @@ def _disagreement_first(
     """The ``disagreement`` order of :func:`queue`: ensemble members disagree, then an unseen
     class pair of the two heads, then the rest, each part most confident first."""
     limit = int(params["limit"])
-    mv = s.get(ModelVersion, flt.model_version_id or rnd.model_version_id)
+    mv_id = flt.model_version_id or rnd.model_version_id
+    preset = s.scalar(select(ModelVersion.preset).where(ModelVersion.id == mv_id))
     parts = []
-    if mv is not None and mv.preset == "ensemble" and not flt.disagree:  # pipeline.ENSEMBLE
+    if preset == "ensemble" and not flt.disagree:  # pipeline.ENSEMBLE
         parts.append(replace(flt, disagree=True))
     if flt.unseen_pairs is None and all(h in rnd.thresholds for h in flt.pair_heads):
-        pairs = unseen_pairs(s, project_id=rnd.project_id, heads=flt.pair_heads)
+        pairs = _gold_cached(
+            s,
+            ("unseen_pairs", rnd.project_id, flt.pair_heads),
+            lambda: unseen_pairs(s, project_id=rnd.project_id, heads=flt.pair_heads),
+        )
         if pairs:
             parts.append(replace(flt, unseen_pairs=pairs))
     parts.append(flt)
@@ -755,9 +782,15 @@ def _rarest_first(
     """The ``rarest`` order of :func:`queue`: class-balanced round robin over the (head,
     predicted class) lists, the class with the fewest gold + accepted labels first."""
     limit = int(params["limit"])
-    gold = gold_counts(s, project_id=rnd.project_id)
+    gold = _gold_cached(
+        s, ("gold_counts", rnd.project_id), lambda: gold_counts(s, project_id=rnd.project_id)
+    )
     accepted = accepted_counts(s, round_id=rnd.id)
-    schema = s.scalar(select(Project.label_schema).where(Project.id == rnd.project_id)) or {}
+    schema = _gold_cached(
+        s,
+        ("schema", rnd.project_id),
+        lambda: s.scalar(select(Project.label_schema).where(Project.id == rnd.project_id)) or {},
+    )
     keys = []
     for head in _queue_heads(rnd, flt):
         classes = open_labels.get(head, ()) if open_labels is not None else schema.get(head, ())
@@ -766,10 +799,41 @@ def _rarest_first(
                 continue
             n = gold.get(head, {}).get(c, 0) + accepted.get(head, {}).get(c, 0)
             keys.append((n, head, c))
-    lists = [
-        _ranked(s, rnd, replace(flt, head=head, label=c), user_id, open_labels, params, exclude)
-        for _, head, c in sorted(keys)
-    ]
+    keys.sort()
+    if not keys:
+        return []
+    # one round trip: each (head, class) scan, most confident first and stopping at ``limit``,
+    # as a subquery of one UNION ALL (the statements are built once, see _queue_statement)
+    ukey = (
+        "rarest",
+        tuple((h, c) for _, h, c in keys),
+        rnd.id,
+        replace(flt, sample_ids=None),
+        user_id,
+        bool(exclude),
+        tuple(sorted(open_labels.items())) if open_labels is not None else None,
+    )
+    stmt = _STATEMENTS.get(ukey)
+    if stmt is None:
+        subs = [
+            _queue_statement(
+                rnd, replace(flt, head=h, label=c), h, user_id, bool(exclude), open_labels
+            ).subquery()
+            for _, h, c in keys
+        ]
+        stmt = union_all(
+            *(
+                select(literal(k).label("k"), sub.c.sample_id, sub.c.confidence)
+                for k, sub in enumerate(subs)
+            )
+        )
+        _STATEMENTS[ukey] = stmt
+    if exclude:
+        params = {**params, "exclude": list(exclude)}
+    rows = sorted(s.execute(stmt, params).all(), key=lambda r: (r[0], -r[2], r[1]))
+    lists: list[list[int]] = [[] for _ in keys]
+    for k, sid, _conf in rows:
+        lists[k].append(sid)
     out: list[int] = []
     seen: set[int] = set()
     for rank in range(limit):

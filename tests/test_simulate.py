@@ -247,6 +247,14 @@ def test_budget_and_points_are_checked(store, fx):
         sim.ValueOptions(orders=("newest",)).check()
     assert e.value.field == "orders"
     assert sim.ValueOptions(budget=1000, every=250).check() == (250, 500, 750, 1000)
+    with pytest.raises(InputError) as e:
+        sim.ValueOptions(combos=("confidence/skip",)).check()
+    assert e.value.field == "combos"
+    assert sim.ValueOptions(combos=("rarest/correct", "confidence/reject")).pairs() == [
+        ("rarest", "correct"),
+        ("confidence", "reject"),
+    ]
+    assert len(sim.ValueOptions().pairs()) == 8  # every order with every action
 
 
 def test_the_automatic_rule_is_matched_to_the_card_count(tmp_path):
