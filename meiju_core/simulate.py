@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import shutil
 import sqlite3
 import statistics
 import time
@@ -1229,7 +1228,3 @@ def figure(result: dict[str, Any]):
     fig.update_layout(title="What review buys: stage 2 after N decisions (mean ± std over seeds)")
     return fig
 
-
-def remove_cache(data_dir: Path, project_id: int) -> None:
-    """Forget every cached run and session of the benchmark for a project."""
-    shutil.rmtree(Path(data_dir) / "review_value" / f"project{project_id}", ignore_errors=True)
