@@ -1227,4 +1227,3 @@ def figure(result: dict[str, Any]):
     fig.update_yaxes(title_text="test joint score", row=1, col=1)
     fig.update_layout(title="What review buys: stage 2 after N decisions (mean ± std over seeds)")
     return fig
-
