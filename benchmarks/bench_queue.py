@@ -8,7 +8,9 @@ ids run out) 50 times per filter, after 3 warm-up calls:
 - no filter; head + class (intent = questioning); confidence range (0.6-0.9); unseen emotion x
   intent pair (the zero cells of the fixture's gold co-occurrence); path disagreement;
 - the same five again after 2,000 cards were decided (the scans skip decided rows);
-- the per-rerun re-check of the 9 kept card ids (``sample_ids`` filter).
+- the per-rerun re-check of the 9 kept card ids (``sample_ids`` filter);
+- each queue order of a round (``review_round.queue_order``: uncertainty, disagreement, rarest;
+  confidence is the "no filter" row), no filter, before and after the decisions.
 
 Also timed, without a goal: the queue count (``queue_size`` with the cached candidate count, as
 the page runs it, and ``candidate_count`` itself, which the page caches per filter) and the bulk
@@ -38,7 +40,7 @@ from sqlalchemy import func, select  # noqa: E402
 from db import Store  # noqa: E402
 from db import queries as q  # noqa: E402
 from db.fixtures import build_fixture  # noqa: E402
-from db.models import Prediction  # noqa: E402
+from db.models import Prediction, ReviewRound  # noqa: E402
 from meiju_core import pipeline  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "queue.json"
@@ -109,6 +111,21 @@ def main(argv: list[str] | None = None) -> int:
                     max(10, args.n // 5),
                 ),
             }
+    orders = [o for o in q.QUEUE_ORDERS if o != "confidence"]
+
+    def time_orders(label: str) -> None:
+        for order in orders:
+            with store.write() as w:
+                w.get(ReviewRound, rid).queue_order = order
+            with store.read() as s:
+                rows[f"{label}order {order}"] = timed(
+                    lambda: q.queue(s, round_id=rid, user_id=uid, limit=LIMIT), args.n
+                )
+        with store.write() as w:
+            w.get(ReviewRound, rid).queue_order = "confidence"
+
+    time_orders("queue, ")
+    with store.read() as s:
         kept = q.queue(s, round_id=rid, user_id=uid, limit=9)
         recheck = q.QueueFilter(sample_ids=tuple(kept))
         rows["re-check of the 9 kept card ids"] = timed(
@@ -126,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.n,
             )
         n_pred = s.scalar(select(func.count()).select_from(Prediction))
+    time_orders(f"queue after {args.decide} decisions, ")
     preview = {}
     for name in ("head + class", "disagreement"):
         t = time.perf_counter()
@@ -163,6 +181,21 @@ def main(argv: list[str] | None = None) -> int:
                 "value": f"{r['median']:.2f} / {r['p95']:.2f} ms",
                 "goal": f"< {GOAL_MS:g} ms",
                 "note": f"{args.pool:,} pool samples, next {LIMIT} cards, {args.n} calls",
+            }
+        )
+    for order in orders:
+        r, a = (
+            rows[f"queue, order {order}"],
+            rows[f"queue after {args.decide} decisions, order {order}"],
+        )
+        summary.append(
+            {
+                "figure": f"Queue query, round order {order} (median / p95; after decisions)",
+                "value": f"{r['median']:.2f} / {r['p95']:.2f} ms; {a['median']:.2f} / "
+                f"{a['p95']:.2f} ms",
+                "goal": f"< {GOAL_MS:g} ms",
+                "note": f"{args.pool:,} pool samples, next {LIMIT} cards, {args.n} calls; after "
+                f"{args.decide:,} decisions",
             }
         )
     worst_after = max(

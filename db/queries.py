@@ -17,6 +17,7 @@ derived rows; decisions are never deleted; a bulk accept (``decision.batch_id``)
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -33,6 +34,7 @@ from sqlalchemy import (
     or_,
     select,
     union,
+    union_all,
     update,
 )
 from sqlalchemy.orm import Session, aliased
@@ -175,6 +177,9 @@ def promote(s: Session, *, model_version_id: int, user_id: int | None = None) ->
 
 # --------------------------------------------------------------------------- rounds & quotas
 
+# The orders a round serves its cards in (``review_round.queue_order``), see :func:`queue`.
+QUEUE_ORDERS = ("confidence", "uncertainty", "disagreement", "rarest")
+
 
 def open_round(
     s: Session,
@@ -185,16 +190,25 @@ def open_round(
     quotas: dict[str, dict[str, int]],
     user_id: int | None = None,
     kind: str = "pseudo",
+    queue_order: str = "confidence",
 ) -> ReviewRound:
     """Close the project's open rounds of ``kind`` and open a new one.
 
     ``thresholds``: {head: float} or {head: {class: float}} (:mod:`db.thresholds`); ``kind``:
     ``pseudo`` (a pseudo-label round) or ``label_issues`` (a check of flagged gold labels, which
     has neither thresholds nor quotas: ``{}``). A round of one kind leaves the other kind's open
-    round open.
+    round open. ``queue_order``: the order its cards are served in, one of
+    :data:`QUEUE_ORDERS` (see :func:`queue`).
+
+    Raises:
+        QueueError: an unknown kind or queue order.
     """
     if kind not in ROUND_KINDS:
         raise QueueError(f"unknown round kind {kind!r}; kinds are {list(ROUND_KINDS)}")
+    if queue_order not in QUEUE_ORDERS:
+        raise QueueError(
+            f"queue order {queue_order!r} is not one of {', '.join(QUEUE_ORDERS)} (queue_order)"
+        )
     s.execute(
         update(ReviewRound)
         .where(
@@ -211,6 +225,7 @@ def open_round(
         quotas=quotas,
         created_by=user_id,
         kind=kind,
+        queue_order=queue_order,
     )
     s.add(rnd)
     s.flush()
@@ -220,7 +235,12 @@ def open_round(
         action="open_round",
         entity="review_round",
         entity_id=rnd.id,
-        payload={"thresholds": thresholds, "quotas": quotas, "kind": kind},
+        payload={
+            "thresholds": thresholds,
+            "quotas": quotas,
+            "kind": kind,
+            "queue_order": queue_order,
+        },
     )
     return rnd
 
@@ -614,6 +634,26 @@ def _open_conditions(
 
 _STATEMENTS: dict[tuple, Any] = {}  # built queue statements; ``now`` and ``exclude`` are bound
 
+# Gold-derived facts the disagreement and rarest orders read on every queue call (the unseen
+# class pairs, the gold counts per class, the schema), kept this many seconds per database and
+# project: gold labels change rarely, and a relabel shows in the order within this time.
+GOLD_CACHE_S = 30.0
+_GOLD_CACHE: dict[tuple, tuple[float, Any]] = {}
+
+
+def _gold_cached(s: Session, key: tuple, compute):
+    """``compute()`` for ``key`` in this session's database, reused for :data:`GOLD_CACHE_S`."""
+    full = (str(s.get_bind().url), *key)
+    now = time.monotonic()
+    hit = _GOLD_CACHE.get(full)
+    if hit is not None and now - hit[0] < GOLD_CACHE_S:
+        return hit[1]
+    value = compute()
+    if len(_GOLD_CACHE) > 256:
+        _GOLD_CACHE.clear()
+    _GOLD_CACHE[full] = (now, value)
+    return value
+
 
 def _queue_statement(
     rnd: ReviewRound,
@@ -622,8 +662,10 @@ def _queue_statement(
     user_id,
     exclude: bool,
     open_labels: dict[str, tuple[str, ...]] | None,
+    ascending: bool = False,
 ):
     key = (
+        ascending,
         tuple(sorted(open_labels.items())) if open_labels is not None else None,
         rnd.id,
         rnd.model_version_id,
@@ -647,9 +689,8 @@ def _queue_statement(
         if exclude:
             stmt = stmt.where(Prediction.sample_id.not_in(bindparam("exclude", expanding=True)))
         if flt.sample_ids is None:
-            stmt = stmt.order_by(Prediction.confidence.desc(), Prediction.sample_id).limit(
-                bindparam("limit")
-            )
+            conf = Prediction.confidence.asc() if ascending else Prediction.confidence.desc()
+            stmt = stmt.order_by(conf, Prediction.sample_id).limit(bindparam("limit"))
         # else a few named cards, sorted by the caller: without ORDER BY the planner looks them
         # up by id instead of scanning the confidence index
         if len(_STATEMENTS) > 256:
@@ -669,36 +710,54 @@ def queue(
     skip_full: bool = True,
     open_labels: dict[str, tuple[str, ...]] | None = None,
 ) -> list[int]:
-    """Sample ids of the next undecided cards, most confident first, not leased by others.
+    """Sample ids of the next undecided cards in the round's queue order, not leased by others.
 
     A head qualifies when its prediction reaches the round's threshold, matches the filter and
     predicts a class whose quota is not full; a card whose every head predicts a full class is
     left out, since accepting it as predicted would be refused (named ``flt.sample_ids`` are
     shown too, so that a prefetched card whose class filled meanwhile drops out). ``skip_full``
     False keeps cards of full classes; ``open_labels`` (:func:`open_classes`) saves reading the
-    quotas again when the caller has them. A card's rank is its highest confidence among the heads that
-    qualify (ties: lower sample id first). Each head is read from its own index scan, most confident row down, stopping after
-    ``limit`` rows, and the lists are merged: a card in the overall top ``limit`` is in the top
-    ``limit`` of the head that ranks it, so no GROUP BY over all predictions is needed.
+    quotas again when the caller has them.
+
+    The order is the round's ``queue_order`` (:data:`QUEUE_ORDERS`; ties: lower sample id first):
+
+    - ``confidence`` (the paper's rule): a card's rank is its highest confidence among the heads
+      that qualify, highest first;
+    - ``uncertainty``: its lowest confidence among the heads that qualify, lowest first (still at
+      or above the thresholds: uncertainty sampling within the round's candidates);
+    - ``disagreement``: first the cards whose ensemble members disagree (an ensemble version's
+      ``prediction.paths``), then those whose predicted (``pair_heads``) class pair never occurs
+      in the gold train labels (:func:`unseen_pairs`: the heads disagree), then the rest; each
+      part by confidence, highest first;
+    - ``rarest``: class-balanced round robin: the (head, predicted class) lists with quota left,
+      ordered by gold train labels + pseudo-labels accepted in the round (fewest first), each
+      most confident first, give their first card in turn, then their second, and so on.
+
+    Named ``flt.sample_ids`` come by confidence (the caller keeps its own order). Skipped cards
+    follow the queue, the earliest skip first (:func:`skipped_queue`).
+
+    Each head (class, part) is read from its own index scan, stopping after ``limit`` rows, and
+    the lists are merged: a card in the overall top ``limit`` is in the top ``limit`` of the list
+    that ranks it, so no GROUP BY over all predictions is needed.
     """
     rnd = s.get(ReviewRound, round_id)
     params: dict[str, Any] = {"now": utcnow(), "limit": int(limit)}
     exclude = tuple(exclude)
-    if exclude:
-        params["exclude"] = list(exclude)
     if flt.sample_ids is not None:
         params["sample_ids"] = list(flt.sample_ids)
     if not skip_full:
         open_labels = None
     elif open_labels is None:
         open_labels = open_classes(s, round_id=round_id)
-    best: dict[int, float] = {}
-    for head in _queue_heads(rnd, flt):
-        stmt = _queue_statement(rnd, flt, head, user_id, bool(exclude), open_labels)
-        for sid, conf in s.execute(stmt, params):
-            if conf > best.get(sid, -1.0):
-                best[sid] = conf
-    out = sorted(best, key=lambda i: (-best[i], i))[:limit]
+    order = (rnd.queue_order or "confidence") if flt.sample_ids is None else "confidence"
+    if order == "disagreement":
+        out = _disagreement_first(s, rnd, flt, user_id, open_labels, params, exclude)
+    elif order == "rarest":
+        out = _rarest_first(s, rnd, flt, user_id, open_labels, params, exclude)
+    else:
+        out = _ranked(
+            s, rnd, flt, user_id, open_labels, params, exclude, ascending=order == "uncertainty"
+        )
     if len(out) < limit:
         out += skipped_queue(
             s,
@@ -710,6 +769,149 @@ def queue(
             open_labels=open_labels,
             now=params["now"],
         )
+    return out
+
+
+def _ranked(
+    s: Session,
+    rnd: ReviewRound,
+    flt: QueueFilter,
+    user_id: int | None,
+    open_labels: dict[str, tuple[str, ...]] | None,
+    params: dict[str, Any],
+    exclude: tuple[int, ...],
+    *,
+    ascending: bool = False,
+) -> list[int]:
+    """Up to ``params["limit"]`` open cards by their best confidence (highest first) or, with
+    ``ascending``, by their lowest (lowest first): one index scan per head, merged."""
+    if exclude:
+        params = {**params, "exclude": list(exclude)}
+    best: dict[int, float] = {}
+    for head in _queue_heads(rnd, flt):
+        stmt = _queue_statement(rnd, flt, head, user_id, bool(exclude), open_labels, ascending)
+        for sid, conf in s.execute(stmt, params):
+            if sid not in best or (conf < best[sid] if ascending else conf > best[sid]):
+                best[sid] = conf
+    sign = 1.0 if ascending else -1.0
+    return sorted(best, key=lambda i: (sign * best[i], i))[: params["limit"]]
+
+
+def _disagreement_first(
+    s: Session,
+    rnd: ReviewRound,
+    flt: QueueFilter,
+    user_id: int | None,
+    open_labels: dict[str, tuple[str, ...]] | None,
+    params: dict[str, Any],
+    exclude: tuple[int, ...],
+) -> list[int]:
+    """The ``disagreement`` order of :func:`queue`: ensemble members disagree, then an unseen
+    class pair of the two heads, then the rest, each part most confident first."""
+    limit = int(params["limit"])
+    mv_id = flt.model_version_id or rnd.model_version_id
+    preset = s.scalar(select(ModelVersion.preset).where(ModelVersion.id == mv_id))
+    parts = []
+    if preset == "ensemble" and not flt.disagree:  # pipeline.ENSEMBLE
+        parts.append(replace(flt, disagree=True))
+    if flt.unseen_pairs is None and all(h in rnd.thresholds for h in flt.pair_heads):
+        pairs = _gold_cached(
+            s,
+            ("unseen_pairs", rnd.project_id, flt.pair_heads),
+            lambda: unseen_pairs(s, project_id=rnd.project_id, heads=flt.pair_heads),
+        )
+        if pairs:
+            parts.append(replace(flt, unseen_pairs=pairs))
+    parts.append(flt)
+    out: list[int] = []
+    for part in parts:
+        out += _ranked(
+            s,
+            rnd,
+            part,
+            user_id,
+            open_labels,
+            {**params, "limit": limit - len(out)},
+            (*exclude, *out),
+        )
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _rarest_first(
+    s: Session,
+    rnd: ReviewRound,
+    flt: QueueFilter,
+    user_id: int | None,
+    open_labels: dict[str, tuple[str, ...]] | None,
+    params: dict[str, Any],
+    exclude: tuple[int, ...],
+) -> list[int]:
+    """The ``rarest`` order of :func:`queue`: class-balanced round robin over the (head,
+    predicted class) lists, the class with the fewest gold + accepted labels first."""
+    limit = int(params["limit"])
+    gold = _gold_cached(
+        s, ("gold_counts", rnd.project_id), lambda: gold_counts(s, project_id=rnd.project_id)
+    )
+    accepted = accepted_counts(s, round_id=rnd.id)
+    schema = _gold_cached(
+        s,
+        ("schema", rnd.project_id),
+        lambda: s.scalar(select(Project.label_schema).where(Project.id == rnd.project_id)) or {},
+    )
+    keys = []
+    for head in _queue_heads(rnd, flt):
+        classes = open_labels.get(head, ()) if open_labels is not None else schema.get(head, ())
+        for c in classes:
+            if flt.label and c != flt.label:
+                continue
+            n = gold.get(head, {}).get(c, 0) + accepted.get(head, {}).get(c, 0)
+            keys.append((n, head, c))
+    keys.sort()
+    if not keys:
+        return []
+    # one round trip: each (head, class) scan, most confident first and stopping at ``limit``,
+    # as a subquery of one UNION ALL (the statements are built once, see _queue_statement)
+    ukey = (
+        "rarest",
+        tuple((h, c) for _, h, c in keys),
+        rnd.id,
+        replace(flt, sample_ids=None),
+        user_id,
+        bool(exclude),
+        tuple(sorted(open_labels.items())) if open_labels is not None else None,
+    )
+    stmt = _STATEMENTS.get(ukey)
+    if stmt is None:
+        subs = [
+            _queue_statement(
+                rnd, replace(flt, head=h, label=c), h, user_id, bool(exclude), open_labels
+            ).subquery()
+            for _, h, c in keys
+        ]
+        stmt = union_all(
+            *(
+                select(literal(k).label("k"), sub.c.sample_id, sub.c.confidence)
+                for k, sub in enumerate(subs)
+            )
+        )
+        _STATEMENTS[ukey] = stmt
+    if exclude:
+        params = {**params, "exclude": list(exclude)}
+    rows = sorted(s.execute(stmt, params).all(), key=lambda r: (r[0], -r[2], r[1]))
+    lists: list[list[int]] = [[] for _ in keys]
+    for k, sid, _conf in rows:
+        lists[k].append(sid)
+    out: list[int] = []
+    seen: set[int] = set()
+    for rank in range(limit):
+        for ids in lists:
+            if rank < len(ids) and ids[rank] not in seen:
+                seen.add(ids[rank])
+                out.append(ids[rank])
+                if len(out) >= limit:
+                    return out
     return out
 
 

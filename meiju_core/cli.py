@@ -414,6 +414,106 @@ def table1(
         out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
 
 
+def _names(text: str | None, option: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma list of names, each one of ``allowed``; a clear error naming the option."""
+    if text is None:
+        return allowed
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n not in allowed]
+    if bad or not names:
+        raise typer.BadParameter(
+            f"{option}: {', '.join(bad) or 'nothing given'}; choose from {', '.join(allowed)}"
+        )
+    return names
+
+
+@app.command("simulate-review")
+def simulate_review(
+    seeds: Annotated[int, typer.Option(help="Seeds (336, 337, ...): one stage-1 model each.")] = 3,
+    budget: Annotated[int, typer.Option(help="Cards per queue order and action.")] = 2000,
+    every: Annotated[int, typer.Option(help="A checkpoint every N cards.")] = 250,
+    points: Annotated[
+        str | None,
+        typer.Option(help="Card counts to train stage 2 at, e.g. 500,1000,2000 (default: all)."),
+    ] = None,
+    orders: Annotated[
+        str | None,
+        typer.Option(help="Queue orders, comma-separated (default: all four)."),
+    ] = None,
+    actions: Annotated[
+        str | None, typer.Option(help="reject and/or correct, comma-separated (default: both).")
+    ] = None,
+    combos: Annotated[
+        str | None,
+        typer.Option(
+            help="order/action pairs instead of every order with every action, e.g. "
+            "confidence/reject,confidence/correct,rarest/correct."
+        ),
+    ] = None,
+    error_rate: Annotated[float, typer.Option(help="Chance the annotator errs, per head.")] = 0.05,
+    seconds: Annotated[
+        float | None,
+        typer.Option(help="Seconds per card (default: the dashboard's median, else 3)."),
+    ] = None,
+    undo_rate: Annotated[float, typer.Option(help="Chance of an undo after a card.")] = 0.01,
+    preset: Annotated[str, typer.Option(help="Training preset of both stages.")] = "fast",
+    stage1_epochs: Annotated[
+        int | None, typer.Option(help="Stage-1 epochs (default: the preset's).")
+    ] = None,
+    stage2_epochs: Annotated[int, typer.Option(help="Stage-2 epochs per checkpoint.")] = 4,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write <out>.json, <out>.md and <out>.html (default: print only)."),
+    ] = None,
+) -> None:
+    """What review buys: a simulated annotator works a round per queue order and action through
+    the Review page's services, against the pool's withheld labels; stage 2 after every N cards,
+    test joint score beside the automatic rule, gold labelling and stage 2 on gold alone. Runs
+    already done are reused."""
+    import json
+
+    from db import queries as q
+    from meiju_core import simulate as sim
+
+    settings, store, info = _store_and_project()
+    try:
+        pts = tuple(int(p) for p in points.split(",") if p.strip()) if points else None
+    except ValueError:
+        raise typer.BadParameter(
+            f"--points: whole numbers, comma-separated; got {points!r}"
+        ) from None
+    if seeds < 1:
+        raise typer.BadParameter("--seeds must be >= 1")
+    opts = sim.ValueOptions(
+        seeds=tuple(settings.seed + i for i in range(seeds)),
+        budget=budget,
+        every=every,
+        points=pts,
+        orders=_names(orders, "--orders", q.QUEUE_ORDERS),
+        actions=_names(actions, "--actions", sim.ACTIONS),
+        combos=tuple(c.strip() for c in combos.split(",") if c.strip()) if combos else None,
+        error_rate=error_rate,
+        seconds_per_decision=seconds,
+        undo_rate=undo_rate,
+        preset=preset,
+        stage1_epochs=stage1_epochs,
+        stage2_epochs=stage2_epochs,
+        device=settings.device,
+        feature_set=settings.feature_set,
+    )
+    with _friendly(), _bar("simulated review") as update:
+        result = sim.run_review_value(
+            store, project_id=info["id"], data_dir=settings.data_dir, options=opts, progress=update
+        )
+    text = sim.table(result)
+    typer.echo(text)
+    typer.echo(f"wall time {result['seconds']:.0f} s, {result['new_runs']} stage-2 runs trained")
+    if out is not None:
+        out.with_suffix(".md").write_text(text + "\n")
+        out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
+        sim.figure(result).write_html(out.with_suffix(".html"), include_plotlyjs="cdn")
+
+
 @app.command("label-issues")
 def label_issues(
     split: Annotated[str, typer.Option(help="Split whose gold labels are checked.")] = "train",
@@ -501,6 +601,14 @@ def pseudo_label(
     min_decisions: Annotated[
         int, typer.Option(help="Reviewed pseudo-labels a class needs for its own threshold.")
     ] = 20,
+    order: Annotated[
+        str,
+        typer.Option(
+            help="Queue order of the round: confidence (most confident first, the paper's), "
+            "uncertainty (least confident first), disagreement (heads or ensemble members "
+            "disagree first) or rarest (rarest predicted class first, round robin)."
+        ),
+    ] = "confidence",
 ) -> None:
     """Open a review round; with --auto, fill its quotas the paper's way, without a human."""
     from meiju_core import pipeline
@@ -533,8 +641,9 @@ def pseudo_label(
             thresholds=th,
             strategy=quota,
             budget=budget,
+            queue_order=order,
         )
-        typer.echo(f"round #{rid} open on model version #{mv}")
+        typer.echo(f"round #{rid} open on model version #{mv} (queue order: {order})")
         if auto:
             with _bar("accepting pseudo-labels") as update:
                 out = pipeline.auto_pseudo_label(

@@ -1185,17 +1185,28 @@ def open_round(
     budget: int | None = None,
     explicit: dict[str, dict[str, int]] | None = None,
     user: dict[str, Any] | None = None,
+    queue_order: str = "confidence",
 ) -> int:
     """Open a review round with thresholds per head or per head and class (see
     :func:`round_plan`) and the per-class quotas of :func:`round_plan` (gold distribution
     fitted to the candidates). Returns the round id.
 
+    ``queue_order`` is the order the round serves its cards in: ``confidence`` (most confident
+    first, the paper's rule), ``uncertainty`` (least confident first), ``disagreement`` (heads or
+    ensemble members disagree first) or ``rarest`` (rarest predicted class first, round robin);
+    ``db.queries.queue`` defines each.
+
     Raises:
         PermissionDenied: ``user`` is given and is not an admin in the store.
-        InputError: see :func:`round_plan`.
+        InputError: an unknown ``queue_order``; and see :func:`round_plan`.
     """
     if user is not None:
         require_admin(user, "open a review round", store=store)
+    if queue_order not in q.QUEUE_ORDERS:
+        raise InputError(
+            f"queue order {queue_order!r} is not one of {', '.join(q.QUEUE_ORDERS)}",
+            field="queue_order",
+        )
     plan = round_plan(
         store,
         settings,
@@ -1214,6 +1225,7 @@ def open_round(
             thresholds=plan["thresholds"],
             quotas=plan["quotas"],
             user_id=(user or {}).get("id"),
+            queue_order=queue_order,
         )
         return rnd.id
 

@@ -184,6 +184,12 @@ def _parse(raw: str, kind: type) -> Any:
     return kind(raw)
 
 
+def environment_key() -> tuple[tuple[str, str], ...]:
+    """The ``MEIJU_*`` environment as a hashable key: settings loaded under equal keys are
+    equal, so a caller may keep one :class:`Settings` per key (the app does, per process)."""
+    return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("MEIJU_")))
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved settings; build with ``Settings.load()``."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import html
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import streamlit as st
 
 from db import Store, views
 from meiju_core import pipeline
-from meiju_core.settings import Settings
+from meiju_core.settings import Settings, environment_key
 
 CSS = """
 <style>
@@ -60,8 +59,7 @@ CSS = """
 def settings() -> Settings:
     """Settings from ``MEIJU_*`` environment variables, parsed and checked once per distinct
     environment (a page asks for them several times per key press)."""
-    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("MEIJU_")))
-    return _settings_for(env)
+    return _settings_for(environment_key())
 
 
 @functools.lru_cache(maxsize=8)

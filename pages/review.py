@@ -55,6 +55,21 @@ RESERVED_KEYS = {"A", "X", "S", "U", "H", "C", "R", "0", *DIGITS}
 FILTER_KEYS = ("head", "label", "min", "max", "unseen", "disagree", "model", "samples")
 TRANSCRIPTS_PAGE = "pages/transcripts.py"
 LINK_SHOWN = 120  # characters of a queue's link shown under the filters
+# A round's queue order (db.queries.QUEUE_ORDERS), as the round panel and the form name it
+QUEUE_ORDER_LABELS = {
+    "confidence": "most confident first",
+    "uncertainty": "least confident first",
+    "disagreement": "disagreements first",
+    "rarest": "rarest class first",
+}
+QUEUE_ORDER_HELP = (
+    "The order cards come in. Most confident first is the paper's rule. Least confident first "
+    "shows the cards the model is least sure of (within the thresholds). Disagreements first "
+    "shows cards whose emotion and intent form a pair never seen in the gold labels (or whose "
+    "ensemble members disagree). Rarest class first takes one card of each predicted class in "
+    "turn, the class with the fewest gold and accepted labels first. "
+    "benchmarks/bench_review_value.py measures which order buys the most joint score per hour."
+)
 S = st.session_state
 
 
@@ -183,14 +198,17 @@ def round_summary(rnd: dict[str, Any] | None) -> None:
     th = " · ".join(f"{h} {thr.describe(t)}" for h, t in rnd["thresholds"].items())
     budget = {h: sum(int(v) for v in per.values()) for h, per in rnd["quotas"].items()}
     quota = " · ".join(f"{h} {n}" for h, n in budget.items())
+    order = rnd.get("queue_order") or "confidence"
     st.caption(
         f"Round **#{rnd['id']}** · model **{rnd['model_name']}** (#{rnd['model_version_id']}) · "
+        f"queue order **{QUEUE_ORDER_LABELS.get(order, order)}** · "
         f"thresholds {th} · quota totals {quota} · opened {common.ago(rnd['created_at'])}"
     )
 
 
 def open_round_ui(store, settings, project: dict[str, Any], user: dict[str, Any], has_round: bool):
-    """Admins: pick a model version, thresholds per head and a quota strategy; open the round."""
+    """Admins: pick a model version, thresholds per head, a quota strategy and the queue order;
+    open the round."""
     with st.expander("Open a new round", expanded=not has_round, icon=":material/add_circle:"):
         versions = common.model_versions(store, project_id=project["id"])
         if not versions:
@@ -262,6 +280,14 @@ def open_round_ui(store, settings, project: dict[str, Any], user: dict[str, Any]
             key="rv_new_budget",
             help="Most pseudo-labels the round may accept per head.",
         )
+        order = st.radio(
+            "Queue order",
+            list(QUEUE_ORDER_LABELS),
+            format_func=QUEUE_ORDER_LABELS.get,
+            horizontal=True,
+            key="rv_new_order",
+            help=QUEUE_ORDER_HELP,
+        )
         plan = _round_plan(
             settings.database_url,
             project["id"],
@@ -283,12 +309,17 @@ def open_round_ui(store, settings, project: dict[str, Any], user: dict[str, Any]
                     strategy=strategy,
                     budget=int(budget),
                     user=user,
+                    queue_order=order,
                 )
             except MeijuError as e:
                 st.error(str(e))
                 return
             _reset_cards()
-            common.flash("success", f"Round #{rid} is open.", key="rv_page_flash")
+            common.flash(
+                "success",
+                f"Round #{rid} is open. Cards come {QUEUE_ORDER_LABELS[order]}.",
+                key="rv_page_flash",
+            )
             st.rerun()
 
 
@@ -1315,6 +1346,7 @@ def main() -> None:
                 "thresholds": dict(r.thresholds),
                 "quotas": dict(r.quotas),
                 "created_at": r.created_at,
+                "queue_order": r.queue_order,
             }
     top = st.container(horizontal=True, vertical_alignment="center")
     with top:
