@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     and_,
@@ -163,9 +163,20 @@ def current_model(s: Session, *, project_id: int) -> ModelVersion | None:
     return promoted or s.scalars(q.order_by(ModelVersion.id.desc())).first()
 
 
+def get_round(s: Session, round_id: int) -> ReviewRound:
+    """The review round ``round_id``. Raises QueueError when there is none."""
+    rnd = s.get(ReviewRound, round_id)
+    if rnd is None:
+        raise QueueError(f"review round {round_id} does not exist")
+    return rnd
+
+
 def promote(s: Session, *, model_version_id: int, user_id: int | None = None) -> None:
-    """Make one model version the promoted one; the previously promoted becomes archived."""
+    """Make one model version the promoted one; the previously promoted becomes archived.
+    Raises QueueError for an unknown model version."""
     mv = s.get(ModelVersion, model_version_id)
+    if mv is None:
+        raise QueueError(f"model version {model_version_id} does not exist")
     s.execute(
         update(ModelVersion)
         .where(ModelVersion.project_id == mv.project_id, ModelVersion.status == "promoted")
@@ -273,7 +284,7 @@ def accepted_counts(s: Session, *, round_id: int) -> dict[str, dict[str, int]]:
 
 def quota_status(s: Session, *, round_id: int) -> dict[str, dict[str, tuple[int, int]]]:
     """{head: {class: (accepted, quota)}} for every class that has a quota or an acceptance."""
-    rnd = s.get(ReviewRound, round_id)
+    rnd = get_round(s, round_id)
     counts = accepted_counts(s, round_id=round_id)
     out: dict[str, dict[str, tuple[int, int]]] = {}
     for head, per_class in rnd.quotas.items():
@@ -535,7 +546,7 @@ def _head_query(
     head: str,
     *,
     user_id: int | None,
-    now: datetime | None,
+    now: Any,  # a datetime, a bound parameter (a cached statement), or None with open_only=False
     open_only: bool = True,
     bind_ids: bool = False,
     open_labels: dict[str, tuple[str, ...]] | None = None,
@@ -602,7 +613,7 @@ def _open_conditions(
     sample_col,
     *,
     user_id: int | None,
-    now: datetime,
+    now: Any,  # a datetime or a bound parameter
     skipped: str = "exclude",
     head: str | None = None,
 ) -> list:
@@ -643,7 +654,7 @@ _GOLD_CACHE: dict[tuple, tuple[float, Any]] = {}
 
 def _gold_cached(s: Session, key: tuple, compute):
     """``compute()`` for ``key`` in this session's database, reused for :data:`GOLD_CACHE_S`."""
-    full = (str(s.get_bind().url), *key)
+    full = (str(s.get_bind().engine.url), *key)
     now = time.monotonic()
     hit = _GOLD_CACHE.get(full)
     if hit is not None and now - hit[0] < GOLD_CACHE_S:
@@ -740,7 +751,7 @@ def queue(
     the lists are merged: a card in the overall top ``limit`` is in the top ``limit`` of the list
     that ranks it, so no GROUP BY over all predictions is needed.
     """
-    rnd = s.get(ReviewRound, round_id)
+    rnd = get_round(s, round_id)
     params: dict[str, Any] = {"now": utcnow(), "limit": int(limit)}
     exclude = tuple(exclude)
     if flt.sample_ids is not None:
@@ -1002,7 +1013,7 @@ def candidate_count(
     reads every pool sample (tens of milliseconds per 100,000), the correction only the decided
     and leased ones.
     """
-    rnd = s.get(ReviewRound, round_id)
+    rnd = get_round(s, round_id)
     if open_labels is None:
         open_labels = open_classes(s, round_id=round_id)
     q = (
@@ -1037,7 +1048,7 @@ def queue_size(
     anyone, a class with quota left):
     ``base`` (or :func:`candidate_count`) less the matching cards that are decided or leased.
     ``base`` must have been counted with the same ``open_labels``."""
-    rnd = s.get(ReviewRound, round_id)
+    rnd = get_round(s, round_id)
     if open_labels is None:
         open_labels = open_classes(s, round_id=round_id)
     if base is None:
@@ -1085,7 +1096,7 @@ def filtered_candidates(
 ) -> dict[str, list[tuple[int, list[float]]]]:
     """Bulk accept's input: head -> [(sample id, probs)] of every open card of the filtered set
     whose ``head`` row qualifies (threshold, class, confidence range), most confident first."""
-    rnd = s.get(ReviewRound, round_id)
+    rnd = get_round(s, round_id)
     now = utcnow()
     mv_id = flt.model_version_id or rnd.model_version_id
     out: dict[str, list[tuple[int, list[float]]]] = {}
@@ -1165,7 +1176,7 @@ def lease(
             PseudoLabel.head != SKIP_HEAD,
         )
     )
-    if decided >= len(rnd.thresholds):
+    if (decided or 0) >= len(rnd.thresholds):
         return False
     held = s.scalars(
         select(ReviewLease).where(
@@ -1435,7 +1446,9 @@ def _set_state(
             model_version_id=model_version_id or rnd.model_version_id,
         )
         s.add(row)
-    row.label, row.state, row.confidence, row.decision_id = label, state, confidence, decision_id
+    state_row = cast(PseudoLabel, row)
+    state_row.label, state_row.state = label, state
+    state_row.confidence, state_row.decision_id = confidence, decision_id
 
 
 @dataclass
@@ -1577,7 +1590,7 @@ def bulk_accept(
             head=d.head,
             label=d.label,
             state="accepted",
-            confidence=conf[(d.sample_id, d.head)],
+            confidence=conf[(d.sample_id, str(d.head))],
             decision_id=d.id,
             model_version_id=mv_id,
         )
