@@ -127,10 +127,14 @@ def test_a_flagged_gold_label_is_relabelled_by_keyboard(demo, browser):
     page.locator("[data-testid='stExpander'] summary").filter(has_text="Check gold labels").click()
     page.get_by_role("button", name="Run the check").click()
     wait_idle(page)
-    with store.read() as s:
-        job = s.scalars(
-            select(Job).where(Job.kind == "label_check").order_by(Job.id.desc())
-        ).first()
+
+    def queued_check():  # the click's rerun may start after the page looked idle
+        with store.read() as s:
+            return s.scalars(
+                select(Job).where(Job.kind == "label_check").order_by(Job.id.desc())
+            ).first()
+
+    job = wait_for(queued_check)
     assert job is not None and job.status == "queued", log_path.read_text()[-3000:]
     # the worker's part, in this process: the app never runs the check itself
     result = jobs.execute(store, settings, job.id)
