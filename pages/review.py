@@ -578,7 +578,7 @@ def filter_summary(flt: q.QueueFilter, params: dict[str, str]) -> None:
     if flt.unseen_pairs is not None:
         parts.append(f"unseen {flt.pair_heads[0]} × {flt.pair_heads[1]} pair")
     if flt.disagree:
-        parts.append("paths disagree")
+        parts.append("ensemble members disagree")
     if flt.sample_ids is not None:
         parts.append(f"{len(flt.sample_ids)} linked samples")
     link = "?" + urlencode(params, safe=",")
