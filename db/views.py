@@ -1,4 +1,5 @@
-"""Reads for the pages' lists and panels: model versions, transcripts and their edits, one job.
+"""Reads for the pages' lists and panels: model versions, transcripts and their edits, one job,
+the Review page's round, card states and linked samples.
 
 Like ``db.queries`` and ``db.analytics``, every function takes an open ``Session`` first and the
 rest by keyword, and returns plain tuples, dicts and lists (no ORM objects), so a page can cache
@@ -11,11 +12,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from db import queries as q
-from db.models import Job, ModelVersion, ReviewRound, Sample, Transcript, TranscriptEdit, User
+from db.models import (
+    Job,
+    ModelVersion,
+    Prediction,
+    PseudoLabel,
+    ReviewRound,
+    Sample,
+    Transcript,
+    TranscriptEdit,
+    User,
+)
 
 # --------------------------------------------------------------------------- model versions
 
@@ -242,3 +253,80 @@ def round_model_version(s: Session, *, round_id: int) -> int | None:
     """The model version id a review round was opened on (None for an unknown round)."""
     rnd = s.get(ReviewRound, round_id)
     return None if rnd is None else rnd.model_version_id
+
+
+# --------------------------------------------------------------------------- review page
+
+
+def _round_dict(s: Session, rnd: ReviewRound) -> dict[str, Any]:
+    mv = s.get(ModelVersion, rnd.model_version_id)
+    return {
+        "id": rnd.id,
+        "model_version_id": rnd.model_version_id,
+        "model_name": mv.name if mv else "?",
+        "thresholds": dict(rnd.thresholds or {}),
+        "quotas": dict(rnd.quotas or {}),
+        "created_at": rnd.created_at,
+        "queue_order": rnd.queue_order,
+    }
+
+
+def review_round(s: Session, *, round_id: int) -> dict[str, Any] | None:
+    """One review round as the Review page shows it: ``id``, ``model_version_id``,
+    ``model_name`` (``"?"`` if the version is gone), ``thresholds``, ``quotas``, ``created_at``,
+    ``queue_order``; None for an unknown round."""
+    rnd = s.get(ReviewRound, round_id)
+    return None if rnd is None else _round_dict(s, rnd)
+
+
+def active_review_round(s: Session, *, project_id: int) -> dict[str, Any] | None:
+    """The project's open pseudo-label round (``q.active_round``) as :func:`review_round`
+    returns it, or None."""
+    rnd = q.active_round(s, project_id=project_id)
+    return None if rnd is None else _round_dict(s, rnd)
+
+
+def predicted_versions(s: Session, *, project_id: int) -> list[tuple[int, str, str]]:
+    """``(id, name, status)`` of the project's model versions that have predictions, newest
+    first."""
+    rows = s.execute(
+        select(ModelVersion.id, ModelVersion.name, ModelVersion.status)
+        .where(
+            ModelVersion.project_id == project_id,
+            exists().where(Prediction.model_version_id == ModelVersion.id),
+        )
+        .order_by(ModelVersion.id.desc())
+    ).all()
+    return [(i, name, status) for i, name, status in rows]
+
+
+def outside_pool(s: Session, *, sample_ids: Sequence[int]) -> tuple[int, ...]:
+    """The samples of ``sample_ids`` that exist and are not in the pool (train, valid or test),
+    in the order given."""
+    if not sample_ids:
+        return ()
+    found = set(
+        s.scalars(select(Sample.id).where(Sample.id.in_(sample_ids), Sample.split != "pool"))
+    )
+    return tuple(i for i in sample_ids if i in found)
+
+
+def head_states(s: Session, *, round_id: int, sample_id: int) -> dict[str, tuple[str, str]]:
+    """``{head: (state, label)}`` of a card's decided heads in a round (``accepted`` or
+    ``rejected``); a skip is no head."""
+    rows = s.execute(
+        select(PseudoLabel.head, PseudoLabel.state, PseudoLabel.label).where(
+            PseudoLabel.round_id == round_id,
+            PseudoLabel.sample_id == sample_id,
+            PseudoLabel.head != q.SKIP_HEAD,
+        )
+    )
+    return {head: (state, label) for head, state, label in rows}
+
+
+def utt_ids(s: Session, *, sample_ids: Sequence[int]) -> dict[int, str]:
+    """``{sample id: utterance id}`` of the samples found among ``sample_ids``."""
+    if not sample_ids:
+        return {}
+    rows = s.execute(select(Sample.id, Sample.utt_id).where(Sample.id.in_(sample_ids)))
+    return {sid: utt for sid, utt in rows}

@@ -32,15 +32,16 @@ from urllib.parse import urlencode
 
 import pandas as pd
 import streamlit as st
-from sqlalchemy import exists, select
 
+from db import analytics as an
 from db import queries as q
 from db import thresholds as thr
-from db.models import ModelVersion, Prediction, PseudoLabel, ReviewRound, Sample
+from db import views
 from meiju_core import pipeline
 from meiju_core.errors import BelowThreshold, CardTaken, MeijuError, QuotaExceeded
-from meiju_core.validate import db_id, db_ids, unit_interval_problem
+from meiju_core.validate import db_id, db_ids
 from pages import _common as common
+from pages import _review_filter as rf
 from pages._inspect import inspect_panel
 from pages._keys import key_listener, new_events
 
@@ -52,9 +53,7 @@ THRESHOLD_STEPS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 DIGITS = "123456789"
 # A E I X S U H and the digits are the page's; C and R are Streamlit's own
 RESERVED_KEYS = {"A", "X", "S", "U", "H", "C", "R", "0", *DIGITS}
-FILTER_KEYS = ("head", "label", "min", "max", "unseen", "disagree", "model", "samples")
 TRANSCRIPTS_PAGE = "pages/transcripts.py"
-LINK_SHOWN = 120  # characters of a queue's link shown under the filters
 # A round's queue order (db.queries.QUEUE_ORDERS), as the round panel and the form name it
 QUEUE_ORDER_LABELS = {
     "confidence": "most confident first",
@@ -154,12 +153,7 @@ def _evidence_thresholds(url: str, project_id: int) -> dict[str, Any] | None:
 
     store = common.store_at(url)
     with store.read() as s:
-        rounds = s.scalars(
-            select(ReviewRound.id)
-            .where(ReviewRound.project_id == project_id, ReviewRound.kind == "pseudo")
-            .order_by(ReviewRound.id.desc())
-            .limit(5)
-        ).all()
+        rounds = [r["id"] for r in an.rounds(s, project_id=project_id, kind="pseudo")[:5]]
         chosen = next((r for r in rounds if review_observations(s, round_id=r)), None)
     if chosen is None:
         return None
@@ -336,14 +330,7 @@ def _unseen_pairs(url: str, project_id: int, heads: tuple[str, str]) -> tuple:
 def _predicted_versions(url: str, project_id: int) -> dict[int, str]:
     """{model version id: label} of the project's versions that have predictions, newest first."""
     with common.store_at(url).read() as s:
-        rows = s.execute(
-            select(ModelVersion.id, ModelVersion.name, ModelVersion.status)
-            .where(
-                ModelVersion.project_id == project_id,
-                exists().where(Prediction.model_version_id == ModelVersion.id),
-            )
-            .order_by(ModelVersion.id.desc())
-        ).all()
+        rows = views.predicted_versions(s, project_id=project_id)
     return {i: f"#{i} {name} ({status})" for i, name, status in rows}
 
 
@@ -362,10 +349,7 @@ def _candidate_count(
 def _outside_pool(url: str, sample_ids: tuple[int, ...]) -> tuple[int, ...]:
     """The linked samples that are not in the pool (valid, test or train), in link order."""
     with common.store_at(url).read() as s:
-        found = set(
-            s.scalars(select(Sample.id).where(Sample.id.in_(sample_ids), Sample.split != "pool"))
-        )
-    return tuple(i for i in sample_ids if i in found)
+        return views.outside_pool(s, sample_ids=sample_ids)
 
 
 def inspect_link(project: dict[str, Any]) -> bool:
@@ -387,94 +371,22 @@ def inspect_link(project: dict[str, Any]) -> bool:
     return True
 
 
-def _pair_heads(heads: dict[str, list[str]]) -> tuple[str, str] | None:
-    names = list(heads)
-    if "emotion" in heads and "intent" in heads:
-        return ("emotion", "intent")
-    return (names[0], names[1]) if len(names) >= 2 else None
-
-
-def _clean_params(
-    raw: dict[str, str], heads: dict[str, list[str]], versions: dict[int, str]
-) -> dict[str, str]:
-    """Valid filter parameters from a URL (anything else is dropped); ``pred`` (the dashboard's
-    name for the predicted class) is read as ``label``."""
-    out: dict[str, str] = {}
-    head = raw.get("head", "")
-    if head in heads:
-        out["head"] = head
-        label = raw.get("label") or raw.get("pred") or ""
-        if label in heads[head]:
-            out["label"] = label
-    for key in ("min", "max"):
-        try:
-            v = float(raw.get(key, ""))
-        except ValueError:
-            continue
-        if unit_interval_problem(v) is None:
-            out[key] = f"{v:g}"
-    for key in ("unseen", "disagree"):
-        if raw.get(key, "").lower() in ("1", "true", "yes", "on"):
-            out[key] = "1"
-    model = raw.get("model", "")
-    if db_id(model) in versions:
-        out["model"] = str(db_id(model))
-    ids = db_ids(raw.get("samples", ""))
-    if ids:
-        out["samples"] = ",".join(map(str, ids))
-    return out
-
-
 def _url_params() -> dict[str, str]:
-    qp = st.query_params
-    return {k: qp.get(k, "") for k in (*FILTER_KEYS, "pred") if k in qp}
+    return rf.url_params(st.query_params)
 
 
 def _to_widgets(params: dict[str, str], heads: dict[str, list[str]], round_mv: int) -> None:
     """Set the filter widgets' state from filter parameters."""
-    head = params.get("head", "any")
-    S["rv_f_head"] = head
-    for h in heads:
-        S[f"rv_f_label_{h}"] = params.get("label", "any") if h == head else "any"
-    S["rv_f_conf"] = (float(params.get("min", 0.0)), float(params.get("max", 1.0)))
-    S["rv_f_unseen"] = params.get("unseen") == "1"
-    S["rv_f_disagree"] = params.get("disagree") == "1"
-    S["rv_f_model"] = int(params.get("model", round_mv))
-    S["rv_f_samples"] = params.get("samples", "")
-
-
-def _from_widgets(heads: dict[str, list[str]], round_mv: int) -> dict[str, str]:
-    out: dict[str, str] = {}
-    head = S.get("rv_f_head", "any")
-    if head in heads:
-        out["head"] = head
-        label = S.get(f"rv_f_label_{head}", "any")
-        if label in heads[head]:
-            out["label"] = label
-    lo, hi = S.get("rv_f_conf", (0.0, 1.0))
-    if lo > 0:
-        out["min"] = f"{lo:g}"
-    if hi < 1:
-        out["max"] = f"{hi:g}"
-    if S.get("rv_f_unseen"):
-        out["unseen"] = "1"
-    if S.get("rv_f_disagree"):
-        out["disagree"] = "1"
-    if S.get("rv_f_model", round_mv) != round_mv:
-        out["model"] = str(S["rv_f_model"])
-    if S.get("rv_f_samples"):
-        out["samples"] = S["rv_f_samples"]
-    return out
+    for key, value in rf.widget_state(params, heads, round_mv).items():
+        S[key] = value
 
 
 def _write_url(params: dict[str, str]) -> None:
-    current = _url_params()
-    if current == params:
-        return
-    for key in (*FILTER_KEYS, "pred"):
-        if key in current and key not in params:
-            del st.query_params[key]
-    st.query_params.update({k: v for k, v in params.items() if current.get(k) != v})
+    gone, changed = rf.url_update(_url_params(), params)
+    for key in gone:
+        del st.query_params[key]
+    if changed:
+        st.query_params.update(changed)
 
 
 def _clear_filters() -> None:
@@ -490,7 +402,7 @@ def sync_filters(heads: dict[str, list[str]], versions: dict[int, str], round_mv
         _to_widgets({}, heads, round_mv)
     elif url != S.get("rv_url_seen"):
         if url or "rv_params" not in S:
-            S["rv_params"] = _clean_params(url, heads, versions)
+            S["rv_params"] = rf.clean_params(url, heads, versions)
         _to_widgets(S["rv_params"], heads, round_mv)
     elif "rv_f_head" not in S:  # widget state is dropped while another page is shown
         _to_widgets(S.get("rv_params", {}), heads, round_mv)
@@ -508,7 +420,7 @@ def queue_filter_ui(
     if round_mv not in versions:
         versions = {round_mv: f"#{round_mv} {rnd['model_name']}", **versions}
     sync_filters(heads, versions, round_mv)
-    pair_heads = _pair_heads(heads)
+    pair_heads = rf.pair_heads(heads)
     pairs = _unseen_pairs(url, project["id"], pair_heads) if pair_heads else ()
     # a constant label: a popover whose label changes is a new element, and would close
     with st.popover("Filter", icon=":material/filter_list:"):
@@ -542,21 +454,10 @@ def queue_filter_ui(
             "against an ensemble version, e.g. intent from a one-head and a two-head system).",
         )
         st.button("Clear filters", key="rv_f_clear", on_click=_clear_filters, type="tertiary")
-    params = _from_widgets(heads, round_mv)
+    params = rf.params_from_widgets(S, heads, round_mv)
     S["rv_params"] = S["rv_url_seen"] = params
     _write_url(params)
-    ids = tuple(int(i) for i in params["samples"].split(",")) if "samples" in params else None
-    flt = q.QueueFilter(
-        head=params.get("head"),
-        label=params.get("label"),
-        min_confidence=float(params["min"]) if "min" in params else None,
-        max_confidence=float(params["max"]) if "max" in params else None,
-        sample_ids=ids,
-        model_version_id=int(params["model"]) if "model" in params else None,
-        unseen_pairs=tuple(pairs) if "unseen" in params and pair_heads else None,
-        pair_heads=pair_heads or ("emotion", "intent"),
-        disagree="disagree" in params,
-    )
+    flt = rf.queue_filter(params, pairs=tuple(pairs), pair_heads=pair_heads)
     if S.get("rv_filter") != flt:
         S["rv_filter"] = flt
         _reset_cards()
@@ -566,27 +467,9 @@ def queue_filter_ui(
 def filter_summary(flt: q.QueueFilter, params: dict[str, str]) -> None:
     """The active filters in words and the link that opens this queue (a link naming samples
     outside the pool opens the inspect view instead, see :func:`inspect_link`)."""
-    if not params:
-        return
-    parts = []
-    if flt.head:
-        parts.append(f"{flt.head}" + (f" = **{flt.label}**" if flt.label else ""))
-    if flt.min_confidence is not None or flt.max_confidence is not None:
-        parts.append(f"confidence {flt.min_confidence or 0:.2f}–{flt.max_confidence or 1:.2f}")
-    if flt.model_version_id:
-        parts.append(f"model #{flt.model_version_id}")
-    if flt.unseen_pairs is not None:
-        parts.append(f"unseen {flt.pair_heads[0]} × {flt.pair_heads[1]} pair")
-    if flt.disagree:
-        parts.append("ensemble members disagree")
-    if flt.sample_ids is not None:
-        parts.append(f"{len(flt.sample_ids)} linked samples")
-    link = "?" + urlencode(params, safe=",")
-    if len(link) > LINK_SHOWN:  # a long sample list: the address bar holds the whole link
-        cut = link.rfind(",", 0, LINK_SHOWN)
-        link = link[: cut if cut > 0 else LINK_SHOWN] + "…"
-        parts.append("the address bar holds the whole link")
-    st.caption("Filtered: " + " · ".join(parts) + f" · link: `{link}`")
+    text = rf.summary_text(flt, params)
+    if text:
+        st.caption(text)
 
 
 # --------------------------------------------------------------------------- the card
@@ -635,36 +518,23 @@ def _load_view(store, round_id: int, user_id: int, flt: q.QueueFilter) -> dict[s
                     + mine
                 )
                 S["rv_left_at"] = time.monotonic()
-        rnd = s.get(ReviewRound, round_id)
-        mv_id = flt.model_version_id or rnd.model_version_id
+        rnd = views.review_round(s, round_id=round_id)
+        assert rnd is not None, f"no review round {round_id}"
+        mv_id = flt.model_version_id or rnd["model_version_id"]
         if prepared and ids and prepared["sid"] == ids[0] and prepared["model"] == mv_id:
             cards, states = [prepared["card"]], prepared["states"]  # read by _advance this run
         else:
             cards = q.load_cards(s, model_version_id=mv_id, sample_ids=ids[:1])
-            states = _head_states(s, round_id, ids[0]) if cards else {}
+            states = views.head_states(s, round_id=round_id, sample_id=ids[0]) if cards else {}
         return {
             "ids": ids,
             "card": cards[0] if cards else None,
             "states": states,
-            "thresholds": dict(rnd.thresholds),
+            "thresholds": rnd["thresholds"],
             "model_version_id": mv_id,
-            "round_model": rnd.model_version_id,
+            "round_model": rnd["model_version_id"],
             "quotas": quotas,
         }
-
-
-def _head_states(s, round_id: int, sample_id: int) -> dict[str, tuple[str, str]]:
-    """{head: (state, label)} of the card's decided heads in the round (a skip is no head)."""
-    return {
-        p.head: (p.state, p.label)
-        for p in s.scalars(
-            select(PseudoLabel).where(
-                PseudoLabel.round_id == round_id,
-                PseudoLabel.sample_id == sample_id,
-                PseudoLabel.head != q.SKIP_HEAD,
-            )
-        )
-    }
 
 
 def _read_history(store, round_id: int, user_id: int) -> list[dict[str, Any]]:
@@ -828,10 +698,9 @@ def _advance() -> int | None:
             continue
         mv_id = S.get("rv_card_model")
         with store.read() as s:
-            rnd = s.get(ReviewRound, S["rv_round"])
-            mv_id = mv_id or rnd.model_version_id
+            mv_id = mv_id or views.round_model_version(s, round_id=S["rv_round"])
             cards = q.load_cards(s, model_version_id=mv_id, sample_ids=[sid])
-            states = _head_states(s, rnd.id, sid)
+            states = views.head_states(s, round_id=S["rv_round"], sample_id=sid)
         if not cards:
             continue
         S["rv_card"], S["rv_shown"] = sid, time.monotonic()
@@ -890,13 +759,7 @@ def _undo(decision_id: int | None = None) -> None:
     ahead = [i for i in S.get("rv_ahead", []) if i not in (sample_id, current)]
     S["rv_ahead"] = ([current] if current not in (None, sample_id) else []) + ahead
     with common.store().read() as s:
-        decided = set(
-            s.scalars(
-                select(PseudoLabel.head).where(
-                    PseudoLabel.round_id == S["rv_round"], PseudoLabel.sample_id == sample_id
-                )
-            )
-        )
+        decided = views.head_states(s, round_id=S["rv_round"], sample_id=sample_id)
     S["rv_open_heads"] = [h for h in S.get("rv_heads", []) if h not in decided]
     S.pop("rv_override", None)
     S.pop("rv_confirm", None)
@@ -1266,9 +1129,7 @@ def bulk_ui(store, round_id: int, flt: q.QueueFilter, user: dict[str, Any]) -> N
         if items:
             ids = sorted({i for i, *_ in items[:200]})
             with store.read() as s:
-                utt = dict(
-                    s.execute(select(Sample.id, Sample.utt_id).where(Sample.id.in_(ids))).all()
-                )
+                utt = views.utt_ids(s, sample_ids=ids)
             st.dataframe(
                 pd.DataFrame(
                     [(utt.get(i, i), h, c, round(p, 4)) for i, h, c, p in items[:200]],
@@ -1335,19 +1196,7 @@ def main() -> None:
         issues_view(project, user)
         return
     with store.read() as s:
-        r = q.active_round(s, project_id=project["id"])
-        rnd = None
-        if r is not None:
-            mv = s.get(ModelVersion, r.model_version_id)
-            rnd = {
-                "id": r.id,
-                "model_version_id": r.model_version_id,
-                "model_name": mv.name if mv else "?",
-                "thresholds": dict(r.thresholds),
-                "quotas": dict(r.quotas),
-                "created_at": r.created_at,
-                "queue_order": r.queue_order,
-            }
+        rnd = views.active_review_round(s, project_id=project["id"])
     top = st.container(horizontal=True, vertical_alignment="center")
     with top:
         round_summary(rnd)
