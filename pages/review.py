@@ -14,7 +14,9 @@ expensive part (cards matching the filter, whatever their state) is cached per f
 
 Filters live in the URL (``?head=intent&label=questioning&min=0.6&unseen=1&disagree=1&model=3``,
 and ``samples=1,2,3`` from a link of another page), so a link opens the same queue; the page
-reads them on load and writes them back when a filter changes.
+reads them on load and writes them back when a filter changes. The filter logic (parsing the
+URL, the widgets' state, the queue filter, the summary) is ``pages/_review_filter.py``; the store
+reads are ``db.views`` and ``db.queries``, the writes ``meiju_core.pipeline``.
 
 Keys (native ``st.button(shortcut=...)``, which never fire while typing in a text box): A accept
 both, E / I accept one head, X reject, S skip, U undo, 1-8 override the predicted class of the
@@ -372,6 +374,7 @@ def inspect_link(project: dict[str, Any]) -> bool:
 
 
 def _url_params() -> dict[str, str]:
+    """The filter parameters in the page's URL, unchecked."""
     return rf.url_params(st.query_params)
 
 
