@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -27,6 +26,7 @@ from sqlalchemy import func, select, update
 from db import queries as q
 from db.models import Decision, Prediction, PseudoLabel, ReviewRound, Sample, Transcript, User
 from meiju_core import pipeline
+from meiju_core.demo_copy import copy_built_demo
 from meiju_core.settings import Settings
 
 # building the demo takes about 2 minutes on a quiet 2-core machine, several under load
@@ -43,19 +43,8 @@ def demo(tmp_path_factory):
         pytest.skip(f"Debian's Chromium is not at {CHROMIUM} (apt-get install chromium)")
     data_dir = tmp_path_factory.mktemp("demo")
     prebuilt = os.environ.get("MEIJU_TEST_DEMO_DIR")
-    if prebuilt:
-        for name in ("meiju.db", "features", "media", "checkpoints"):
-            src = Path(prebuilt) / name
-            if src.is_dir():
-                shutil.copytree(src, data_dir / name)
-            elif src.exists():
-                shutil.copy2(src, data_dir / name)
-        with pipeline.open_store(Settings.load(data_dir=str(data_dir))).write() as s:
-            s.execute(  # the copy's folders, not the original's
-                update(Sample).values(
-                    video_path=func.replace(Sample.video_path, str(prebuilt), str(data_dir))
-                )
-            )
+    if prebuilt:  # the copy's store points into the copy's folders
+        copy_built_demo(Path(prebuilt), data_dir)
     settings = Settings.load(data_dir=str(data_dir), database_url="", project="demo")
     store = pipeline.open_store(settings)
     # the short schedule (2 epochs) when the demo is built here: the same data and steps, a
