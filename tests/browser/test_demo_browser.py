@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from _server import CHROMIUM, CHROMIUM_ARGS, AppServer, start_server, stop_server
+from _server import CHROMIUM, AppServer, start_server, stop_server
 from sqlalchemy import func, select, update
 
 from db import queries as q
@@ -35,6 +35,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(1800)]
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 CARD = ".meiju-transcript"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+SERVER_FIXTURE = "demo"  # the shared browser fixture starts after it
 
 
 @pytest.fixture(scope="module")
@@ -62,21 +63,11 @@ def demo(tmp_path_factory):
     store.dispose()
 
 
-@pytest.fixture(scope="module")
-def browser(demo):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
 @pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.remote = []  # requests to any host but the app's
+def page(page):
+    """The shared page (conftest.py), recording in ``page.remote`` its requests to any host but
+    the app's."""
+    page.remote = []
     page.on(
         "request",
         lambda r: (
@@ -85,8 +76,7 @@ def page(browser):
             else None
         ),
     )
-    yield page
-    context.close()
+    return page
 
 
 # --------------------------------------------------------------------------- helpers

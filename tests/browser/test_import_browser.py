@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _server import CHROMIUM, CHROMIUM_ARGS, REPO, AppServer, start_server, stop_server
+from _server import CHROMIUM, REPO, AppServer, start_server, stop_server
 from sqlalchemy import select
 
 from db import Store
@@ -83,24 +83,6 @@ def app_server(tmp_path_factory) -> Iterator[AppServer]:
     stop_server(worker)
     worker_log.close()
     store.dispose()
-
-
-@pytest.fixture(scope="module")
-def browser(app_server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    yield page
-    context.close()
 
 
 def wait_idle(page, timeout_ms: int = 30_000) -> None:
