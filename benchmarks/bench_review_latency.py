@@ -175,29 +175,14 @@ def build_demo_store(data_dir: Path, demo_from: Path | None) -> dict[str, str]:
     """The real demo project (``meiju demo``: CPED + GRID + Mandarin speech, builtin features, a
     stage-1 model), copied from ``demo_from`` when given, else built here. A round with threshold
     0 and room for every card is opened so each `a` accepts. Returns the app's environment."""
-    import shutil
-
+    from meiju_core.demo_copy import copy_built_demo
     from meiju_core.settings import Settings
 
-    if demo_from is not None:
-        for name in ("meiju.db", "features", "checkpoints", "media"):
-            src = demo_from / name
-            if src.is_dir():
-                shutil.copytree(src, data_dir / name)
-            elif src.exists():
-                shutil.copy2(src, data_dir / name)
+    if demo_from is not None:  # the copy's store points into the copy's folders
+        copy_built_demo(demo_from, data_dir)
     settings = Settings.load(data_dir=str(data_dir), database_url="", project="demo")
     store = Store(settings.database_url)
     store.upgrade()
-    if demo_from is not None:
-        from sqlalchemy import func, update
-
-        from db.models import Sample
-
-        with store.write() as s:  # the copy's media, not the original's
-            for col in (Sample.video_path, Sample.audio_path):
-                old, new = str(demo_from.resolve()), str(data_dir)
-                s.execute(update(Sample).values({col: func.replace(col, old, new)}))
     t = time.perf_counter()
     pipeline.build_demo(store, settings, admin_password="pw")  # idempotent on a copy
     pipeline.add_user(store, name="bench", role="admin", password="pw")

@@ -1278,8 +1278,79 @@ def decide(
         raise QueueError(f"unknown action {action!r}")
     rnd = _lock_round(s, round_id)
     now = utcnow()
-    if admin_override and s.scalar(select(User.role).where(User.id == user_id)) != "admin":
+    if admin_override:
+        _require_admin(s, user_id)
+    held = _foreign_lease(s, round_id, sample_id, user_id, now, admin_override=admin_override)
+    states = _card_states(s, round_id, sample_id)
+    undecided, wanted, conflicts = _heads_to_decide(list(rnd.thresholds), states, action, heads)
+    if conflicts:
+        wanted = _redecide_or_refuse(
+            s,
+            rnd,
+            sample_id,
+            states,
+            conflicts,
+            wanted=wanted,
+            heads=heads,
+            action=action,
+            user_id=user_id,
+            admin_override=admin_override,
+        )
+    card = _CardDecision(
+        rnd=rnd,
+        sample_id=sample_id,
+        action=action,
+        user_id=user_id,
+        labels=labels or {},
+        ms_spent=ms_spent,
+        now=now,
+        override="admin_redecide" if admin_override and (conflicts or held) else None,
+        model_version_id=model_version_id or rnd.model_version_id,
+        check_threshold=check_threshold,
+        confirmed_below=confirmed_below,
+    )
+    if action == "skip":
+        return [_record_skip(s, card, states.get(SKIP_HEAD))]
+    out = _decide_heads(s, card, wanted, states)
+    if len(undecided) <= len([h for h in wanted if h in undecided]):  # the card is done
+        _drop_card_leases(s, round_id, sample_id)
+    return out
+
+
+@dataclass(frozen=True)
+class _CardDecision:
+    """One ``decide`` call as every row it writes shares it (``override``: the mark of its rows)."""
+
+    rnd: ReviewRound
+    sample_id: int
+    action: str
+    user_id: int | None
+    labels: dict[str, str]
+    ms_spent: int | None
+    now: datetime
+    override: str | None
+    model_version_id: int
+    check_threshold: bool
+    confirmed_below: bool
+
+
+def _require_admin(s: Session, user_id: int | None) -> None:
+    """Refuse an admin override by a user who is not an admin. Raises QueueError."""
+    if s.scalar(select(User.role).where(User.id == user_id)) != "admin":
         raise QueueError("only admins may replace another user's decision")
+
+
+def _foreign_lease(
+    s: Session,
+    round_id: int,
+    sample_id: int,
+    user_id: int | None,
+    now: datetime,
+    *,
+    admin_override: bool,
+) -> ReviewLease | None:
+    """Another user's lease on the card (expired or not), or None. Raises CardLeased when it
+    is unexpired and not ``admin_override``."""
     held = s.scalars(
         select(ReviewLease).where(
             ReviewLease.round_id == round_id,
@@ -1289,7 +1360,12 @@ def decide(
     ).first()
     if held is not None and _aware(held.expires_at) > now and not admin_override:
         raise CardLeased(sample_id, _user_name(s, held.user_id))
-    states = {
+    return held
+
+
+def _card_states(s: Session, round_id: int, sample_id: int) -> dict[str, PseudoLabel]:
+    """The card's current state per head (the skip marker included) in the round; raises none."""
+    return {
         p.head: p
         for p in s.scalars(
             select(PseudoLabel).where(
@@ -1297,99 +1373,149 @@ def decide(
             )
         )
     }
-    round_heads = list(rnd.thresholds)
+
+
+def _heads_to_decide(
+    round_heads: list[str],
+    states: dict[str, PseudoLabel],
+    action: str,
+    heads: Sequence[str] | None,
+) -> tuple[list[str], list[str], list[str]]:
+    """(undecided, wanted, conflicts): the round's heads with no state, the heads to decide,
+    and those of them decided already (none when defaulting while a head is open); raises none."""
     undecided = [h for h in round_heads if h not in states]
     wanted = list(heads) if heads else (undecided if action != "skip" else [])
     conflicts = [h for h in (wanted if heads else round_heads) if h in states and h != SKIP_HEAD]
     if heads is None and undecided:
         conflicts = []
-    if conflicts and not admin_override:
+    return undecided, wanted, conflicts
+
+
+def _redecide_or_refuse(
+    s: Session,
+    rnd: ReviewRound,
+    sample_id: int,
+    states: dict[str, PseudoLabel],
+    conflicts: list[str],
+    *,
+    wanted: list[str],
+    heads: Sequence[str] | None,
+    action: str,
+    user_id: int | None,
+    admin_override: bool,
+) -> list[str]:
+    """Refuse deciding decided heads, or, on ``admin_override``, audit the states it replaces
+    and return the heads to decide (every head of the round when none was named). Raises
+    AlreadyDecided without ``admin_override``."""
+    if not admin_override:
         first = states[conflicts[0]]
         by = s.scalar(select(Decision.user_id).where(Decision.id == first.decision_id))
         raise AlreadyDecided(sample_id, conflicts[0], first.state, _user_name(s, by))
-    if admin_override and conflicts:
-        if not heads:
-            wanted = round_heads
-        audit(
-            s,
-            user_id=user_id,
-            action="admin_redecide",
-            entity="sample",
-            entity_id=sample_id,
-            payload={
-                "round_id": round_id,
-                "replaced": {h: [states[h].state, states[h].label] for h in conflicts},
-                "action": action,
-            },
-        )
-    override = "admin_redecide" if admin_override and (conflicts or held) else None
-    if action == "skip":
-        d = Decision(
-            round_id=round_id,
-            sample_id=sample_id,
-            head=None,
-            action="skip",
-            user_id=user_id,
-            ms_spent=ms_spent,
-            created_at=now,
-            override=override,
-        )
-        s.add(d)
-        s.flush()
-        _set_state(
-            s, rnd, sample_id, SKIP_HEAD, "", "skipped", None, d.id, row=states.get(SKIP_HEAD)
-        )
-        release(s, round_id=round_id, sample_id=sample_id, user_id=user_id)
-        return [d]
-    mv_id = model_version_id or rnd.model_version_id
+    if not heads:
+        wanted = list(rnd.thresholds)
+    audit(
+        s,
+        user_id=user_id,
+        action="admin_redecide",
+        entity="sample",
+        entity_id=sample_id,
+        payload={
+            "round_id": rnd.id,
+            "replaced": {h: [states[h].state, states[h].label] for h in conflicts},
+            "action": action,
+        },
+    )
+    return wanted
+
+
+def _record_skip(s: Session, card: _CardDecision, row: PseudoLabel | None) -> Decision:
+    """Write a skip decision and the card's skip marker, and release the user's lease; raises
+    none."""
+    d = Decision(
+        round_id=card.rnd.id,
+        sample_id=card.sample_id,
+        head=None,
+        action="skip",
+        user_id=card.user_id,
+        ms_spent=card.ms_spent,
+        created_at=card.now,
+        override=card.override,
+    )
+    s.add(d)
+    s.flush()
+    _set_state(s, card.rnd, card.sample_id, SKIP_HEAD, "", "skipped", None, d.id, row=row)
+    release(s, round_id=card.rnd.id, sample_id=card.sample_id, user_id=card.user_id)
+    return d
+
+
+def _decide_heads(
+    s: Session, card: _CardDecision, wanted: list[str], states: dict[str, PseudoLabel]
+) -> list[Decision]:
+    """Write an accept / reject decision and its state for each head in ``wanted``, in order.
+    Raises QueueError (no prediction and no label), QuotaFull, BelowThreshold."""
     preds = {
         p.head: p
         for p in s.scalars(
             select(Prediction).where(
-                Prediction.model_version_id == mv_id,
-                Prediction.sample_id == sample_id,
+                Prediction.model_version_id == card.model_version_id,
+                Prediction.sample_id == card.sample_id,
             )
         )
     }
     out = []
     for head in wanted:
         pred = preds.get(head)
-        label = (labels or {}).get(head) or (pred.label if pred else None)
+        label = card.labels.get(head) or (pred.label if pred else None)
         if label is None:
-            raise QueueError(f"sample {sample_id} has no {head} prediction to {action}")
-        mark = override
-        if action == "accept":
-            _check_quota(s, rnd, head, label, sample_id)
-            human = bool((labels or {}).get(head)) and label != (pred.label if pred else None)
-            th = thr.threshold_for(rnd.thresholds.get(head, 0.0), pred.label if pred else label)
-            if check_threshold and not human and pred is not None and pred.confidence < th:
-                if not confirmed_below:
-                    raise BelowThreshold(head, label, float(pred.confidence), th)
-                mark = mark or "below_threshold"
+            raise QueueError(f"sample {card.sample_id} has no {head} prediction to {card.action}")
+        mark = (
+            _accept_mark(s, card, head, label, pred) if card.action == "accept" else card.override
+        )
         d = Decision(
-            round_id=round_id,
-            sample_id=sample_id,
+            round_id=card.rnd.id,
+            sample_id=card.sample_id,
             head=head,
             label=label,
-            action=action,
-            user_id=user_id,
-            ms_spent=ms_spent,
-            created_at=now,
+            action=card.action,
+            user_id=card.user_id,
+            ms_spent=card.ms_spent,
+            created_at=card.now,
             override=mark,
         )
         s.add(d)
         s.flush()
-        state = "accepted" if action == "accept" else "rejected"
+        state = "accepted" if card.action == "accept" else "rejected"
         conf = pred.confidence if pred else None
-        _set_state(s, rnd, sample_id, head, label, state, conf, d.id, mv_id, row=states.get(head))
-        out.append(d)
-    if len(undecided) <= len([h for h in wanted if h in undecided]):  # the card is done
-        s.execute(
-            delete(ReviewLease).where(
-                ReviewLease.round_id == round_id, ReviewLease.sample_id == sample_id
-            )
+        mv_id = card.model_version_id
+        _set_state(
+            s, card.rnd, card.sample_id, head, label, state, conf, d.id, mv_id, row=states.get(head)
         )
+        out.append(d)
     return out
+
+
+def _accept_mark(
+    s: Session, card: _CardDecision, head: str, label: str, pred: Prediction | None
+) -> str | None:
+    """Check that ``label`` may be accepted on ``head`` and return the decision's mark
+    (``below_threshold`` when confirmed under the threshold). Raises QuotaFull, BelowThreshold."""
+    _check_quota(s, card.rnd, head, label, card.sample_id)
+    human = bool(card.labels.get(head)) and label != (pred.label if pred else None)
+    th = thr.threshold_for(card.rnd.thresholds.get(head, 0.0), pred.label if pred else label)
+    if card.check_threshold and not human and pred is not None and pred.confidence < th:
+        if not card.confirmed_below:
+            raise BelowThreshold(head, label, float(pred.confidence), th)
+        return card.override or "below_threshold"
+    return card.override
+
+
+def _drop_card_leases(s: Session, round_id: int, sample_id: int) -> None:
+    """Delete every lease on a card left with no undecided head; raises none."""
+    s.execute(
+        delete(ReviewLease).where(
+            ReviewLease.round_id == round_id, ReviewLease.sample_id == sample_id
+        )
+    )
 
 
 def _check_quota(s: Session, rnd: ReviewRound, head: str, label: str, sample_id: int) -> None:
@@ -1494,16 +1620,50 @@ def bulk_accept(
     result = BulkResult()
     if not items:
         return result
-    counts = accepted_counts(s, round_id=round_id)
-    remaining = {
+    remaining = _quota_left(s, rnd)
+    now = utcnow()
+    seen = _bulk_lookup(s, round_id, mv_id, sorted({i for i, _, _ in items}), user_id, now)
+    chosen = _bulk_choose(items, seen, remaining, result)
+    event = _bulk_event(s, round_id, user_id, mv_id, asked=len(items), result=result)
+    if not chosen:
+        return result
+    result.batch_id = event.id
+    _bulk_write(s, round_id, user_id, mv_id, now, event.id, chosen, seen.conf)
+    _release_done_cards(s, rnd, chosen, seen.taken)
+    s.flush()
+    return result
+
+
+@dataclass
+class _BulkSeen:
+    """What the store holds for a bulk's samples: the (sample, head) pairs with a state in the
+    round, the model's pool confidences per (sample, head), and the cards others hold."""
+
+    taken: set[tuple[int, str]] = field(default_factory=set)
+    conf: dict[tuple[int, str], float] = field(default_factory=dict)
+    leased: set[int] = field(default_factory=set)
+
+
+def _quota_left(s: Session, rnd: ReviewRound) -> dict[str, dict[str, int]]:
+    """Per head and class, how many more accepts the round's quota allows; raises none."""
+    counts = accepted_counts(s, round_id=rnd.id)
+    return {
         h: {c: int(n) - counts.get(h, {}).get(c, 0) for c, n in per.items()}
         for h, per in rnd.quotas.items()
     }
-    ids = sorted({i for i, _, _ in items})
-    taken: set[tuple[int, str]] = set()
-    conf: dict[tuple[int, str], float] = {}
-    leased: set[int] = set()
-    now = utcnow()
+
+
+def _bulk_lookup(
+    s: Session,
+    round_id: int,
+    mv_id: int,
+    ids: list[int],
+    user_id: int | None,
+    now: datetime,
+) -> _BulkSeen:
+    """Read states, pool predictions and others' unexpired leases of ``ids``, 500 at a time;
+    raises none."""
+    seen = _BulkSeen()
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         for sid, head in s.execute(
@@ -1511,7 +1671,7 @@ def bulk_accept(
                 PseudoLabel.round_id == round_id, PseudoLabel.sample_id.in_(chunk)
             )
         ):
-            taken.add((sid, head))
+            seen.taken.add((sid, head))
         for sid, c_head, c in s.execute(
             select(Prediction.sample_id, Prediction.head, Prediction.confidence)
             .join(Sample, Sample.id == Prediction.sample_id)
@@ -1521,8 +1681,8 @@ def bulk_accept(
                 Sample.split == "pool",
             )
         ):
-            conf[(sid, c_head)] = c
-        leased.update(
+            seen.conf[(sid, c_head)] = c
+        seen.leased.update(
             s.scalars(
                 select(ReviewLease.sample_id).where(
                     ReviewLease.round_id == round_id,
@@ -1532,42 +1692,72 @@ def bulk_accept(
                 )
             )
         )
-    skipped_cards = {sid for sid, head in taken if head == SKIP_HEAD}
+    return seen
+
+
+def _bulk_choose(
+    items: list[tuple[int, str, str]],
+    seen: _BulkSeen,
+    remaining: dict[str, dict[str, int]],
+    result: BulkResult,
+) -> list[tuple[int, str, str]]:
+    """The items to accept, in order, within the quota left; counts the others in ``result``
+    and marks the chosen in ``seen.taken`` and ``remaining``. Raises none."""
+    skipped_cards = {sid for sid, head in seen.taken if head == SKIP_HEAD}
     chosen: list[tuple[int, str, str]] = []
     for sid, head, label in items:
-        if sid in leased:
+        if sid in seen.leased:
             continue
-        if (sid, head) in taken or sid in skipped_cards:
+        if (sid, head) in seen.taken or sid in skipped_cards:
             result.decided += 1
             continue
-        if (sid, head) not in conf:
+        if (sid, head) not in seen.conf:
             continue
         left = remaining.get(head, {}).get(label, 0)
         if left <= 0:
             result.full += 1
             continue
         remaining[head][label] = left - 1
-        taken.add((sid, head))
+        seen.taken.add((sid, head))
         chosen.append((sid, head, label))
-    result.leased = sorted(leased & {sid for sid, _, _ in items})
+    result.leased = sorted(seen.leased & {sid for sid, _, _ in items})
     result.accepted = len(chosen)
+    return chosen
+
+
+def _bulk_event(
+    s: Session, round_id: int, user_id: int | None, mv_id: int, *, asked: int, result: BulkResult
+) -> AuditEvent:
+    """Write (and flush, for its id) the audit event naming the bulk; raises none."""
     event = AuditEvent(
         user_id=user_id,
         action="bulk_accept",
         entity="review_round",
         entity_id=round_id,
         payload={
-            "asked": len(items),
-            "accepted": len(chosen),
+            "asked": asked,
+            "accepted": result.accepted,
             "leased": result.leased[:100],
             "model_version_id": mv_id,
         },
     )
     s.add(event)
     s.flush()
-    if not chosen:
-        return result
-    result.batch_id = event.id
+    return event
+
+
+def _bulk_write(
+    s: Session,
+    round_id: int,
+    user_id: int | None,
+    mv_id: int,
+    now: datetime,
+    batch_id: int,
+    chosen: list[tuple[int, str, str]],
+    conf: dict[tuple[int, str], float],
+) -> None:
+    """Write one ``accept`` decision per chosen item (flushed, for their ids), then its
+    accepted pseudo-label; raises none."""
     decisions = [
         Decision(
             round_id=round_id,
@@ -1577,7 +1767,7 @@ def bulk_accept(
             action="accept",
             user_id=user_id,
             created_at=now,
-            batch_id=event.id,
+            batch_id=batch_id,
         )
         for sid, head, label in chosen
     ]
@@ -1596,6 +1786,13 @@ def bulk_accept(
         )
         for d in decisions
     )
+
+
+def _release_done_cards(
+    s: Session, rnd: ReviewRound, chosen: list[tuple[int, str, str]], taken: set[tuple[int, str]]
+) -> None:
+    """Delete the leases of the chosen cards that no longer have an undecided head; raises
+    none."""
     n_heads = len(rnd.thresholds)
     per_card: dict[int, int] = {}
     for sid, head in taken:
@@ -1605,12 +1802,10 @@ def bulk_accept(
     for start in range(0, len(done), 500):
         s.execute(
             delete(ReviewLease).where(
-                ReviewLease.round_id == round_id,
+                ReviewLease.round_id == rnd.id,
                 ReviewLease.sample_id.in_(done[start : start + 500]),
             )
         )
-    s.flush()
-    return result
 
 
 def undo(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,10 +24,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "browser"))
 
 from _server import CHROMIUM, CHROMIUM_ARGS, start_server, stop_server  # noqa: E402
-from sqlalchemy import func, select, update  # noqa: E402
+from sqlalchemy import select  # noqa: E402
 
 from db.models import Sample  # noqa: E402
 from meiju_core import pipeline  # noqa: E402
+from meiju_core.demo_copy import copy_built_demo  # noqa: E402
 from meiju_core.settings import Settings  # noqa: E402
 
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
@@ -46,20 +46,7 @@ def prepare(data_dir: Path | None, password: str) -> Path:
             cwd=ROOT, env=env, check=True,
         )  # fmt: skip
         return work
-    for name in ("meiju.db", "features", "media", "checkpoints"):
-        src = data_dir / name
-        if src.is_dir():
-            shutil.copytree(src, work / name)
-        elif src.exists():
-            shutil.copy2(src, work / name)
-    store = pipeline.open_store(Settings.load(data_dir=str(work), database_url=""))
-    with store.write() as s:  # the copy's media, not the original's
-        for col in (Sample.video_path, Sample.audio_path):
-            s.execute(
-                update(Sample).values({col: func.replace(col, str(data_dir.resolve()), str(work))})
-            )
-    store.dispose()
-    return work
+    return copy_built_demo(data_dir, work)  # the copy's store points into the copy's folders
 
 
 def grid_card(store, settings: Settings) -> int | None:

@@ -5,6 +5,9 @@ chromium``) through ``executable_path``. The server is started once per module o
 127.0.0.1 with a fixture store in a temporary folder, polled until it answers, and stopped by its
 pid in teardown; a failing test gets the server's output attached to its report. Tests wait on
 the app's state (script state, the utterance id on the card), never on fixed sleeps.
+
+The ``browser`` and ``page`` fixtures here serve every module; a module whose server fixture is
+not ``app_server`` names it in ``SERVER_FIXTURE``.
 """
 
 from __future__ import annotations
@@ -63,9 +66,12 @@ def app_server(tmp_path_factory, request) -> Iterator[AppServer]:
 
 
 @pytest.fixture(scope="module")
-def browser(app_server):
+def browser(request):
+    """Chromium for one test module, launched once the module's server is up: the fixture named
+    by the module's ``SERVER_FIXTURE`` (default ``app_server``; when it skips, so does this)."""
     from playwright.sync_api import sync_playwright
 
+    request.getfixturevalue(getattr(request.module, "SERVER_FIXTURE", "app_server"))
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
@@ -73,7 +79,8 @@ def browser(app_server):
 
 
 @pytest.fixture
-def page(browser, request):
+def page(browser):
+    """A fresh page (its own browser context, 1400 x 1000) per test, closed after it."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     yield page

@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from _server import CHROMIUM, CHROMIUM_ARGS, AppServer, start_server, stop_server
+from _server import CHROMIUM, AppServer, start_server, stop_server
 from sqlalchemy import func, select, update
 
 from db import queries as q
 from db.models import Decision, Prediction, PseudoLabel, ReviewRound, Sample, Transcript, User
 from meiju_core import pipeline
+from meiju_core.demo_copy import copy_built_demo
 from meiju_core.settings import Settings
 
 # building the demo takes about 2 minutes on a quiet 2-core machine, several under load
@@ -35,6 +35,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(1800)]
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 CARD = ".meiju-transcript"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+SERVER_FIXTURE = "demo"  # the shared browser fixture starts after it
 
 
 @pytest.fixture(scope="module")
@@ -43,19 +44,8 @@ def demo(tmp_path_factory):
         pytest.skip(f"Debian's Chromium is not at {CHROMIUM} (apt-get install chromium)")
     data_dir = tmp_path_factory.mktemp("demo")
     prebuilt = os.environ.get("MEIJU_TEST_DEMO_DIR")
-    if prebuilt:
-        for name in ("meiju.db", "features", "media", "checkpoints"):
-            src = Path(prebuilt) / name
-            if src.is_dir():
-                shutil.copytree(src, data_dir / name)
-            elif src.exists():
-                shutil.copy2(src, data_dir / name)
-        with pipeline.open_store(Settings.load(data_dir=str(data_dir))).write() as s:
-            s.execute(  # the copy's folders, not the original's
-                update(Sample).values(
-                    video_path=func.replace(Sample.video_path, str(prebuilt), str(data_dir))
-                )
-            )
+    if prebuilt:  # the copy's store points into the copy's folders
+        copy_built_demo(Path(prebuilt), data_dir)
     settings = Settings.load(data_dir=str(data_dir), database_url="", project="demo")
     store = pipeline.open_store(settings)
     # the short schedule (2 epochs) when the demo is built here: the same data and steps, a
@@ -73,21 +63,11 @@ def demo(tmp_path_factory):
     store.dispose()
 
 
-@pytest.fixture(scope="module")
-def browser(demo):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
 @pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.remote = []  # requests to any host but the app's
+def page(page):
+    """The shared page (conftest.py), recording in ``page.remote`` its requests to any host but
+    the app's."""
+    page.remote = []
     page.on(
         "request",
         lambda r: (
@@ -96,8 +76,7 @@ def page(browser):
             else None
         ),
     )
-    yield page
-    context.close()
+    return page
 
 
 # --------------------------------------------------------------------------- helpers

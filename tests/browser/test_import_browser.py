@@ -10,13 +10,14 @@ Meanwhile a retrain runs on the train lane and the import does not wait for it.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _server import CHROMIUM, CHROMIUM_ARGS, REPO, AppServer, start_server, stop_server
+from _server import CHROMIUM, REPO, AppServer, start_server, stop_server
 from sqlalchemy import select
 
 from db import Store
@@ -85,24 +86,6 @@ def app_server(tmp_path_factory) -> Iterator[AppServer]:
     store.dispose()
 
 
-@pytest.fixture(scope="module")
-def browser(app_server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    yield page
-    context.close()
-
-
 def wait_idle(page, timeout_ms: int = 30_000) -> None:
     page.wait_for_selector(IDLE, timeout=timeout_ms)
 
@@ -131,11 +114,15 @@ def test_a_csv_import_through_the_browser_reaches_review_with_predictions(app_se
     page.get_by_role("heading", name="Data").first.wait_for()
     wait_idle(page)
     page.locator(".st-key-dt_csv input[type='file']").set_input_files(str(csv_path))
+    # the upload's rerun enables the button (the page may still look idle before it starts)
+    page.locator(".st-key-dt_import_csv button:enabled").wait_for(timeout=30_000)
     wait_idle(page)
     page.locator(".st-key-dt_import_csv button").click()
-    message = page.get_by_text("new cards in the Review queue").first
-    message.wait_for(timeout=240_000)  # the fragment polls the job row
-    shown = message.inner_text()
+    # the job's success alert (the fragment polls the job row); the same words are the progress
+    # text while the job still runs, so the text alone could be read before the job succeeded
+    message = page.locator("[data-testid='stAlert']", has_text="new cards in the Review queue")
+    message.first.wait_for(timeout=240_000)
+    shown = message.first.inner_text()
     with store.read() as s:
         job = s.scalars(select(Job).where(Job.kind == "import").order_by(Job.id.desc())).first()
         ids = list(s.scalars(select(Sample.id).where(Sample.utt_id.in_([u for u, _ in NEW]))))
@@ -155,8 +142,11 @@ def test_a_csv_import_through_the_browser_reaches_review_with_predictions(app_se
     # model's predictions
     page.get_by_role("link", name="Review the new cards").click()
     page.get_by_text(f"{len(NEW)} linked samples").first.wait_for(timeout=60_000)
+    main = page.locator("[data-testid='stMain']")
+    # a card of the new utterances, not the page between two reruns
+    main.get_by_text(re.compile("|".join(u for u, _ in NEW))).first.wait_for(timeout=60_000)
     wait_idle(page, 60_000)
-    body = page.locator("[data-testid='stMain']").inner_text(timeout=30_000)
+    body = main.inner_text(timeout=30_000)
     assert any(u in body for u, _ in NEW), body[:2000]
     assert "Nothing left to review" not in body
     page.screenshot(path=str(ARTIFACTS / "import_review.png"))

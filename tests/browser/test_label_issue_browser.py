@@ -11,18 +11,18 @@ relabels to the class it names. Screenshots: ``tests/artifacts/label_issue_*.png
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
 import pytest
-from _server import CHROMIUM, CHROMIUM_ARGS, start_server, stop_server
-from sqlalchemy import func, select, update
+from _server import CHROMIUM, start_server, stop_server
+from sqlalchemy import select, update
 
 from db import label_issues as li
 from db import queries as q
-from db.models import Decision, GoldLabel, Job, Sample, User
+from db.models import Decision, GoldLabel, Job, User
 from meiju_core import jobs, pipeline
+from meiju_core.demo_copy import copy_built_demo
 from meiju_core.settings import Settings
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -30,6 +30,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(1800)]
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 CARD = ".meiju-transcript"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+SERVER_FIXTURE = "demo"  # the shared browser fixture starts after it
 
 
 @pytest.fixture(scope="module")
@@ -38,19 +39,8 @@ def demo(tmp_path_factory):
         pytest.skip(f"Debian's Chromium is not at {CHROMIUM} (apt-get install chromium)")
     data_dir = tmp_path_factory.mktemp("demo")
     prebuilt = os.environ.get("MEIJU_TEST_DEMO_DIR")
-    if prebuilt:
-        for name in ("meiju.db", "features", "media", "checkpoints"):
-            src = Path(prebuilt) / name
-            if src.is_dir():
-                shutil.copytree(src, data_dir / name)
-            elif src.exists():
-                shutil.copy2(src, data_dir / name)
-        with pipeline.open_store(Settings.load(data_dir=str(data_dir))).write() as s:
-            s.execute(
-                update(Sample).values(
-                    video_path=func.replace(Sample.video_path, str(prebuilt), str(data_dir))
-                )
-            )
+    if prebuilt:  # the copy's store points into the copy's folders
+        copy_built_demo(Path(prebuilt), data_dir)
     settings = Settings.load(data_dir=str(data_dir), database_url="", project="demo")
     store = pipeline.open_store(settings)
     summary = pipeline.build_demo(store, settings, admin_password="pw", epochs=2)
@@ -64,16 +54,6 @@ def demo(tmp_path_factory):
     yield settings, store, summary, url, log_path
     stop_server(proc)
     store.dispose()
-
-
-@pytest.fixture(scope="module")
-def browser(demo):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def wait_idle(page, timeout_ms: int = 60_000) -> None:
