@@ -13,8 +13,8 @@ from pathlib import Path
 import streamlit as st
 
 from db import queries as q
-from meiju_core import auth, pipeline
 from meiju_core.errors import SignInThrottled
+from meiju_core.services import auth, users
 from pages import _common as common
 from pages import _session
 
@@ -41,7 +41,7 @@ def login_page() -> None:
         if submitted:
             store = common.store()
             try:
-                found = pipeline.authenticate(
+                found = users.authenticate(
                     store, name=name.strip(), password=password, address=_session.address()
                 )
             except SignInThrottled as e:

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from db.models import Job  # noqa: E402
-from meiju_core import jobs, pipeline  # noqa: E402
+from meiju_core.services import jobs, projects  # noqa: E402
 from meiju_core.settings import Settings  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "crash_resume.json"
@@ -53,8 +53,8 @@ def main() -> int:
             capture_output=True,
         )
         settings = Settings.load(data_dir=tmp, database_url="", project="demo")
-        store = pipeline.open_store(settings)
-        project_id = pipeline.project_info(store, name="demo")["id"]
+        store = projects.open_store(settings)
+        project_id = projects.project_info(store, name="demo")["id"]
         job_id = jobs.submit(
             store,
             settings,

@@ -53,7 +53,8 @@ from db.models import (  # noqa: E402
     ReviewRound,
     User,
 )
-from meiju_core import pipeline  # noqa: E402
+from meiju_core.services import training  # noqa: E402
+from meiju_core.services import users as users_service  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -161,9 +162,9 @@ def build(data_dir: Path, pool: int, cards: int):
         n_valid=324,
         n_test=643,
         threshold=0.5,
-        password_hash=pipeline.hash_password("pw"),
+        password_hash=users_service.hash_password("pw"),
     )
-    pipeline.evaluate(store, model_version_id=ids.model_version_id)
+    training.evaluate(store, model_version_id=ids.model_version_id)
     new_id = add_second_version(store, ids)
     add_decisions(store, ids, cards=cards)
     print(f"store: {pool} pool samples, {cards} cards in {time.perf_counter() - t:.1f} s")

@@ -1,6 +1,6 @@
 """The demo project built from scratch, step by step: import, playable media, features, stage-1
 training, predictions; then the demo model's weighted F1 per head and joint score on the demo
-test split. Times each step of ``pipeline.build_demo`` as the product runs it.
+test split. Times each step of ``demo.build_demo`` as the product runs it.
 
 Usage: ``python benchmarks/bench_demo.py``; writes ``benchmarks/results/demo.json``.
 """
@@ -21,14 +21,14 @@ sys.path.insert(0, str(ROOT))
 
 from db import queries as q  # noqa: E402
 from db.models import ModelVersion  # noqa: E402
-from meiju_core import pipeline  # noqa: E402
 from meiju_core.io.cped import build_demo as import_demo  # noqa: E402
+from meiju_core.services import demo, projects  # noqa: E402
 from meiju_core.settings import Settings  # noqa: E402
 
 
 def main() -> int:
     settings = Settings.load(data_dir=tempfile.mkdtemp(prefix="meiju-demo-"), database_url="")
-    store = pipeline.open_store(settings)
+    store = projects.open_store(settings)
     steps: dict[str, float] = {}
 
     def timed(name, fn, *args, **kwargs):
@@ -40,7 +40,7 @@ def main() -> int:
 
     t_all = time.perf_counter()
     timed("import (CPED + media)", import_demo, store, project_name="demo")
-    summary = timed("whole demo build", pipeline.build_demo, store, settings)
+    summary = timed("whole demo build", demo.build_demo, store, settings)
     total = time.perf_counter() - t_all
     with store.read() as s:
         mv = s.get(ModelVersion, summary["model_version_id"])

@@ -1,6 +1,6 @@
 """Throughput of each builtin extractor on real data, and of the extraction job around them.
 
-Times the functions the product runs (``meiju_core.features.builtin``, ``meiju_core.extraction``):
+Times the functions the product runs (``meiju_core.ml.features.builtin``, ``meiju_core.services.extraction``):
 
 - text: ``TextLSA.transform`` per utterance, on the CPED transcripts of ``demo/cped`` (the model
   fitted on them first; the fit is timed once too);
@@ -43,11 +43,12 @@ sys.path.insert(0, str(ROOT))
 
 from db import Store  # noqa: E402
 from db.models import Project  # noqa: E402
-from meiju_core import extraction, media  # noqa: E402
-from meiju_core.features.builtin import BuiltinExtractor, TextLSA, face_hog, log_mel  # noqa: E402
 from meiju_core.io.cped import cped_rows, grid_rows, zh_speech_rows  # noqa: E402
 from meiju_core.io.tables import bulk_insert  # noqa: E402
+from meiju_core.ml import media  # noqa: E402
+from meiju_core.ml.features.builtin import BuiltinExtractor, TextLSA, face_hog, log_mel  # noqa: E402
 from meiju_core.schema import LabelSchema  # noqa: E402
+from meiju_core.services import extraction  # noqa: E402
 from meiju_core.settings import Settings  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "features.json"

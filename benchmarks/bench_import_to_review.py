@@ -38,7 +38,7 @@ from sqlalchemy import func, select  # noqa: E402
 from db import Store  # noqa: E402
 from db import queries as q  # noqa: E402
 from db.models import Prediction, Sample  # noqa: E402
-from meiju_core import pipeline  # noqa: E402
+from meiju_core.services import projects, rounds  # noqa: E402
 from meiju_core.settings import Settings  # noqa: E402
 
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
@@ -71,10 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"demo built in {time.perf_counter() - t:.0f} s", flush=True)
     settings = Settings.load(data_dir=str(data_dir), database_url="", project="demo")
     store = Store(settings.database_url)
-    info = pipeline.project_info(store, name="demo")
+    info = projects.project_info(store, name="demo")
     with store.read() as s:
         mv = q.current_model(s, project_id=info["id"])
-    pipeline.open_round(
+    rounds.open_round(
         store, settings, project_id=info["id"], model_version_id=mv.id, thresholds=0.0,
         strategy="proportional", budget=100_000,
     )  # fmt: skip

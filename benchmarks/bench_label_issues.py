@@ -34,8 +34,8 @@ from sqlalchemy import func, select  # noqa: E402
 from db import label_issues as li  # noqa: E402
 from db import queries as q  # noqa: E402
 from db.models import AuditEvent, LabelIssue, Sample, Transcript  # noqa: E402
-from meiju_core import pipeline  # noqa: E402
-from meiju_core.pseudo import wilson_interval  # noqa: E402
+from meiju_core.ml.pseudo import wilson_interval  # noqa: E402
+from meiju_core.services import projects  # noqa: E402
 from meiju_core.settings import Settings  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "label_issues_check"
@@ -194,8 +194,8 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 2
     settings = Settings.load()
-    store = pipeline.open_store(settings)
-    info = pipeline.project_info(store, name=settings.project)
+    store = projects.open_store(settings)
+    info = projects.project_info(store, name=settings.project)
     if info is None:
         raise SystemExit(f"no project {settings.project!r}: build the demo first (meiju demo)")
     (sample if argv[0] == "sample" else summarise)(store, info["id"])

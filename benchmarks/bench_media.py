@@ -3,7 +3,7 @@
 The work is what the features need from each clip (reference/meiju.md §4.1): frames 0, 30, 60, ...
 as RGB arrays and the audio as 16 kHz mono float32, both in numpy.
 
-- ours: ``meiju_core.media.sample_frames(clip, 30)`` + ``meiju_core.media.load_audio(clip,
+- ours: ``meiju_core.ml.media.sample_frames(clip, 30)`` + ``meiju_core.ml.media.load_audio(clip,
   16000)``, the functions the extractors call;
 - ffmpeg, one command per clip with two outputs (the fastest way the CLI does both):
   ``ffmpeg -i clip -map 0:v:0 -vf "select=not(mod(n\\,30))" -fps_mode vfr -f rawvideo
@@ -46,7 +46,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from meiju_core import media  # noqa: E402
+from meiju_core.ml import media  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "media.json"
 EVERY, SR = 30, 16000
@@ -124,7 +124,7 @@ def ffmpeg_two_pipes(clip: Path, size: tuple[int, int]) -> tuple[np.ndarray, ...
 # VmHWM, not getrusage: a child started by vfork inherits its parent's size in ru_maxrss
 OURS_PEAK = """
 import sys
-from meiju_core import media
+from meiju_core.ml import media
 frames, _ = media.sample_frames(sys.argv[1], {every})
 audio = media.load_audio(sys.argv[1], {sr})
 print(next(x for x in open("/proc/self/status") if x.startswith("VmHWM")).split()[1])

@@ -2,8 +2,8 @@
 project (real CPED utterances), over several seeds; plus the precision of the accepted
 pseudo-labels per class against the pool's withheld labels, and training throughput.
 
-Every figure comes from the functions the product runs (``pipeline.train``,
-``pipeline.open_round``, ``pipeline.auto_pseudo_label``). Scores are on the demo's test split.
+Every figure comes from the functions the product runs (``training.train``,
+``rounds.open_round``, ``decisions.auto_pseudo_label``). Scores are on the demo's test split.
 
 Stage 2 starts from each seed's stage-1 checkpoint and trains on gold + the pseudo-labels an
 automatic round accepted (``--strategy``, default ``proportional``: the skewed demo gives the
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from db.models import ModelVersion, PseudoLabel, Sample  # noqa: E402
-from meiju_core import pipeline  # noqa: E402
+from meiju_core.services import decisions, demo, extraction, projects, rounds, training  # noqa: E402
 from meiju_core.settings import Settings  # noqa: E402
 
 
@@ -87,29 +87,29 @@ def run(
     settings = Settings.load(
         data_dir=str(tmp), database_url="", project="demo", calibrate=calibrate
     )
-    store = pipeline.open_store(settings)
+    store = projects.open_store(settings)
     from meiju_core.io.cped import build_demo as import_demo
 
     import_demo(store, project_name="demo", seed=settings.seed)
-    pid = pipeline.project_info(store, name="demo")["id"]
-    pipeline.make_media_playable(store, settings, project_id=pid)
-    pipeline.extract_features(store, settings, project_id=pid)
+    pid = projects.project_info(store, name="demo")["id"]
+    demo.make_media_playable(store, settings, project_id=pid)
+    extraction.extract_features(store, settings, project_id=pid)
     runs = []
     for seed in seeds:
         s_settings = settings.with_(seed=seed)
         row: dict = {"seed": seed}
-        base = pipeline.train(
+        base = training.train(
             store, s_settings, project_id=pid, stage=1, preset="baseline", epochs=epochs
         )
         row["baseline"] = _metrics(store, base)
         print(f"seed {seed} baseline stage 1: {row['baseline']}", flush=True)
-        paper = pipeline.train(
+        paper = training.train(
             store, s_settings, project_id=pid, stage=1, preset="paper", epochs=epochs
         )
         row["paper_stage1"] = _metrics(store, paper)
         print(f"seed {seed} paper stage 1:    {row['paper_stage1']}", flush=True)
-        t = threshold if threshold is not None else pipeline.demo_threshold(store, paper)
-        rid = pipeline.open_round(
+        t = threshold if threshold is not None else demo.demo_threshold(store, paper)
+        rid = rounds.open_round(
             store,
             s_settings,
             project_id=pid,
@@ -118,9 +118,9 @@ def run(
             strategy=strategy,
             budget=budget,
         )
-        accepted = pipeline.auto_pseudo_label(store, round_id=rid)
+        accepted = decisions.auto_pseudo_label(store, round_id=rid)
         row["round"] = {"threshold": t, "accepted": accepted, "precision": _precision(store, rid)}
-        stage2 = pipeline.train(
+        stage2 = training.train(
             store, s_settings, project_id=pid, stage=2, preset="paper", round_id=rid, epochs=epochs
         )
         row["paper_stage2"] = _metrics(store, stage2)

@@ -14,7 +14,7 @@ ids run out) 50 times per filter, after 3 warm-up calls:
 
 Also timed, without a goal: the queue count (``queue_size`` with the cached candidate count, as
 the page runs it, and ``candidate_count`` itself, which the page caches per filter) and the bulk
-accept preview over the whole filtered set (``pipeline.bulk_preview``).
+accept preview over the whole filtered set (``decisions.bulk_preview``).
 
 Usage: ``python benchmarks/bench_queue.py [--pool 100000] [--n 50]``. Goal: median and p95 of the
 queue query under 10 ms. Writes ``benchmarks/results/queue.json``.
@@ -41,7 +41,7 @@ from db import Store  # noqa: E402
 from db import queries as q  # noqa: E402
 from db.fixtures import build_fixture  # noqa: E402
 from db.models import Prediction, ReviewRound  # noqa: E402
-from meiju_core import pipeline  # noqa: E402
+from meiju_core.services import decisions  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "queue.json"
 GOAL_MS = 10.0
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     preview = {}
     for name in ("head + class", "disagreement"):
         t = time.perf_counter()
-        res = pipeline.bulk_preview(store, round_id=rid, flt=filters[name])
+        res = decisions.bulk_preview(store, round_id=rid, flt=filters[name])
         preview[name] = {
             "seconds": time.perf_counter() - t,
             "candidates": sum(res["candidates"].values()),

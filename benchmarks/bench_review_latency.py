@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from db import Store  # noqa: E402
 from db.fixtures import build_fixture  # noqa: E402
-from meiju_core import pipeline  # noqa: E402
+from meiju_core.services import demo, projects, rounds, users  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -164,7 +164,7 @@ def build_fixture_store(data_dir: Path, pool: int) -> dict[str, str]:
         n_pool=pool,
         quota=10 * pool,
         threshold=0.0,
-        password_hash=pipeline.hash_password("pw"),
+        password_hash=users.hash_password("pw"),
     )
     print(f"fixture: {pool} pool samples in {time.perf_counter() - t:.1f} s", flush=True)
     store.dispose()
@@ -175,7 +175,7 @@ def build_demo_store(data_dir: Path, demo_from: Path | None) -> dict[str, str]:
     """The real demo project (``meiju demo``: CPED + GRID + Mandarin speech, builtin features, a
     stage-1 model), copied from ``demo_from`` when given, else built here. A round with threshold
     0 and room for every card is opened so each `a` accepts. Returns the app's environment."""
-    from meiju_core.demo_copy import copy_built_demo
+    from meiju_core.services.demo_copy import copy_built_demo
     from meiju_core.settings import Settings
 
     if demo_from is not None:  # the copy's store points into the copy's folders
@@ -184,16 +184,16 @@ def build_demo_store(data_dir: Path, demo_from: Path | None) -> dict[str, str]:
     store = Store(settings.database_url)
     store.upgrade()
     t = time.perf_counter()
-    pipeline.build_demo(store, settings, admin_password="pw")  # idempotent on a copy
-    pipeline.add_user(store, name="bench", role="admin", password="pw")
-    info = pipeline.project_info(store, name="demo")
+    demo.build_demo(store, settings, admin_password="pw")  # idempotent on a copy
+    users.add_user(store, name="bench", role="admin", password="pw")
+    info = projects.project_info(store, name="demo")
     with store.read() as s:
         from db import queries as q
 
         mv = q.current_model(s, project_id=info["id"])
-        schema = pipeline.schema_of(store, info["id"])
+        schema = projects.schema_of(store, info["id"])
         heads = {h: list(schema.classes(h)) for h in schema.head_names}
-    pipeline.open_round(
+    rounds.open_round(
         store,
         settings,
         project_id=info["id"],
@@ -214,7 +214,7 @@ def start_retrain(data_dir: Path, env: dict[str, str]) -> tuple[subprocess.Popen
     """Start ``meiju worker`` and a long stage-2 train job on the demo; returns once the job
     trains (its first epoch reported)."""
     from db.models import Job
-    from meiju_core import jobs
+    from meiju_core.services import jobs
     from meiju_core.settings import Settings
 
     log = (data_dir / "worker.log").open("w")
@@ -224,7 +224,7 @@ def start_retrain(data_dir: Path, env: dict[str, str]) -> tuple[subprocess.Popen
     )  # fmt: skip
     settings = Settings.load(data_dir=str(data_dir), database_url="", project="demo")
     store = Store(settings.database_url)
-    info = pipeline.project_info(store, name="demo")
+    info = projects.project_info(store, name="demo")
     job_id = jobs.submit(
         store, settings, kind="train", params={"stage": 2, "epochs": 500},
         project_id=info["id"],
@@ -247,7 +247,7 @@ def stop_retrain(data_dir: Path, worker: subprocess.Popen, job_id: int) -> str:
     """Cancel the retrain job, stop the worker; returns the job's status when cancelled (it
     must still be running for the measurement to count)."""
     from db.models import Job
-    from meiju_core import jobs
+    from meiju_core.services import jobs
     from meiju_core.settings import Settings
 
     settings = Settings.load(data_dir=str(data_dir), database_url="", project="demo")

@@ -1,7 +1,7 @@
 """What an hour of review buys, on the demo project: a simulated annotator per queue order and
 action, against the automatic rule, gold labelling and stage 2 on gold alone (issue 11.1).
 
-Runs ``meiju_core.simulate.run_review_value`` (the code behind ``meiju simulate-review``) on the
+Runs ``meiju_core.services.simulate.run_review_value`` (the code behind ``meiju simulate-review``) on the
 demo project in ``--data-dir``. With ``--jobs N`` the seeds first run in N parallel processes (one
 CPU thread each; each seed works in its own copy of the store), then one call assembles the table
 from the cached runs; the wall time reported covers both. Every run is cached under
@@ -28,8 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from meiju_core import pipeline  # noqa: E402
-from meiju_core import simulate as sim  # noqa: E402
+from meiju_core.services import projects  # noqa: E402
+from meiju_core.services import simulate as sim  # noqa: E402
 from meiju_core.settings import Settings  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -124,8 +124,8 @@ def main() -> int:
     )
     args = ap.parse_args()
     settings = Settings.load(data_dir=args.data_dir, project="demo")
-    store = pipeline.open_store(settings)
-    info = pipeline.project_info(store, name="demo")
+    store = projects.open_store(settings)
+    info = projects.project_info(store, name="demo")
     if info is None:
         print("no demo project: run `meiju demo` first", file=sys.stderr)
         return 1

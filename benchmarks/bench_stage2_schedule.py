@@ -4,7 +4,7 @@ The paper fine-tunes its stage-1 model on gold + pseudo-labels but gives no lear
 This script trains the paper system (1textcnn, fusion heads 2/2) on gold for one seed at the preset
 stage-1 schedule, takes the pool samples the paper's rule accepts (raw confidence >= 0.99 on both
 heads, balanced quotas), and fine-tunes every stage-1 weight under a grid of schedules. The schedule
-with the best validation joint score becomes ``meiju_core.train.PAPER_STAGE2``; test scores are
+with the best validation joint score becomes ``meiju_core.ml.train.PAPER_STAGE2``; test scores are
 printed beside it but never used for the choice.
 
 Usage: ``python benchmarks/bench_stage2_schedule.py [--data-dir data] [--seed 336]``
@@ -23,9 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from meiju_core import pipeline  # noqa: E402
-from meiju_core import table1 as t1  # noqa: E402
-from meiju_core import train as tr  # noqa: E402
+from meiju_core.ml import train as tr  # noqa: E402
+from meiju_core.services import projects, training  # noqa: E402
+from meiju_core.services import table1 as t1  # noqa: E402
 from meiju_core.settings import Settings  # noqa: E402
 
 GRID = [  # (flat epochs, decay epochs, lr)
@@ -43,8 +43,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=336)
     args = ap.parse_args()
     settings = Settings.load(data_dir=args.data_dir, project="demo")
-    store = pipeline.open_store(settings)
-    info = pipeline.project_info(store, name="demo")
+    store = projects.open_store(settings)
+    info = projects.project_info(store, name="demo")
     if info is None:
         print("no demo project: run `meiju demo` first", file=sys.stderr)
         return 1
@@ -59,7 +59,7 @@ def main() -> int:
     print(f"stage 1 valid {stage1['valid']}  pseudo-labels {summary}", flush=True)
     rows = []
     for flat, decay, lr in GRID:
-        mcfg, tcfg = pipeline.presets(
+        mcfg, tcfg = training.presets(
             "paper",
             stage=2,
             input_dims=data.dims,

@@ -1,6 +1,6 @@
 """The paper's Table I on the demo project: every row, N seeds, CPU, builtin features.
 
-Runs ``meiju_core.table1.run_table1`` (the code behind ``meiju table1``) on the demo project in
+Runs ``meiju_core.services.table1.run_table1`` (the code behind ``meiju table1``) on the demo project in
 ``--data-dir``. With ``--jobs N`` the seeds first train in N parallel processes (one CPU thread
 each), then one call assembles the table from the cached runs; the wall time reported covers both.
 
@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from meiju_core import pipeline  # noqa: E402
-from meiju_core import table1 as t1  # noqa: E402
+from meiju_core.services import projects  # noqa: E402
+from meiju_core.services import table1 as t1  # noqa: E402
 from meiju_core.settings import Settings  # noqa: E402
 
 
@@ -40,8 +40,8 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=None, help="shorten every schedule (smoke runs)")
     args = ap.parse_args()
     settings = Settings.load(data_dir=args.data_dir, project="demo")
-    store = pipeline.open_store(settings)
-    info = pipeline.project_info(store, name="demo")
+    store = projects.open_store(settings)
+    info = projects.project_info(store, name="demo")
     if info is None:
         print("no demo project: run `meiju demo` first", file=sys.stderr)
         return 1

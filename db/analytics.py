@@ -396,7 +396,7 @@ def f1_change_from_metrics(
 
     Args:
         base, new: ``model_version.metrics`` dicts (``{split: {"<head>_f1", "joint",
-            "per_class": {head: [{"class", "f1", ...}]}}}``, as ``pipeline.evaluate`` writes).
+            "per_class": {head: [{"class", "f1", ...}]}}}``, as ``training.evaluate`` writes).
         split: ``valid`` or ``test``.
 
     Returns:

@@ -1,6 +1,6 @@
 """Gold labels flagged as likely wrong, reviewed as a queue of their own (reads and writes).
 
-A gold-label check (``meiju_core.label_check``) opens a round of kind ``label_issues`` and writes
+A gold-label check (``meiju_core.services.label_check``) opens a round of kind ``label_issues`` and writes
 one ``label_issue`` row per flagged (sample, head): the gold label given, the class suggested by
 out-of-sample probabilities, and cleanlab's label quality score (lower = more likely wrong).
 

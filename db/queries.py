@@ -823,7 +823,7 @@ def _disagreement_first(
     mv_id = flt.model_version_id or rnd.model_version_id
     preset = s.scalar(select(ModelVersion.preset).where(ModelVersion.id == mv_id))
     parts = []
-    if preset == "ensemble" and not flt.disagree:  # pipeline.ENSEMBLE
+    if preset == "ensemble" and not flt.disagree:  # ensembles.ENSEMBLE
         parts.append(replace(flt, disagree=True))
     if flt.unseen_pairs is None and all(h in rnd.thresholds for h in flt.pair_heads):
         pairs = _gold_cached(

@@ -4,7 +4,7 @@
 
 - a number: the threshold of every class of that head (``{"emotion": 0.9, "intent": 0.8}``), or
 - a mapping ``{class: number}``: a threshold per predicted class (``{"emotion": {"happy": 0.97,
-  "neutral": 0.99, ...}}``), as taken from review evidence (``pipeline.thresholds_from_evidence``).
+  "neutral": 0.99, ...}}``), as taken from review evidence (``rounds.thresholds_from_evidence``).
   A class absent from the mapping takes the ``"*"`` entry when there is one, else no prediction
   of that class reaches the threshold (it is never offered).
 

@@ -4,7 +4,7 @@ the Review page's round, card states and linked samples.
 Like ``db.queries`` and ``db.analytics``, every function takes an open ``Session`` first and the
 rest by keyword, and returns plain tuples, dicts and lists (no ORM objects), so a page can cache
 the result and never holds a session or a row across reruns. Nothing here writes: transcript
-saves go through ``pipeline.save_transcript``, promotion through ``pipeline.promote``.
+saves go through ``transcripts.save_transcript``, promotion through ``training.promote``.
 """
 
 from __future__ import annotations

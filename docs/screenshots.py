@@ -27,8 +27,8 @@ from _server import CHROMIUM, CHROMIUM_ARGS, start_server, stop_server  # noqa: 
 from sqlalchemy import select  # noqa: E402
 
 from db.models import Sample  # noqa: E402
-from meiju_core import pipeline  # noqa: E402
-from meiju_core.demo_copy import copy_built_demo  # noqa: E402
+from meiju_core.services import projects, rounds  # noqa: E402
+from meiju_core.services.demo_copy import copy_built_demo  # noqa: E402
 from meiju_core.settings import Settings  # noqa: E402
 
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
@@ -86,7 +86,7 @@ def grid_card(store, settings: Settings) -> int | None:
         for h, t in thresholds.items()
     }
     if lowered != thresholds:
-        pipeline.open_round(
+        rounds.open_round(
             store, settings, project_id=pid, model_version_id=mv_id, thresholds=lowered
         )
     return grid
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = prepare(args.data_dir, args.password)
     settings = Settings.load(data_dir=str(work), database_url="", project="demo")
-    store = pipeline.open_store(settings)
+    store = projects.open_store(settings)
     env = {"MEIJU_DATA_DIR": str(work), "MEIJU_DATABASE_URL": "", "MEIJU_PROJECT": "demo"}
     proc, url, _log = start_server(work, env)
     try:

@@ -1,6 +1,6 @@
 """The ``meiju`` command: the review loop headless, one subcommand per arrow of the loop.
 
-Every command calls the same ``meiju_core.pipeline`` function the app and the worker call. Heavy
+Every command calls the same ``meiju_core.services`` function the app and the worker call. Heavy
 modules (torch, the model) are imported inside commands, so ``meiju --help`` is instant.
 Global options override settings (``MEIJU_*`` environment variables work too).
 """
@@ -90,12 +90,14 @@ def _bar(description: str) -> Iterator[Any]:
 
 
 def _store_and_project():
-    from meiju_core import pipeline
+    from meiju_core.services import (
+        projects,
+    )
 
     settings = _settings()
     with _friendly():
-        store = pipeline.open_store(settings)
-    info = pipeline.project_info(store, name=settings.project)
+        store = projects.open_store(settings)
+    info = projects.project_info(store, name=settings.project)
     if info is None:
         typer.secho(
             f"error: no project {settings.project!r}; run `meiju demo` or import one",
@@ -127,10 +129,12 @@ def _model_version_id(store, info: dict[str, Any], given: int | None) -> int:
 @app.command()
 def init() -> None:
     """Create or migrate the database (alembic upgrade head)."""
-    from meiju_core import pipeline
+    from meiju_core.services import (
+        projects,
+    )
 
     settings = _settings()
-    pipeline.open_store(settings)
+    projects.open_store(settings)
     typer.echo(f"store ready: {settings.database_url}")
 
 
@@ -143,12 +147,15 @@ def demo(
 ) -> None:
     """Build the demo project from real data (CPED + GRID + Mandarin speech), train stage 1 and
     open the first review round. Skips whatever is already built."""
-    from meiju_core import pipeline
+    from meiju_core.services import demo as demo_service
+    from meiju_core.services import (
+        projects,
+    )
 
     settings = _settings()
     with _friendly(), _bar("building the demo") as update:
-        store = pipeline.open_store(settings)
-        summary = pipeline.build_demo(
+        store = projects.open_store(settings)
+        summary = demo_service.build_demo(
             store, settings, admin_password=password, epochs=epochs, progress=update
         )
     typer.echo(f"demo project ready: {summary.get('splits', summary)}")
@@ -162,11 +169,14 @@ def user_add(
     password: Annotated[str | None, typer.Option(prompt=True, hide_input=True)] = None,
 ) -> None:
     """Create a user (or change its role and password)."""
-    from meiju_core import pipeline
+    from meiju_core.services import (
+        projects,
+        users,
+    )
 
     with _friendly():
-        store = pipeline.open_store(_settings())
-        uid = pipeline.add_user(store, name=name, role=role, password=password)
+        store = projects.open_store(_settings())
+        uid = users.add_user(store, name=name, role=role, password=password)
     typer.echo(f"user {name} ({role}) saved as #{uid}")
 
 
@@ -182,7 +192,7 @@ def worker(
 ) -> None:
     """Run the job worker until Ctrl-C: one process per lane, so an export never waits behind a
     retrain; jobs whose process died are re-queued (training resumes) or failed."""
-    from meiju_core.jobs import LANES, run_worker
+    from meiju_core.services.jobs import LANES, run_worker
 
     lanes = tuple(lane or LANES)
     bad = [x for x in lanes if x not in LANES]
@@ -267,11 +277,13 @@ def extract(
     ] = None,
 ) -> None:
     """Extract features for every sample: resumable, parallel; re-runs skip what is up to date."""
-    from meiju_core import pipeline
+    from meiju_core.services import (
+        extraction,
+    )
 
     settings, store, info = _store_and_project()
     with _friendly(), _bar(f"extracting {set_name} features") as update:
-        fs = pipeline.extract_features(
+        fs = extraction.extract_features(
             store,
             settings,
             project_id=info["id"],
@@ -298,11 +310,13 @@ def train(
 ) -> None:
     """Train a model version, predict every sample and score it on valid and test."""
     from db import queries as q
-    from meiju_core import pipeline
+    from meiju_core.services import (
+        training,
+    )
 
     settings, store, info = _store_and_project()
     with _friendly(), _bar(f"training stage {stage}") as update:
-        mv_id = pipeline.train(
+        mv_id = training.train(
             store,
             settings,
             project_id=info["id"],
@@ -354,12 +368,14 @@ def ensemble(
     """A model version that averages separately trained versions' probabilities per head (the
     paper's final row: emotion from one system, intent fused from a 1-head and a 2-head one)."""
     from db import queries as q
-    from meiju_core import pipeline
+    from meiju_core.services import (
+        ensembles,
+    )
 
     members = {"emotion": _ids(emotion, "--emotion"), "intent": _ids(intent, "--intent")}
     settings, store, info = _store_and_project()
     with _friendly():
-        mv_id = pipeline.create_ensemble(
+        mv_id = ensembles.create_ensemble(
             store, settings, project_id=info["id"], members=members, name=name
         )
     if promote:
@@ -384,7 +400,7 @@ def table1(
     seeds, the paper's numbers beside them). Runs already trained are reused."""
     import json
 
-    from meiju_core import table1 as t1
+    from meiju_core.services import table1 as t1
 
     settings, store, info = _store_and_project()
     if not 0 < threshold <= 1 or seeds < 1 or budget < 0:
@@ -473,7 +489,7 @@ def simulate_review(
     import json
 
     from db import queries as q
-    from meiju_core import simulate as sim
+    from meiju_core.services import simulate as sim
 
     settings, store, info = _store_and_project()
     try:
@@ -522,7 +538,7 @@ def label_issues(
 ) -> None:
     """Flag gold labels that are likely wrong (cross-validated probabilities + cleanlab); the
     flags open in Review as a queue of their own (a round of kind label_issues)."""
-    from meiju_core import label_check
+    from meiju_core.services import label_check
 
     if folds < 2:
         raise typer.BadParameter("--folds must be at least 2")
@@ -549,13 +565,15 @@ def predict(
     model_version: Annotated[int | None, typer.Option(help="Model version id.")] = None,
 ) -> None:
     """Predict every sample with a model version (default: the current one)."""
-    from meiju_core import pipeline
+    from meiju_core.services import (
+        training,
+    )
 
     settings, store, info = _store_and_project()
     mv = _model_version_id(store, info, model_version)
     with _friendly():
-        n = pipeline.predict(store, settings, model_version_id=mv)
-        pipeline.evaluate(store, model_version_id=mv)
+        n = training.predict(store, settings, model_version_id=mv)
+        training.evaluate(store, model_version_id=mv)
     typer.echo(f"{n} predictions written for model version #{mv}")
 
 
@@ -564,11 +582,13 @@ def evaluate(
     model_version: Annotated[int | None, typer.Option(help="Model version id.")] = None,
 ) -> None:
     """Weighted F1 per head and the joint score on valid and test."""
-    from meiju_core import pipeline
+    from meiju_core.services import (
+        training,
+    )
 
     _settings_, store, info = _store_and_project()
     mv = _model_version_id(store, info, model_version)
-    pipeline.evaluate(store, model_version_id=mv)
+    training.evaluate(store, model_version_id=mv)
     _print_metrics(store, mv)
 
 
@@ -611,7 +631,10 @@ def pseudo_label(
     ] = "confidence",
 ) -> None:
     """Open a review round; with --auto, fill its quotas the paper's way, without a human."""
-    from meiju_core import pipeline
+    from meiju_core.services import (
+        decisions,
+        rounds,
+    )
 
     settings, store, info = _store_and_project()
     mv = _model_version_id(store, info, model_version)
@@ -620,7 +643,7 @@ def pseudo_label(
     with _friendly():
         th: Any = threshold
         if thresholds_from_review is not None:
-            ev = pipeline.thresholds_from_evidence(
+            ev = rounds.thresholds_from_evidence(
                 store,
                 round_id=thresholds_from_review,
                 precision=precision,
@@ -633,7 +656,7 @@ def pseudo_label(
                     f"  {row['head']} {row['class']}: {row['next']:.3f} ({source}; "
                     f"{row['accepted']} of {row['reviewed']} accepted)"
                 )
-        rid = pipeline.open_round(
+        rid = rounds.open_round(
             store,
             settings,
             project_id=info["id"],
@@ -646,7 +669,7 @@ def pseudo_label(
         typer.echo(f"round #{rid} open on model version #{mv} (queue order: {order})")
         if auto:
             with _bar("accepting pseudo-labels") as update:
-                out = pipeline.auto_pseudo_label(
+                out = decisions.auto_pseudo_label(
                     store,
                     round_id=rid,
                     progress=update,
@@ -662,11 +685,11 @@ def export_submission(
     split: Annotated[str, typer.Option(help="Split to export.")] = "test",
 ) -> None:
     """Write submission.csv (filename,emo_pred,int_pred) with label strings."""
-    from meiju_core import pipeline
+    from meiju_core.io import export
 
     _s, store, info = _store_and_project()
     with _friendly():
-        n = pipeline.export_submission(store, project_id=info["id"], path=path, split=split)
+        n = export.export_submission(store, project_id=info["id"], path=path, split=split)
     typer.echo(f"{n} rows written to {path}")
 
 
@@ -743,23 +766,26 @@ def export_baseline_cmd(
 def _import(params: dict[str, Any], *, project: bool = True, prepare: bool = True) -> None:
     """Run one import (``meiju_core.io.imports``), then extract and predict the new utterances
     with the current model unless ``prepare`` is off; print the summary and the new cards."""
-    from meiju_core import pipeline
     from meiju_core.io.imports import run_import
+    from meiju_core.services import (
+        extraction,
+        projects,
+    )
 
     if project:
         settings, store, info = _store_and_project()
         project_id = info["id"]
     else:
         settings, project_id = _settings(), None
-        store = pipeline.open_store(settings)
+        store = projects.open_store(settings)
     with _friendly():
-        before = None if project_id is None else pipeline.open_cards(store, project_id=project_id)
+        before = None if project_id is None else extraction.open_cards(store, project_id=project_id)
         summary = run_import(store, project_id=project_id, params=params)
         shown = {k: v for k, v in summary.items() if k in ("samples", "splits", "transcripts")}
         typer.echo(f"imported {params['path']}: {shown or summary}")
         if project_id is not None and prepare:
             with _bar("extracting and predicting") as update:
-                out = pipeline.prepare_new_samples(
+                out = extraction.prepare_new_samples(
                     store, settings, project_id=project_id, progress=update, cards_before=before
                 )
             if out.get("new_cards") is not None:

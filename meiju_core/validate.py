@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import unicodedata
 
-from meiju_core.text import has_html
+from meiju_core.ml.text import has_html
 
 MAX_ID_CHARS = 200
 MAX_DB_INT = 2**63 - 1

@@ -20,7 +20,7 @@ from typing import Any
 import streamlit as st
 
 from db import Store, views
-from meiju_core import pipeline
+from meiju_core.services import projects
 from meiju_core.settings import Settings, environment_key
 
 CSS = """
@@ -70,7 +70,7 @@ def _settings_for(env: tuple[tuple[str, str], ...]) -> Settings:
 @st.cache_resource(show_spinner=False, on_release=lambda store: store.dispose())
 def store_at(url: str) -> Store:
     """The store at ``url``, migrated once per process and shared by every session."""
-    return pipeline.open_store(Settings.load(database_url=url))
+    return projects.open_store(Settings.load(database_url=url))
 
 
 def store() -> Store:
@@ -80,7 +80,7 @@ def store() -> Store:
 
 @st.cache_data(ttl=300, show_spinner=False)
 def _project(url: str, name: str) -> dict[str, Any] | None:
-    info = pipeline.project_info(store_at(url), name=name)
+    info = projects.project_info(store_at(url), name=name)
     if info is None:
         return None
     return {"id": info["id"], "name": info["name"], "heads": info["schema"].to_dict()}
@@ -210,7 +210,7 @@ def top3(probs: list[float], classes: list[str]) -> list[tuple[str, float]]:
 
 @functools.lru_cache(maxsize=512)
 def _segment(text: str) -> tuple[str, ...]:
-    from meiju_core.text import segment
+    from meiju_core.ml.text import segment
 
     return tuple(segment(text))
 

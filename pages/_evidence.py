@@ -16,9 +16,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from db.evidence import review_observations
-from meiju_core import pipeline
 from meiju_core.errors import MeijuError
-from meiju_core.pseudo import acceptance_by_confidence
+from meiju_core.ml.pseudo import acceptance_by_confidence
+from meiju_core.services import rounds
 from pages import _common as common
 
 
@@ -30,7 +30,7 @@ def _observations(url: str, round_id: int) -> list[dict[str, Any]]:
 
 @st.cache_data(ttl=30, show_spinner=False)
 def _thresholds(url: str, round_id: int, precision: float, min_count: int) -> dict[str, Any]:
-    return pipeline.thresholds_from_evidence(
+    return rounds.thresholds_from_evidence(
         common.store_at(url), round_id=round_id, precision=precision, min_count=min_count
     )
 
@@ -39,7 +39,7 @@ def _open_next_round(round_id: int, precision: float, min_count: int) -> None:
     """Button callback: open the next round with the evidence's per-class thresholds (the
     service checks the role)."""
     try:
-        rid = pipeline.open_round_from_evidence(
+        rid = rounds.open_round_from_evidence(
             common.store(),
             common.settings(),
             round_id=round_id,

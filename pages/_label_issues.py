@@ -23,8 +23,8 @@ import streamlit as st
 from db import label_issues as li
 from db import queries as q
 from db import views
-from meiju_core import jobs, label_check
 from meiju_core.errors import CardTaken, MeijuError
+from meiju_core.services import jobs, label_check
 from pages import _common as common
 from pages._keys import key_listener, new_events
 

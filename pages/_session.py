@@ -1,4 +1,4 @@
-"""The browser side of a session: the signed session cookie (``meiju_core.auth``).
+"""The browser side of a session: the signed session cookie (``meiju_core.services.auth``).
 
 Streamlit reads cookies (``st.context.cookies``) but cannot set them from Python, so a tiny
 component sets or clears ``meiju_session`` in the page: ``SameSite=Strict``, ``Secure`` over
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from meiju_core import auth
+from meiju_core.services import auth
 
 _JS = r"""
 export default function (component) {

@@ -6,7 +6,7 @@ with 100,000 pool samples):
 
 - **Model**: per head, the confusion matrix (counts and row-normalised) and per-class precision,
   recall, F1 and support of one model version on valid or test, from ``model_version.metrics``
-  (``pipeline.evaluate``). Clicking a cell opens Review on the samples behind it (see
+  (``training.evaluate``). Clicking a cell opens Review on the samples behind it (see
   :func:`review_params` for the query parameters sent).
 - **Compare**: per-class F1 change between two model versions (``db.analytics.f1_change``).
 - **Pseudo-labels**: per class, candidates at the round's threshold, accepted, rejected and
@@ -371,7 +371,7 @@ def model_tab(versions: list[dict[str, Any]], heads: dict[str, list[str]]) -> No
     if not report:
         st.info(
             f"Model version #{mv_id} has no {split} metrics yet (they are written by "
-            "`pipeline.evaluate` after training)."
+            "`training.evaluate` after training)."
         )
         return
     tiles = st.columns(len(heads) + 2)

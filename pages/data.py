@@ -1,7 +1,7 @@
 """Data: import utterances and export labels, decisions and edits from the browser, as jobs.
 
 Nothing heavy runs in the app process: each button writes an ``import`` or ``export`` job
-(``meiju_core.jobs.submit``) that the worker (``meiju worker``) runs; this page follows the job
+(``meiju_core.services.jobs.submit``) that the worker (``meiju worker``) runs; this page follows the job
 rows (a fragment polls them every two seconds while one is queued or running) and offers each
 finished export's files with ``st.download_button``.
 
@@ -28,9 +28,9 @@ import streamlit as st
 from db import analytics as A
 from db import queries as q
 from db import views
-from meiju_core import jobs, pipeline
 from meiju_core.errors import MeijuError
 from meiju_core.io.export import EXPORTS, FILE_NAMES
+from meiju_core.services import jobs, users
 from pages import _common as common
 
 KINDS = ("import", "export")
@@ -54,7 +54,7 @@ STATUS_ICON = {
 def _submit(kind: str, params: dict[str, Any], project_id: int | None, user: dict) -> None:
     try:
         if kind == "import":
-            pipeline.require_admin(user, "import data")
+            users.require_admin(user, "import data")
         job_id = jobs.submit(
             common.store(),
             common.settings(),

@@ -2,7 +2,7 @@
 
 The round panel (and, for admins, the form that opens a new round), the filters and bulk accept
 run with the page; the card runs in an ``st.fragment``, so a decision reruns only the card. Each
-button calls ``pipeline.decide`` / ``pipeline.undo`` in its ``on_click`` callback (the decision and
+button calls ``decisions.decide`` / ``decisions.undo`` in its ``on_click`` callback (the decision and
 its quota check commit in that call, before the card re-renders), then the fragment reruns once
 and shows the next card.
 
@@ -16,7 +16,7 @@ Filters live in the URL (``?head=intent&label=questioning&min=0.6&unseen=1&disag
 and ``samples=1,2,3`` from a link of another page), so a link opens the same queue; the page
 reads them on load and writes them back when a filter changes. The filter logic (parsing the
 URL, the widgets' state, the queue filter, the summary) is ``pages/_review_filter.py``; the store
-reads are ``db.views`` and ``db.queries``, the writes ``meiju_core.pipeline``.
+reads are ``db.views`` and ``db.queries``, the writes ``meiju_core.services``.
 
 Keys (native ``st.button(shortcut=...)``, which never fire while typing in a text box): A accept
 both, E / I accept one head, X reject, S skip, U undo, 1-8 override the predicted class of the
@@ -39,8 +39,9 @@ from db import analytics as an
 from db import queries as q
 from db import thresholds as thr
 from db import views
-from meiju_core import pipeline
 from meiju_core.errors import BelowThreshold, CardTaken, MeijuError, QuotaExceeded
+from meiju_core.services import decisions
+from meiju_core.services import rounds as rounds_service
 from meiju_core.validate import db_id, db_ids
 from pages import _common as common
 from pages import _review_filter as rf
@@ -111,7 +112,7 @@ def _head_keys(heads: list[str]) -> dict[str, str]:
 
 @st.cache_data(ttl=120, show_spinner=False)
 def _candidate_counts(url: str, model_version_id: int) -> dict[str, dict[float, int]]:
-    return pipeline.candidate_counts(
+    return rounds_service.candidate_counts(
         common.store_at(url), model_version_id=model_version_id, thresholds=list(THRESHOLD_STEPS)
     )
 
@@ -134,7 +135,7 @@ def _round_plan(
     budget: int,
 ) -> dict[str, Any] | None:
     try:
-        return pipeline.round_plan(
+        return rounds_service.round_plan(
             common.store_at(url),
             common.settings(),
             project_id=project_id,
@@ -150,7 +151,7 @@ def _round_plan(
 @st.cache_data(ttl=60, show_spinner=False)
 def _evidence_thresholds(url: str, project_id: int) -> dict[str, Any] | None:
     """Per-class thresholds from the review decisions of the project's newest pseudo-label round
-    that has any (``pipeline.thresholds_from_evidence``, default precision), or None."""
+    that has any (``rounds_service.thresholds_from_evidence``, default precision), or None."""
     from db.evidence import review_observations
 
     store = common.store_at(url)
@@ -160,7 +161,7 @@ def _evidence_thresholds(url: str, project_id: int) -> dict[str, Any] | None:
     if chosen is None:
         return None
     try:
-        return pipeline.thresholds_from_evidence(store, round_id=chosen)
+        return rounds_service.thresholds_from_evidence(store, round_id=chosen)
     except MeijuError:
         return None
 
@@ -296,7 +297,7 @@ def open_round_ui(store, settings, project: dict[str, Any], user: dict[str, Any]
             _plan_table(plan)
         if st.button("Open round", type="primary", key="rv_open_round"):
             try:
-                rid = pipeline.open_round(
+                rid = rounds_service.open_round(
                     store,
                     settings,
                     project_id=project["id"],
@@ -630,7 +631,7 @@ def _decide(action: str, sample_id: int, heads: list[str] | None = None) -> bool
     asked = (sample_id, action, tuple(heads or ()))
     confirmed = S.get("rv_confirm") == asked
     try:
-        pipeline.decide(
+        decisions.decide(
             common.store(),
             round_id=S["rv_round"],
             sample_id=sample_id,
@@ -750,7 +751,7 @@ def _on_keys() -> None:
 
 def _undo(decision_id: int | None = None) -> None:
     """Button callback: undo the latest decision (or one from the history); its card returns."""
-    sample_id = pipeline.undo(
+    sample_id = decisions.undo(
         common.store(), round_id=S["rv_round"], user=common.user(), decision_id=decision_id
     )
     if sample_id is None:
@@ -962,7 +963,7 @@ def _history(rows: list[dict[str, Any]], heads: list[str]) -> None:
 
 def _empty_queue(store, round_id: int, flt: q.QueueFilter, user: dict[str, Any]) -> None:
     """No card: say why, and what an admin can change."""
-    reasons = pipeline.empty_queue_reasons(store, round_id=round_id, flt=flt, user=user)
+    reasons = rounds_service.empty_queue_reasons(store, round_id=round_id, flt=flt, user=user)
     lines = [f"- {r['reason']} {r['fix']}" for r in reasons]
     done = reasons and reasons[0]["reason"].startswith("All ")
     box = st.success if done else st.warning
@@ -1055,7 +1056,7 @@ def _bulk_key(round_id: int, flt: q.QueueFilter) -> str:
 
 def _run_preview(round_id: int, flt: q.QueueFilter) -> None:
     t = time.perf_counter()
-    result = pipeline.bulk_preview(common.store(), round_id=round_id, flt=flt, user=common.user())
+    result = decisions.bulk_preview(common.store(), round_id=round_id, flt=flt, user=common.user())
     result["seconds"] = time.perf_counter() - t
     S["rv_bulk"] = {"key": _bulk_key(round_id, flt), "result": result}
 
@@ -1067,7 +1068,7 @@ def _run_bulk_accept(round_id: int, flt: q.QueueFilter) -> None:
         return
     items = bulk["result"]["items"]
     try:
-        res = pipeline.bulk_accept(
+        res = decisions.bulk_accept(
             common.store(),
             round_id=round_id,
             items=items,

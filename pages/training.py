@@ -14,8 +14,8 @@ import pandas as pd
 import streamlit as st
 
 from db import views
-from meiju_core import jobs, pipeline
 from meiju_core.errors import MeijuError
+from meiju_core.services import jobs, training
 from pages import _common as common
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -213,7 +213,7 @@ def promote_ui(store, versions: list[dict[str, Any]], user: dict[str, Any]) -> N
     )
     if row.button("Promote", key="tr_promote", icon=":material/verified:"):
         try:
-            pipeline.promote(store, model_version_id=mv_id, user=user)
+            training.promote(store, model_version_id=mv_id, user=user)
         except MeijuError as e:
             st.error(str(e))
             return
@@ -243,7 +243,7 @@ def main() -> None:
     }
     config["train s"] = st.column_config.NumberColumn(format="%.1f")
     st.dataframe(table, hide_index=True, width="stretch", column_config=config)
-    st.caption("Scores come from `pipeline.evaluate` on the valid and test splits.")
+    st.caption("Scores come from `training.evaluate` on the valid and test splits.")
     if admin:
         promote_ui(store, versions, user)
 

@@ -1,16 +1,16 @@
 """Transcripts: flagged transcripts first, one key per suggestion, a diff of every change, and
 one rule applied to every match after a preview.
 
-Punctuation flags and suggestions come from ``meiju_core.text`` (rules, no model): doubled or
+Punctuation flags and suggestions come from ``meiju_core.ml.text`` (rules, no model): doubled or
 half-width marks, no final mark, a question with no question mark, a space used as a clause
 break; ASR transcripts are flagged too (their words need a look). The list shows flagged
 transcripts first. In the editor each flag has an "Apply" button with a digit key (1-9), "Accept
 all & save" is ``A``, "Save" is ``S`` and "Next flagged" is ``N``; Streamlit ignores these keys
 while a text field has focus, IME composition included, so typing Chinese never triggers them.
 
-Each save goes through ``pipeline.save_transcript``, which refuses a stale version (someone saved
+Each save goes through ``transcripts.save_transcript``, which refuses a stale version (someone saved
 first) and HTML, and records the edit with its kind (punctuation-only or lexical), editor and
-time. "Bulk fix" applies one rule (``meiju_core.transcript_rules``) to every matching transcript:
+time. "Bulk fix" applies one rule (``meiju_core.ml.transcript_rules``) to every matching transcript:
 a preview of the first changes, one confirmation, then one version-checked save per transcript;
 the ones someone saved in between are skipped and listed.
 
@@ -31,10 +31,11 @@ import pandas as pd
 import streamlit as st
 
 from db import views
-from meiju_core import pipeline, text
-from meiju_core import transcript_rules as TR
-from meiju_core import transcripts as TS
 from meiju_core.errors import MeijuError, StaleEdit
+from meiju_core.ml import text
+from meiju_core.ml import transcript_rules as TR
+from meiju_core.services import transcripts
+from meiju_core.services import transcripts as TS
 from meiju_core.validate import db_id
 from pages import _common as common
 from pages._live_diff import live_diff
@@ -267,7 +268,7 @@ def _accept_all(tr: dict, key: str, user: dict) -> None:
     base = S[f"ts_base_{tr['sample_id']}"]
     fixed = text.suggest(S.get(key, ""))
     try:
-        version = pipeline.save_transcript(
+        version = transcripts.save_transcript(
             common.store(),
             sample_id=tr["sample_id"],
             text=fixed,
@@ -292,7 +293,7 @@ def _saved(sample_id: int, base: dict, new_text: str, version: int) -> None:
 
 def _save(store, tr: dict, base: dict, new_text: str, user: dict) -> None:
     try:
-        version = pipeline.save_transcript(
+        version = transcripts.save_transcript(
             store,
             sample_id=tr["sample_id"],
             text=new_text,

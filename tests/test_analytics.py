@@ -1,6 +1,6 @@
 """``db.analytics`` on constructed data with known answers: decisions at known times with known
 ``ms_spent``, hand-placed gold and pseudo-labels, hand-written metrics, and confusion cells checked
-against the matrix ``pipeline.evaluate`` stores."""
+against the matrix ``training.evaluate`` stores."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from db.models import (
     Project,
     Sample,
 )
-from meiju_core import pipeline
+from meiju_core.services import decisions as decisions_service
+from meiju_core.services import training
 
 T0 = datetime(2026, 1, 5, 10, 5, tzinfo=UTC)
 
@@ -88,19 +89,19 @@ def test_pseudo_label_classes_counts_candidates_decisions_and_quota(store, fx):
     admin = {"id": fx.admin_id}
     rid = fx.round_id
     both = {"emotion": "happy", "intent": "agreeing"}
-    pipeline.decide(
+    decisions_service.decide(
         store, round_id=rid, sample_id=pool[1], action="accept", user=admin, labels=both
     )
-    pipeline.decide(
+    decisions_service.decide(
         store, round_id=rid, sample_id=pool[2], action="accept", user=admin, labels=both
     )
-    pipeline.decide(
+    decisions_service.decide(
         store, round_id=rid, sample_id=pool[3], action="reject", user=admin, labels=both
     )
-    pipeline.decide(  # undone: counts nowhere
+    decisions_service.decide(  # undone: counts nowhere
         store, round_id=rid, sample_id=pool[4], action="accept", user=admin, labels=both
     )
-    pipeline.undo(store, round_id=rid, user=admin)
+    decisions_service.undo(store, round_id=rid, user=admin)
     with store.read() as s:
         got = A.pseudo_label_classes(s, round_id=rid)
     assert list(got) == ["emotion", "intent"]
@@ -261,9 +262,13 @@ def test_cooccurrence_gold_counts_train_samples_with_both_heads(store):
 def test_cooccurrence_pseudo_needs_both_heads_accepted(store, fx):
     admin, rid, pool = {"id": fx.admin_id}, fx.round_id, fx.pool_ids
     hap = {"emotion": "happy", "intent": "agreeing"}
-    pipeline.decide(store, round_id=rid, sample_id=pool[0], action="accept", user=admin, labels=hap)
-    pipeline.decide(store, round_id=rid, sample_id=pool[1], action="accept", user=admin, labels=hap)
-    pipeline.decide(  # intent rejected: not counted
+    decisions_service.decide(
+        store, round_id=rid, sample_id=pool[0], action="accept", user=admin, labels=hap
+    )
+    decisions_service.decide(
+        store, round_id=rid, sample_id=pool[1], action="accept", user=admin, labels=hap
+    )
+    decisions_service.decide(  # intent rejected: not counted
         store,
         round_id=rid,
         sample_id=pool[2],
@@ -272,10 +277,10 @@ def test_cooccurrence_pseudo_needs_both_heads_accepted(store, fx):
         labels=hap,
         heads=["emotion"],
     )
-    pipeline.decide(
+    decisions_service.decide(
         store, round_id=rid, sample_id=pool[2], action="reject", user=admin, heads=["intent"]
     )
-    pipeline.decide(
+    decisions_service.decide(
         store,
         round_id=rid,
         sample_id=pool[3],
@@ -360,7 +365,7 @@ def test_f1_change_between_stored_versions(store, fx):
 
 def test_confusion_cell_samples_match_the_stored_matrix(store, fx):
     mv = fx.model_version_id
-    metrics = pipeline.evaluate(store, model_version_id=mv)
+    metrics = training.evaluate(store, model_version_id=mv)
     with store.read() as s:
         for split in ("valid", "test"):
             for head, classes in (("emotion", EMOTIONS), ("intent", INTENTS)):

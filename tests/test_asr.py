@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from meiju_core.errors import MediaError, ModelUnavailable
-from meiju_core.features import asr
-from meiju_core.features.asr import WhisperASR, cer, to_simplified, whisper_base_folder
+from meiju_core.ml.features import asr
+from meiju_core.ml.features.asr import WhisperASR, cer, to_simplified, whisper_base_folder
 
 # the shared real data beside the project checkout (as tests/conftest.py)
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

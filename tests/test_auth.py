@@ -10,15 +10,15 @@ from sqlalchemy import select, update
 
 from db.fixtures import build_fixture
 from db.models import LoginSession, LoginThrottle, User
-from meiju_core import auth, pipeline
 from meiju_core.errors import SignInThrottled
+from meiju_core.services import auth, users
 
 KEY = "test-secret"
 
 
 @pytest.fixture
 def fx(store):
-    ids = build_fixture(store, n_pool=5, password_hash=pipeline.hash_password("pw"))
+    ids = build_fixture(store, n_pool=5, password_hash=users.hash_password("pw"))
     return ids
 
 
@@ -58,30 +58,30 @@ def test_secret_key_is_kept_in_the_data_dir_owner_only(tmp_path, monkeypatch):
 
 def test_failed_sign_ins_back_off_per_name_and_per_address(store, fx):
     for _ in range(auth.FREE_ATTEMPTS):
-        assert pipeline.authenticate(store, name="admin", password="no", address="10.0.0.1") is None
+        assert users.authenticate(store, name="admin", password="no", address="10.0.0.1") is None
     with pytest.raises(SignInThrottled) as e:  # even the right password waits now
-        pipeline.authenticate(store, name="admin", password="pw", address="10.0.0.2")
+        users.authenticate(store, name="admin", password="pw", address="10.0.0.2")
     assert 0 < e.value.retry_after_s <= 1.0
     with pytest.raises(SignInThrottled):  # the address is throttled for other names too
-        pipeline.authenticate(store, name="ann", password="pw", address="10.0.0.1")
-    assert pipeline.authenticate(store, name="ann", password="pw", address="10.0.0.3")
+        users.authenticate(store, name="ann", password="pw", address="10.0.0.1")
+    assert users.authenticate(store, name="ann", password="pw", address="10.0.0.3")
     with store.write() as s:  # the wait is over
         for row in s.scalars(select(LoginThrottle)):
             row.last_failed_at = row.last_failed_at - timedelta(seconds=10)
-    assert pipeline.authenticate(store, name="admin", password="pw", address="10.0.0.1")
+    assert users.authenticate(store, name="admin", password="pw", address="10.0.0.1")
     with store.read() as s:  # a success clears the counters
         assert s.get(LoginThrottle, "user:admin") is None
 
 
 def test_an_unknown_name_costs_the_same_hash_check(store, fx, monkeypatch):
     calls = []
-    real = pipeline.verify_password
+    real = users.verify_password
 
     def counting(h, p):
         calls.append(h)
         return real(h, p)
 
-    monkeypatch.setattr(pipeline, "verify_password", counting)
-    assert pipeline.authenticate(store, name="nobody", password="x") is None
-    assert pipeline.authenticate(store, name="admin", password="x") is None
+    monkeypatch.setattr(users, "verify_password", counting)
+    assert users.authenticate(store, name="nobody", password="x") is None
+    assert users.authenticate(store, name="admin", password="x") is None
     assert len(calls) == 2 and all(h.startswith("$argon2") for h in calls)

@@ -15,9 +15,9 @@ from sqlalchemy import select
 from db import Store
 from db.fixtures import build_fixture
 from db.models import Base, Transcript
-from meiju_core import pipeline
 from meiju_core.errors import InputError, MeijuError
 from meiju_core.io.tables import import_csv, import_label_list
+from meiju_core.services import rounds, transcripts, users
 from meiju_core.settings import Settings
 from meiju_core.validate import db_id, db_ids
 
@@ -94,7 +94,7 @@ def option(name: str, field: str, value: object) -> Case:
 
 def threshold(name: str, value: object, field: str = "threshold emotion") -> Case:
     def call(ctx: Ctx):
-        return pipeline.open_round(
+        return rounds.open_round(
             ctx.store,
             ctx.settings,
             project_id=ctx.ids.project_id,
@@ -107,7 +107,7 @@ def threshold(name: str, value: object, field: str = "threshold emotion") -> Cas
 
 def user(name: str, user_name: str, password: str | None, field: str, role="annotator") -> Case:
     def call(ctx: Ctx):
-        return pipeline.add_user(ctx.store, name=user_name, role=role, password=password)
+        return users.add_user(ctx.store, name=user_name, role=role, password=password)
 
     return Case(name, call, field, None, False, "")
 
@@ -116,7 +116,7 @@ def transcript(name: str, text: str, match: str) -> Case:
     def call(ctx: Ctx):
         with ctx.store.read() as s:
             tr = s.scalars(select(Transcript).order_by(Transcript.id)).first()
-        return pipeline.save_transcript(
+        return transcripts.save_transcript(
             ctx.store,
             sample_id=tr.sample_id,
             text=text,

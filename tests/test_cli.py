@@ -138,11 +138,11 @@ def test_run_serves_the_app_and_a_signal_stops_app_and_worker(tmp_path, how):
 
 
 def test_commands_needing_a_model_say_so(tmp_path):
-    from meiju_core import pipeline
     from meiju_core.io.cped import build_demo as import_demo
+    from meiju_core.services import projects
 
     settings = Settings.load(data_dir=str(tmp_path), database_url="")
-    import_demo(pipeline.open_store(settings), project_name="demo")
+    import_demo(projects.open_store(settings), project_name="demo")
     for command in ("evaluate", "predict", "pseudo-label"):
         result = runner.invoke(app, ["--data-dir", str(tmp_path), command])
         assert result.exit_code == 1, command

@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 from db import Store
 from db.fixtures import build_fixture
 from db.models import FeatureFile, FeatureSet, ModelVersion, Sample
-from meiju_core.demo_copy import copy_built_demo
+from meiju_core.services.demo_copy import copy_built_demo
 
 
 def _paths(url: str) -> dict[str, list[str | None]]:

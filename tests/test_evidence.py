@@ -17,9 +17,9 @@ from db import thresholds as thr
 from db.evidence import review_observations
 from db.fixtures import EMOTIONS, build_fixture
 from db.models import Prediction, PseudoLabel, ReviewRound, Sample
-from meiju_core import pipeline
 from meiju_core.errors import InputError, PermissionDenied
-from meiju_core.pseudo import acceptance_by_confidence, threshold_for_precision, wilson_interval
+from meiju_core.ml.pseudo import acceptance_by_confidence, threshold_for_precision, wilson_interval
+from meiju_core.services import rounds
 from meiju_core.settings import Settings
 
 
@@ -88,9 +88,7 @@ def test_bins_from_the_store_equal_a_direct_computation(store, decided):
 
 def test_thresholds_from_evidence_per_class(store, decided):
     ids, _settings, truth = decided
-    ev = pipeline.thresholds_from_evidence(
-        store, round_id=ids.round_id, precision=0.95, min_count=5
-    )
+    ev = rounds.thresholds_from_evidence(store, round_id=ids.round_id, precision=0.95, min_count=5)
     for row in ev["rows"]:
         sub = [
             (c, a)
@@ -114,19 +112,19 @@ def test_thresholds_from_evidence_per_class(store, decided):
         assert ev["thresholds"][row["head"]][row["class"]] == row["next"]
     assert sum(r["evidence"] is not None for r in ev["rows"]) >= 6
     with pytest.raises(InputError):
-        pipeline.thresholds_from_evidence(store, round_id=ids.round_id, precision=1.5)
+        rounds.thresholds_from_evidence(store, round_id=ids.round_id, precision=1.5)
 
 
 def test_the_next_round_takes_the_evidence_in_one_call_admins_only(store, decided):
     ids, settings, _truth = decided
     annotator = {"id": ids.annotator_id, "name": "ann", "role": "admin"}  # the page may lie
     with pytest.raises(PermissionDenied):
-        pipeline.open_round_from_evidence(
+        rounds.open_round_from_evidence(
             store, settings, round_id=ids.round_id, min_count=5, user=annotator
         )
     admin = {"id": ids.admin_id, "name": "admin", "role": "admin"}
-    ev = pipeline.thresholds_from_evidence(store, round_id=ids.round_id, min_count=5)
-    rid = pipeline.open_round_from_evidence(
+    ev = rounds.thresholds_from_evidence(store, round_id=ids.round_id, min_count=5)
+    rid = rounds.open_round_from_evidence(
         store, settings, round_id=ids.round_id, min_count=5, user=admin
     )
     with store.read() as s:
@@ -162,7 +160,7 @@ def test_pseudo_label_auto_takes_thresholds_from_review(store, decided, tmp_path
     from meiju_core.cli import app
 
     ids, settings, _truth = decided
-    ev = pipeline.thresholds_from_evidence(store, round_id=ids.round_id, min_count=5)
+    ev = rounds.thresholds_from_evidence(store, round_id=ids.round_id, min_count=5)
     args = ["--database-url", store.url, "--data-dir", str(tmp_path), "--project", "fixture"]
     both = CliRunner().invoke(
         app, [*args, "pseudo-label", "--threshold", "0.5", "--thresholds-from-review", "1"]

@@ -11,9 +11,10 @@ from sqlalchemy import func, select
 
 from db.fixtures import build_fixture
 from db.models import Decision, Job, Prediction, Project, Sample, Transcript
-from meiju_core import jobs, pipeline, text
 from meiju_core.errors import InputError, PermissionDenied
 from meiju_core.io import export
+from meiju_core.ml import text
+from meiju_core.services import decisions, jobs, transcripts
 from meiju_core.settings import Settings
 
 
@@ -50,10 +51,10 @@ def test_labels_carry_gold_and_accepted_pseudo_labels_with_provenance(fx):
     store, ids, settings = fx
     admin, rid, mv = {"id": ids.admin_id}, ids.round_id, ids.model_version_id
     a, b, c = ids.pool_ids[:3]
-    pipeline.decide(store, round_id=rid, sample_id=a, action="accept", user=admin)
+    decisions.decide(store, round_id=rid, sample_id=a, action="accept", user=admin)
     predicted, _ = _predicted(store, mv, b, "emotion")
     other = next(e for e in ("happy", "sad") if e != predicted)
-    pipeline.decide(  # the reviewer chose another class
+    decisions.decide(  # the reviewer chose another class
         store,
         round_id=rid,
         sample_id=b,
@@ -62,7 +63,7 @@ def test_labels_carry_gold_and_accepted_pseudo_labels_with_provenance(fx):
         labels={"emotion": other},
         heads=["emotion"],
     )
-    pipeline.decide(store, round_id=rid, sample_id=c, action="reject", user=admin)
+    decisions.decide(store, round_id=rid, sample_id=c, action="reject", user=admin)
     n = export.export_labels(store, settings, project_id=ids.project_id)
     path = settings.data_dir / "exports" / "labels.csv"
     rows = read(path)
@@ -91,7 +92,7 @@ def test_labels_carry_gold_and_accepted_pseudo_labels_with_provenance(fx):
 
 def test_labels_of_one_round_only(fx):
     store, ids, settings = fx
-    pipeline.decide(
+    decisions.decide(
         store, round_id=ids.round_id, sample_id=ids.pool_ids[0], action="accept", user=None
     )
     path = settings.data_dir / "one.csv"
@@ -107,7 +108,7 @@ def test_labels_of_one_round_only(fx):
 def test_decision_log_keeps_undos(fx):
     store, ids, settings = fx
     user = {"id": ids.annotator_id}
-    pipeline.decide(
+    decisions.decide(
         store,
         round_id=ids.round_id,
         sample_id=ids.pool_ids[0],
@@ -115,8 +116,8 @@ def test_decision_log_keeps_undos(fx):
         user=user,
         ms_spent=1500,
     )
-    pipeline.undo(store, round_id=ids.round_id, user=user)
-    pipeline.decide(
+    decisions.undo(store, round_id=ids.round_id, user=user)
+    decisions.decide(
         store, round_id=ids.round_id, sample_id=ids.pool_ids[1], action="skip", user=user
     )
     n = export.export_decisions(store, settings, project_id=ids.project_id)
@@ -137,10 +138,12 @@ def test_transcript_edits_with_kind_and_editor(fx):
     with store.read() as s:
         before = s.scalars(select(Transcript.text).where(Transcript.sample_id == sid)).one()
     fixed = text.suggest(before) + "。" if text.suggest(before) == before else text.suggest(before)
-    v = pipeline.save_transcript(
+    v = transcripts.save_transcript(
         store, sample_id=sid, text=fixed, expected_version=1, user={"id": ids.admin_id}
     )
-    pipeline.save_transcript(store, sample_id=sid, text="完全不同。", expected_version=v, user=None)
+    transcripts.save_transcript(
+        store, sample_id=sid, text="完全不同。", expected_version=v, user=None
+    )
     n = export.export_transcript_edits(store, settings, project_id=ids.project_id)
     rows = read(settings.data_dir / "exports" / "transcript_edits.csv")
     assert n == 2

@@ -1,4 +1,4 @@
-"""The extraction job (meiju_core.extraction) on a small real project: 12 CPED utterances
+"""The extraction job (meiju_core.services.extraction) on a small real project: 12 CPED utterances
 (text only) and 3 GRID clips (MPEG-1 video + MP2 audio, 3 s each)."""
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from typer.testing import CliRunner
 
 from db import Store
 from db.models import FeatureFile, FeatureSet, Project, Sample, Transcript
-from meiju_core import extraction, pipeline
 from meiju_core.cli import app
 from meiju_core.errors import InputError, JobError, ModelUnavailable
 from meiju_core.io.cped import cped_rows, grid_rows
 from meiju_core.io.tables import bulk_insert
 from meiju_core.schema import LabelSchema
+from meiju_core.services import extraction
+from meiju_core.services import extraction as extraction_service
 from meiju_core.settings import Settings
 
 N_CPED, N_GRID = 12, 3
@@ -308,8 +309,8 @@ def test_pretrained_without_models_fails_fast_and_stores_nothing(project, tmp_pa
 def test_unknown_set_and_the_pipeline_entry_point(project):
     settings, store, pid = project
     with pytest.raises(InputError, match="unknown feature set"):
-        pipeline.extract_features(store, settings, project_id=pid, set_name="clip")
-    fs_id = pipeline.extract_features(store, settings, project_id=pid, workers=1)
+        extraction_service.extract_features(store, settings, project_id=pid, set_name="clip")
+    fs_id = extraction_service.extract_features(store, settings, project_id=pid, workers=1)
     assert len(_files(store, fs_id)) == N_FILES
 
 
@@ -333,7 +334,7 @@ def test_meiju_extract_command(project):
 
 
 def test_extract_runs_as_a_background_job(project, monkeypatch):
-    from meiju_core import jobs
+    from meiju_core.services import jobs
 
     settings, store, pid = project
     jid = jobs.submit(  # two spawned media workers, as a job runs them by default on 2 CPUs

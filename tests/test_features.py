@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from meiju_core import text
 from meiju_core.errors import FeatureError
-from meiju_core.features.builtin import (
+from meiju_core.ml import text
+from meiju_core.ml.features.builtin import (
     AUDIO_DIM,
     VISUAL_DIM,
     BuiltinExtractor,
@@ -20,8 +20,8 @@ from meiju_core.features.builtin import (
     face_hog,
     log_mel,
 )
-from meiju_core.features.store import FeatureStore
-from meiju_core.media import load_audio, probe, sample_frames
+from meiju_core.ml.features.store import FeatureStore
+from meiju_core.ml.media import load_audio, probe, sample_frames
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GRID = sorted((DATA / "grid_samples").glob("*.mpg"))

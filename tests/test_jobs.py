@@ -11,8 +11,8 @@ import pytest
 
 from db import Store
 from db.models import Job
-from meiju_core import jobs
 from meiju_core.errors import JobError, StoreError
+from meiju_core.services import jobs
 from meiju_core.settings import Settings
 
 
@@ -173,7 +173,7 @@ def test_reap_requeues_a_train_job_whose_process_is_gone_and_fails_others(env):
     _running(store, train, pid=dead.pid)
     _running(store, export, pid=dead.pid)
     # a live process that is not a job process (a recycled pid) counts as gone too;
-    # this test process is a live meiju_core.jobs lookalike only if its command line says so
+    # this test process is a live meiju_core.services.jobs lookalike only if its command line says so
     _running(store, alive, pid=os.getpid())
     out = jobs.reap(store, settings)
     assert out == {"requeued": [train], "failed": [export, alive]}
@@ -189,7 +189,7 @@ def test_reap_requeues_a_train_job_whose_process_is_gone_and_fails_others(env):
 def test_reap_leaves_a_live_job_alone_and_fails_after_max_attempts(env):
     settings, store = env
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(30)", "meiju_core.jobs"]
+        [sys.executable, "-c", "import time; time.sleep(30)", "meiju_core.services.jobs"]
     )
     try:
         train = jobs.submit(store, settings, kind="train", enqueue=False)

@@ -16,8 +16,8 @@ from db import label_issues as li
 from db import queries as q
 from db.fixtures import build_fixture
 from db.models import Decision, GoldLabel, ReviewLease, ReviewRound, Sample, utcnow
-from meiju_core import jobs, label_check
 from meiju_core.errors import CardTaken, InputError, PermissionDenied, StoreError
+from meiju_core.services import jobs, label_check
 from meiju_core.settings import Settings
 
 STORE_BACKENDS = ("sqlite", "postgresql")

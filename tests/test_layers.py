@@ -1,10 +1,11 @@
-"""The import contracts of pyproject.toml name every module, so a new one cannot slip past them.
+"""The folders of ``meiju_core`` are its layers, and the import contracts of pyproject.toml hold them.
 
-``make lint`` runs the contracts themselves (lint-imports); these tests check that each module of
-``meiju_core`` has a layer: it is an ML module (the ``ml-no-store`` contract's sources), a
-service (that contract's forbidden modules), or one of the few the store may import (errors,
-schema) or every layer may (settings). And the store's contract forbids every module of
-``meiju_core`` but errors and schema.
+``make lint`` runs the contracts themselves (lint-imports); these tests check that the tree and
+the contracts tell the same plan: the root of ``meiju_core`` holds only the layer folders (``ml/``,
+``services/``, ``io/``), the CLI and the modules every layer shares (errors, schema, settings,
+validate); the folders are at most two deep; the ML contract covers the whole ``ml`` package and
+forbids the services, io and the store; the store's contract forbids every part of ``meiju_core``
+but errors and schema.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import tomllib
 
 from _paths import ROOT
 
-SHARED = {"meiju_core.errors", "meiju_core.schema", "meiju_core.settings"}
+PKG = ROOT / "meiju_core"
+LAYERS = {"ml", "services", "io"}
+SHARED = {"errors", "schema", "settings", "validate"}
+ENTRY = {"cli"}
 
 
 def _contracts() -> dict[str, dict]:
@@ -21,29 +25,55 @@ def _contracts() -> dict[str, dict]:
     return {c["id"]: c for c in config["tool"]["importlinter"]["contracts"]}
 
 
-def _modules() -> set[str]:
-    """``meiju_core.<name>`` of every top-level module and package of meiju_core."""
+def _root_entries() -> set[str]:
+    """Names of the modules and packages at the root of meiju_core."""
     names = set()
-    for path in (ROOT / "meiju_core").iterdir():
+    for path in PKG.iterdir():
         if path.suffix == ".py" and path.stem != "__init__":
-            names.add(f"meiju_core.{path.stem}")
+            names.add(path.stem)
         elif path.is_dir() and (path / "__init__.py").exists():
-            names.add(f"meiju_core.{path.name}")
+            names.add(path.name)
     return names
 
 
-def test_every_module_of_meiju_core_has_a_layer():
+def test_the_root_of_meiju_core_holds_only_layers_shared_modules_and_the_cli():
+    extra = _root_entries() - LAYERS - SHARED - ENTRY
+    assert not extra, f"put {sorted(extra)} in a layer folder (ml/, services/ or io/)"
+    assert _root_entries() >= LAYERS
+
+
+def test_folders_are_at_most_two_deep():
+    deep = [
+        p.relative_to(PKG).as_posix()
+        for p in PKG.rglob("*.py")
+        if len(p.relative_to(PKG).parts) > 3 and "__pycache__" not in p.parts
+    ]
+    assert not deep, deep
+
+
+def test_every_layer_folder_is_a_package_with_a_docstring():
+    for layer in LAYERS:
+        init = PKG / layer / "__init__.py"
+        assert init.exists(), init
+    for layer in ("ml", "services"):
+        assert (PKG / layer / "__init__.py").read_text(encoding="utf-8").startswith('"""')
+
+
+def test_the_ml_contract_covers_the_ml_folder_and_forbids_what_sits_above():
     ml = _contracts()["ml-no-store"]
-    ml_modules = set(ml["source_modules"])
-    services = {m for m in ml["forbidden_modules"] if m.startswith("meiju_core.")}
-    assert not ml_modules & services
-    unplaced = _modules() - ml_modules - services - SHARED
-    assert not unplaced, f"add {sorted(unplaced)} to the ml-no-store contract (ML or service)"
-    gone = (ml_modules | services) - _modules()
-    assert not gone, f"the contracts name modules that do not exist: {sorted(gone)}"
+    assert ml["source_modules"] == ["meiju_core.ml"]
+    forbidden = set(ml["forbidden_modules"])
+    assert {
+        "db",
+        "sqlalchemy",
+        "meiju_core.services",
+        "meiju_core.io",
+        "meiju_core.cli",
+    } <= forbidden
 
 
 def test_the_store_may_import_only_errors_and_schema():
     forbidden = set(_contracts()["store-bottom"]["forbidden_modules"])
-    allowed = {"meiju_core.errors", "meiju_core.schema"}
-    assert _modules() - allowed <= forbidden, sorted(_modules() - allowed - forbidden)
+    allowed = {"errors", "schema"}
+    needed = {f"meiju_core.{name}" for name in _root_entries() - allowed}
+    assert needed <= forbidden, sorted(needed - forbidden)

@@ -1,4 +1,4 @@
-"""meiju_core.media on real GRID clips (MPEG-1 + MP2, 3 s, 25 fps) and Mandarin WAVs (16 kHz)."""
+"""meiju_core.ml.media on real GRID clips (MPEG-1 + MP2, 3 s, 25 fps) and Mandarin WAVs (16 kHz)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import av
 import numpy as np
 import pytest
 
-from meiju_core import media
 from meiju_core.errors import MediaError
-from meiju_core.media import load_audio, probe, sample_frames
+from meiju_core.ml import media
+from meiju_core.ml.media import load_audio, probe, sample_frames
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GRID = sorted((DATA / "grid_samples").glob("*.mpg"))
@@ -102,7 +102,7 @@ def test_variable_frame_rate_picks_by_frame_index(tmp_path):
 
 def test_skipping_decode_gives_the_same_frames(tmp_path, monkeypatch):
     """The fast path (non-reference frames left undecoded) equals decoding every frame."""
-    from meiju_core import media
+    from meiju_core.ml import media
 
     path = make_video(tmp_path / "cfr.mp4", [40 * i for i in range(32)])
     fast = sample_frames(path, every=5)

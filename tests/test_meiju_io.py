@@ -354,7 +354,7 @@ def test_transcribe_pool_stores_asr_transcripts(store: Store, release: Path) -> 
 def test_transcribe_pool_with_the_offline_whisper(store: Store, release: Path) -> None:
     pytest.importorskip("faster_whisper")
     from meiju_core.errors import ModelUnavailable
-    from meiju_core.features.asr import WhisperASR, whisper_base_folder
+    from meiju_core.ml.features.asr import WhisperASR, whisper_base_folder
 
     try:
         asr = WhisperASR(whisper_base_folder(), device="cpu")

@@ -1,4 +1,4 @@
-"""meiju_core.metrics equals scikit-learn on the labelled rows (reference/meiju.md §3)."""
+"""meiju_core.ml.metrics equals scikit-learn on the labelled rows (reference/meiju.md §3)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
-from meiju_core import metrics
+from meiju_core.ml import metrics
 from meiju_core.schema import EMOTIONS, INTENTS
 
 FAST = settings(max_examples=60, deadline=None)

@@ -1,4 +1,4 @@
-"""meiju_core.model: config presets and checks, block shapes, masking, losses, missing data.
+"""meiju_core.ml.model: config presets and checks, block shapes, masking, losses, missing data.
 
 Tiny random models built from configs (transformers' BertModelTester style), CPU only.
 """
@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from meiju_core.model import (
+from meiju_core.ml.model import (
     ClassifierHead,
     FusionTransformer,
     GatedInteraction,

@@ -22,9 +22,20 @@ from db.models import (
     Sample,
     TranscriptEdit,
 )
-from meiju_core import jobs, pipeline
 from meiju_core.cli import app as cli_app
 from meiju_core.errors import InputError, StaleEdit
+from meiju_core.io import export
+from meiju_core.services import (
+    decisions,
+    ensembles,
+    extraction,
+    jobs,
+    projects,
+    rounds,
+    training,
+    transcripts,
+)
+from meiju_core.services import demo as demo_service
 from meiju_core.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -34,8 +45,8 @@ pytestmark = pytest.mark.slow
 def demo(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("demo")
     settings = Settings.load(data_dir=str(data_dir), database_url="", project="demo")
-    store = pipeline.open_store(settings)
-    summary = pipeline.build_demo(store, settings, epochs=2)
+    store = projects.open_store(settings)
+    summary = demo_service.build_demo(store, settings, epochs=2)
     yield settings, store, summary
     store.dispose()
 
@@ -92,7 +103,7 @@ def test_demo_has_real_utterances_features_and_a_model(demo):
 def test_round_auto_pseudo_labels_respect_quotas(demo):
     settings, store, summary = demo
     pid, mv_id = summary["project_id"], summary["model_version_id"]
-    rid = pipeline.open_round(
+    rid = rounds.open_round(
         store,
         settings,
         project_id=pid,
@@ -101,7 +112,7 @@ def test_round_auto_pseudo_labels_respect_quotas(demo):
         strategy="proportional",
         budget=300,
     )
-    accepted = pipeline.auto_pseudo_label(store, round_id=rid)
+    accepted = decisions.auto_pseudo_label(store, round_id=rid)
     assert sum(accepted.values()) > 0
     with store.read() as s:
         status = q.quota_status(s, round_id=rid)
@@ -128,24 +139,24 @@ def test_stage2_trains_on_gold_plus_pseudo_labels_and_exports(demo, tmp_path):
             .select_from(PseudoLabel)
             .where(PseudoLabel.round_id == rnd.id, PseudoLabel.state == "accepted")
         )
-    mv2 = pipeline.train(store, settings, project_id=pid, stage=2, round_id=rnd.id, epochs=2)
+    mv2 = training.train(store, settings, project_id=pid, stage=2, round_id=rnd.id, epochs=2)
     with store.read() as s:
         mv = s.get(ModelVersion, mv2)
     assert mv.stage == 2 and mv.snapshot["round_id"] == rnd.id
     gold_train = sum(
-        pipeline.load_split(
+        training.load_split(
             store,
             project_id=pid,
             split="train",
             feature_set_id=mv.config["feature_set_id"],
-            schema=pipeline.schema_of(store, pid),
+            schema=projects.schema_of(store, pid),
         ).data.labels["emotion"]
         >= 0
     )
     n_emotion = sum(mv.snapshot["labels"]["emotion"].values())
     assert gold_train < n_emotion <= gold_train + n_pseudo
     out = tmp_path / "submission.csv"
-    n = pipeline.export_submission(store, project_id=pid, path=out, model_version_id=mv2)
+    n = export.export_submission(store, project_id=pid, path=out, model_version_id=mv2)
     rows = list(csv.DictReader(out.open(encoding="utf-8")))
     assert n == len(rows) > 600
     assert set(rows[0]) == {"filename", "emo_pred", "int_pred"}
@@ -201,22 +212,22 @@ def test_transcript_fix_is_recorded_and_reaches_the_features(demo):
             .content_hash
         )
     fixed = tr.text.replace(" ", "，") + "。"
-    version = pipeline.save_transcript(
+    version = transcripts.save_transcript(
         store, sample_id=sample.id, text=fixed, expected_version=tr.version, user=None
     )
     assert version == tr.version + 1
     with pytest.raises(StaleEdit):
-        pipeline.save_transcript(
+        transcripts.save_transcript(
             store, sample_id=sample.id, text="x", expected_version=tr.version, user=None
         )
     with pytest.raises(InputError, match="HTML"):
-        pipeline.save_transcript(
+        transcripts.save_transcript(
             store, sample_id=sample.id, text="<b>好</b>", expected_version=version, user=None
         )
     with store.read() as s:
         edit = s.scalars(select(TranscriptEdit).order_by(TranscriptEdit.id.desc())).first()
     assert (edit.before, edit.after, edit.kind) == (tr.text, fixed, "punctuation")
-    pipeline.extract_features(store, settings, project_id=pid)
+    extraction.extract_features(store, settings, project_id=pid)
     with store.read() as s:
         after_hash = (
             s.scalars(
@@ -257,13 +268,13 @@ def _nll(probs: np.ndarray, y: np.ndarray) -> float:
 def test_calibration_keeps_labels_and_lowers_the_valid_nll(demo):
     settings, store, summary = demo
     mv_id = summary["model_version_id"]
-    classes = {"emotion": pipeline.schema_of(store, summary["project_id"]).classes("emotion")}
-    classes["intent"] = pipeline.schema_of(store, summary["project_id"]).classes("intent")
-    pipeline.predict(store, settings.with_(calibrate=False), model_version_id=mv_id)
+    classes = {"emotion": projects.schema_of(store, summary["project_id"]).classes("emotion")}
+    classes["intent"] = projects.schema_of(store, summary["project_id"]).classes("intent")
+    training.predict(store, settings.with_(calibrate=False), model_version_id=mv_id)
     raw = {h: _valid_predictions(store, mv_id, h) for h in classes}
     with store.read() as s:
         assert s.get(ModelVersion, mv_id).config["temperature"] is None
-    pipeline.predict(store, settings, model_version_id=mv_id)  # calibrate=True, the default
+    training.predict(store, settings, model_version_id=mv_id)  # calibrate=True, the default
     with store.read() as s:
         temperatures = s.get(ModelVersion, mv_id).config["temperature"]
     assert set(temperatures) == {"emotion", "intent"}
@@ -289,7 +300,7 @@ def _probs(store, mv_id: int, head: str) -> dict[int, np.ndarray]:
 def test_ensemble_version_is_the_mean_of_its_members(demo):
     settings, store, summary = demo
     pid, a = summary["project_id"], summary["model_version_id"]
-    b = pipeline.train(store, settings, project_id=pid, stage=1, epochs=1)
+    b = training.train(store, settings, project_id=pid, stage=1, epochs=1)
     runner = CliRunner()
     out = runner.invoke(
         cli_app,
@@ -306,7 +317,7 @@ def test_ensemble_version_is_the_mean_of_its_members(demo):
     assert out.exit_code == 0, out.output
     with store.read() as s:
         mv = s.scalars(select(ModelVersion).order_by(ModelVersion.id.desc())).first()
-    assert mv.preset == pipeline.ENSEMBLE and mv.config["members"] == {
+    assert mv.preset == ensembles.ENSEMBLE and mv.config["members"] == {
         "emotion": [a],
         "intent": [a, b],
     }
@@ -329,13 +340,13 @@ def test_ensemble_version_is_the_mean_of_its_members(demo):
         q.promote(s, model_version_id=mv.id)
     with store.read() as s:
         assert q.current_model(s, project_id=pid).id == mv.id
-    rid = pipeline.open_round(store, settings, project_id=pid, model_version_id=mv.id)
+    rid = rounds.open_round(store, settings, project_id=pid, model_version_id=mv.id)
     with pytest.raises(InputError, match="ensemble"):
-        pipeline.train(store, settings, project_id=pid, stage=2, round_id=rid, epochs=1)
+        training.train(store, settings, project_id=pid, stage=2, round_id=rid, epochs=1)
     with pytest.raises(InputError, match="at least one"):
-        pipeline.create_ensemble(store, settings, project_id=pid, members={"emotion": [a]})
+        ensembles.create_ensemble(store, settings, project_id=pid, members={"emotion": [a]})
     with pytest.raises(InputError, match="9999"):
-        pipeline.create_ensemble(
+        ensembles.create_ensemble(
             store, settings, project_id=pid, members={"emotion": [a], "intent": [9999]}
         )
     with store.write() as s:  # leave the demo's model promoted for the tests after this one
@@ -360,7 +371,7 @@ def test_table1_runs_every_row_end_to_end(demo, tmp_path):
     )
     assert out.exit_code == 0, out.output
     result = json.loads((tmp_path / "t1.json").read_text())
-    from meiju_core.table1 import ROWS
+    from meiju_core.services.table1 import ROWS
 
     assert list(result["rows"]) == [k for k, _ in ROWS]
     for key, row in result["rows"].items():
@@ -381,7 +392,7 @@ def test_table1_runs_every_row_end_to_end(demo, tmp_path):
 def test_gold_label_check_flags_corrupted_labels_and_relabel_keeps_the_old_one(demo):
     from db import label_issues as li
     from db.models import Decision, LabelIssue, Project, ReviewRound
-    from meiju_core import label_check
+    from meiju_core.services import label_check
 
     settings, store, summary = demo
     pid = summary["project_id"]

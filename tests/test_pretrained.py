@@ -21,10 +21,10 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from meiju_core import media  # noqa: E402
 from meiju_core.errors import ModelUnavailable  # noqa: E402
-from meiju_core.features.builtin import Extraction  # noqa: E402
-from meiju_core.features.pretrained import (  # noqa: E402
+from meiju_core.ml import media  # noqa: E402
+from meiju_core.ml.features.builtin import Extraction  # noqa: E402
+from meiju_core.ml.features.pretrained import (  # noqa: E402
     PretrainedExtractor,
     PretrainedSettings,
     face_crops,
@@ -346,7 +346,7 @@ def test_importing_the_extractor_does_not_set_the_offline_variables() -> None:
     # the loaders set them (see the test above), not the import: importing the module for its
     # settings or face crops leaves the environment of the process as it was
     code = (
-        "import os; import meiju_core.features.pretrained; "
+        "import os; import meiju_core.ml.features.pretrained; "
         "print([k for k in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE') if k in os.environ])"
     )
     hub = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")

@@ -1,4 +1,4 @@
-"""Pseudo-label selection (meiju_core.pseudo): invariants by property, quotas and calibration by
+"""Pseudo-label selection (meiju_core.ml.pseudo): invariants by property, quotas and calibration by
 known answers, validation by the messages it gives."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from meiju_core import pseudo
 from meiju_core.errors import LabelError
-from meiju_core.pseudo import (
+from meiju_core.ml import pseudo
+from meiju_core.ml.pseudo import (
     apply_temperature,
     candidates_per_class,
     candidates_per_threshold,
@@ -568,7 +568,7 @@ def test_docstring_examples_run():
 
 
 def test_wilson_interval_matches_the_formula():
-    from meiju_core.pseudo import wilson_interval
+    from meiju_core.ml.pseudo import wilson_interval
 
     low, high = wilson_interval(8, 10)
     # statsmodels' proportion_confint(8, 10, method="wilson") = (0.4902, 0.9433)
@@ -580,7 +580,7 @@ def test_wilson_interval_matches_the_formula():
 
 
 def test_acceptance_bins_equal_a_direct_count():
-    from meiju_core.pseudo import acceptance_by_confidence, wilson_interval
+    from meiju_core.ml.pseudo import acceptance_by_confidence, wilson_interval
 
     rng = np.random.default_rng(0)
     conf = rng.uniform(0, 1, 500)
@@ -599,7 +599,7 @@ def test_acceptance_bins_equal_a_direct_count():
 
 
 def test_threshold_from_precision_on_a_constructed_case():
-    from meiju_core.pseudo import threshold_for_precision
+    from meiju_core.ml.pseudo import threshold_for_precision
 
     # 40 decisions at 0.95-0.99 all accepted; 40 at 0.80-0.85 half accepted; 40 below, rejected
     conf = np.concatenate([np.linspace(0.95, 0.99, 40), np.linspace(0.80, 0.85, 40)])
@@ -620,7 +620,7 @@ def test_threshold_from_precision_on_a_constructed_case():
 
 
 def test_select_takes_a_threshold_per_predicted_class():
-    from meiju_core.pseudo import select, select_joint
+    from meiju_core.ml.pseudo import select, select_joint
 
     p = np.array([[0.95, 0.05], [0.85, 0.15], [0.30, 0.70], [0.10, 0.90], [0.02, 0.98], [0.6, 0.4]])
     # class a needs 0.9, class b 0.7: rows 0 (a 0.95), 2 (b 0.70), 3 (b 0.90), 4 (b 0.98)

@@ -31,9 +31,9 @@ from db.models import (
     Sample,
     utcnow,
 )
-from meiju_core import pipeline
 from meiju_core.errors import PermissionDenied
-from meiju_core.pseudo import select as select_rows
+from meiju_core.ml.pseudo import select as select_rows
+from meiju_core.services import decisions, rounds
 
 ALL_PAIRS = set(itertools.product(EMOTIONS, INTENTS))
 
@@ -453,7 +453,7 @@ def test_bulk_preview_is_the_automatic_rule_on_the_filtered_queue(store, fx):
             s, round_id=fx.round_id, sample_id=sid, action="accept", user_id=None, heads=["intent"]
         )
     flt = q.QueueFilter(head="intent", min_confidence=0.4)
-    preview = pipeline.bulk_preview(store, round_id=fx.round_id, flt=flt)
+    preview = decisions.bulk_preview(store, round_id=fx.round_id, flt=flt)
     with store.read() as s:
         cands = q.filtered_candidates(s, round_id=fx.round_id, flt=flt)["intent"]
     probs = np.array([p for _, p in cands], dtype=np.float64)
@@ -469,11 +469,11 @@ def test_bulk_preview_is_the_automatic_rule_on_the_filtered_queue(store, fx):
     assert all(conf >= 0.4 for *_, conf in preview["items"])
 
     with pytest.raises(PermissionDenied):
-        pipeline.bulk_accept(
+        decisions.bulk_accept(
             store, round_id=fx.round_id, items=preview["items"], user={"id": 2, "role": "annotator"}
         )
     admin = {"id": fx.admin_id, "role": "admin"}
-    n = pipeline.bulk_accept(store, round_id=fx.round_id, items=preview["items"], user=admin)
+    n = decisions.bulk_accept(store, round_id=fx.round_id, items=preview["items"], user=admin)
     assert n.accepted == len(preview["items"])
     with store.read() as s:
         status = q.quota_status(s, round_id=fx.round_id)["intent"]
@@ -634,7 +634,7 @@ def test_open_round_takes_per_class_thresholds_and_refuses_bad_ones(store, fx):
     settings = Settings.load()
     admin = {"id": fx.admin_id, "role": "admin"}
     th = {"emotion": {"happy": 0.9, "*": 0.4}, "intent": {c: 0.6 for c in INTENTS}}
-    plan = pipeline.round_plan(
+    plan = rounds.round_plan(
         store,
         settings,
         project_id=fx.project_id,
@@ -646,7 +646,7 @@ def test_open_round_takes_per_class_thresholds_and_refuses_bad_ones(store, fx):
     assert plan["thresholds"]["intent"] == 0.6
     row = next(r for r in plan["classes"]["emotion"] if r["class"] == "happy")
     assert row["threshold"] == 0.9
-    rid = pipeline.open_round(
+    rid = rounds.open_round(
         store,
         settings,
         project_id=fx.project_id,
@@ -663,7 +663,7 @@ def test_open_round_takes_per_class_thresholds_and_refuses_bad_ones(store, fx):
     ]
     for value, field in bad:
         with pytest.raises(InputError) as e:
-            pipeline.round_plan(
+            rounds.round_plan(
                 store,
                 settings,
                 project_id=fx.project_id,

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from db import queries as q
 from db.fixtures import EMOTIONS, INTENTS, build_fixture
 from db.models import GoldLabel, ModelVersion, Prediction, PseudoLabel, ReviewRound, Sample
-from meiju_core import pipeline
 from meiju_core.errors import InputError
+from meiju_core.services import rounds
 
 STORE_BACKENDS = ("sqlite", "postgresql")
 
@@ -230,7 +230,7 @@ def test_open_round_takes_a_queue_order_and_refuses_an_unknown_one(store, fx):
 
     settings = Settings.load(data_dir=str(store.url), database_url="", project="fixture")
     admin = {"id": fx.admin_id, "name": "admin", "role": "admin"}
-    rid = pipeline.open_round(
+    rid = rounds.open_round(
         store,
         settings,
         project_id=fx.project_id,
@@ -242,7 +242,7 @@ def test_open_round_takes_a_queue_order_and_refuses_an_unknown_one(store, fx):
     with store.read() as s:
         assert s.get(ReviewRound, rid).queue_order == "uncertainty"
     with pytest.raises(InputError) as e:
-        pipeline.open_round(
+        rounds.open_round(
             store,
             settings,
             project_id=fx.project_id,

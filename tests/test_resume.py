@@ -7,8 +7,8 @@ import pytest
 import torch
 from test_train import synthetic, tiny_model, tiny_train
 
-from meiju_core import resume
-from meiju_core.train import CHECKPOINT_NAMES, fit
+from meiju_core.ml import resume
+from meiju_core.ml.train import CHECKPOINT_NAMES, fit
 
 
 def _run(out_dir, *, stop_after: int | None = None, resume_: bool = False, epochs: int = 4):

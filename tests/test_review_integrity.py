@@ -27,8 +27,8 @@ from db import analytics as A
 from db import queries as q
 from db.fixtures import build_fixture
 from db.models import AuditEvent, Decision, Prediction, PseudoLabel, ReviewLease, ReviewRound, User
-from meiju_core import pipeline
 from meiju_core.errors import BelowThreshold, CardTaken, PermissionDenied
+from meiju_core.services import decisions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -106,7 +106,7 @@ def test_skip_releases_the_lease_and_sends_the_card_to_the_end(db, fx):
 def test_decide_refuses_a_card_another_user_decided(db, fx):
     other = ann2(db)
     sid = fx.pool_ids[0]
-    pipeline.decide(
+    decisions.decide(
         db,
         round_id=fx.round_id,
         sample_id=sid,
@@ -115,12 +115,12 @@ def test_decide_refuses_a_card_another_user_decided(db, fx):
         confirm_below_threshold=True,
     )
     with pytest.raises(CardTaken, match="already accepted by ann") as e:
-        pipeline.decide(
+        decisions.decide(
             db, round_id=fx.round_id, sample_id=sid, action="reject", user={"id": other}
         )
     assert e.value.by == "ann" and e.value.decided
     with pytest.raises(CardTaken):  # one head named explicitly: refused as well
-        pipeline.decide(
+        decisions.decide(
             db,
             round_id=fx.round_id,
             sample_id=sid,
@@ -129,7 +129,7 @@ def test_decide_refuses_a_card_another_user_decided(db, fx):
             heads=["intent"],
         )
     with pytest.raises(PermissionDenied):  # only an admin overrides
-        pipeline.decide(
+        decisions.decide(
             db,
             round_id=fx.round_id,
             sample_id=sid,
@@ -139,7 +139,7 @@ def test_decide_refuses_a_card_another_user_decided(db, fx):
         )
     with db.read() as s:
         assert set(s.scalars(select(PseudoLabel.state))) == {"accepted"}
-    pipeline.decide(
+    decisions.decide(
         db,
         round_id=fx.round_id,
         sample_id=sid,
@@ -160,11 +160,11 @@ def test_decide_refuses_a_card_another_user_holds(db, fx):
     with db.write() as s:
         assert q.lease(s, round_id=fx.round_id, sample_id=sid, user_id=fx.annotator_id)
     with pytest.raises(CardTaken, match="being reviewed by ann") as e:
-        pipeline.decide(
+        decisions.decide(
             db, round_id=fx.round_id, sample_id=sid, action="reject", user={"id": fx.admin_id}
         )
     assert not e.value.decided
-    pipeline.decide(  # the holder decides
+    decisions.decide(  # the holder decides
         db, round_id=fx.round_id, sample_id=sid, action="reject", user={"id": fx.annotator_id}
     )
 
@@ -207,15 +207,15 @@ def test_accept_below_the_threshold_asks_for_confirmation(db, fx):
         s.get(ReviewRound, fx.round_id).thresholds = {"emotion": 0.5, "intent": 0.5}
     user = {"id": fx.annotator_id}
     with pytest.raises(BelowThreshold) as e:
-        pipeline.decide(db, round_id=fx.round_id, sample_id=sid, action="accept", user=user)
+        decisions.decide(db, round_id=fx.round_id, sample_id=sid, action="accept", user=user)
     assert (e.value.head, e.value.threshold) == ("intent", 0.5)
     with db.read() as s:
         assert s.scalar(select(func.count()).select_from(Decision)) == 0  # nothing written
     # a class chosen by the annotator is a human label: no confirmation
-    pipeline.decide(
+    decisions.decide(
         db, round_id=fx.round_id, sample_id=sid, action="accept", user=user, heads=["emotion"]
     )
-    pipeline.decide(
+    decisions.decide(
         db,
         round_id=fx.round_id,
         sample_id=sid,
@@ -243,22 +243,22 @@ def test_bulk_accept_skips_held_cards_undoes_as_one_and_counts_once(db, fx):
             .where(Prediction.sample_id.in_(fx.pool_ids[:5]), Prediction.head == "emotion")
             .values(label="neutral")
         )
-    res = pipeline.bulk_accept(db, round_id=fx.round_id, items=items, user=admin)
+    res = decisions.bulk_accept(db, round_id=fx.round_id, items=items, user=admin)
     assert res.accepted == 4 and res.leased == [held]
-    pipeline.decide(  # a card decision after the bulk
+    decisions.decide(  # a card decision after the bulk
         db, round_id=fx.round_id, sample_id=fx.pool_ids[10], action="reject", user=admin
     )
     with db.read() as s:
         (row,) = A.annotator_throughput(s, round_id=fx.round_id)
     assert (row["cards"], row["bulk_actions"], row["bulk_accepted"]) == (1, 1, 4)
-    assert pipeline.undo(db, round_id=fx.round_id, user=admin) == fx.pool_ids[10]
-    pipeline.undo(db, round_id=fx.round_id, user=admin)  # the whole bulk in one undo
+    assert decisions.undo(db, round_id=fx.round_id, user=admin) == fx.pool_ids[10]
+    decisions.undo(db, round_id=fx.round_id, user=admin)  # the whole bulk in one undo
     with db.read() as s:
         assert s.scalar(select(func.count()).select_from(PseudoLabel)) == 0
         hist = q.history(s, round_id=fx.round_id, user_id=fx.admin_id)
         assert hist[1]["action"] == "bulk accept" and hist[1]["cards"] == 4
         assert hist[1]["undone"]
-    assert pipeline.undo(db, round_id=fx.round_id, user=admin) is None
+    assert decisions.undo(db, round_id=fx.round_id, user=admin) is None
 
 
 # --------------------------------------------------------------------------- concurrency
@@ -366,7 +366,7 @@ def test_eight_annotators_and_a_bulk_accept_decide_every_card_once(db):
                 Prediction.sample_id.in_(top), Prediction.model_version_id == fx.model_version_id
             )
         ).all()
-    bulk = pipeline.bulk_accept(
+    bulk = decisions.bulk_accept(
         db, round_id=fx.round_id, items=list(items), user={"id": fx.admin_id}
     )
     returned: list[int] = []

@@ -8,8 +8,8 @@ from sqlalchemy import func, select, update
 
 from db.fixtures import build_fixture
 from db.models import AuditEvent, Job, ModelVersion, ReviewRound, User
-from meiju_core import jobs, pipeline
 from meiju_core.errors import PermissionDenied
+from meiju_core.services import decisions, ensembles, jobs, rounds, training
 from meiju_core.settings import Settings
 
 
@@ -31,20 +31,20 @@ def _services(store, settings, ids):
     out = [
         (
             "open a round",
-            lambda u: pipeline.open_round(
+            lambda u: rounds.open_round(
                 store, settings, project_id=ids.project_id, model_version_id=mv, user=u
             ),
         ),
         (
             "bulk accept",
-            lambda u: pipeline.bulk_accept(
+            lambda u: decisions.bulk_accept(
                 store, round_id=rid, items=[(ids.pool_ids[0], "emotion", "happy")], user=u
             ),
         ),
-        ("promote", lambda u: pipeline.promote(store, model_version_id=mv, user=u)),
+        ("promote", lambda u: training.promote(store, model_version_id=mv, user=u)),
         (
             "create an ensemble",
-            lambda u: pipeline.create_ensemble(
+            lambda u: ensembles.create_ensemble(
                 store,
                 settings,
                 project_id=ids.project_id,
@@ -55,7 +55,7 @@ def _services(store, settings, ids):
         ("cancel a job", lambda u: jobs.cancel(store, job_id=job_id, user=u)),
         (
             "override a decision",
-            lambda u: pipeline.decide(
+            lambda u: decisions.decide(
                 store,
                 round_id=rid,
                 sample_id=ids.pool_ids[1],

@@ -9,9 +9,9 @@ from sqlalchemy import update
 from db import queries as q
 from db.fixtures import EMOTIONS, build_fixture
 from db.models import GoldLabel, Prediction, ReviewRound
-from meiju_core import pipeline
 from meiju_core.errors import InputError, PermissionDenied
-from meiju_core.quota_fit import fit_to_candidates
+from meiju_core.ml.quota_fit import fit_to_candidates
+from meiju_core.services import rounds
 from meiju_core.settings import Settings
 
 
@@ -73,7 +73,7 @@ def test_default_round_on_majority_predictions_has_cards(store, tmp_path):
     fx = build_fixture(store, n_pool=40, n_train=60)
     _only_majority_predicted(store, fx)
     settings = Settings.load(data_dir=str(tmp_path), database_url=store.url)
-    plan = pipeline.round_plan(
+    plan = rounds.round_plan(
         store,
         settings,
         project_id=fx.project_id,
@@ -84,7 +84,7 @@ def test_default_round_on_majority_predictions_has_cards(store, tmp_path):
     )
     happy = next(r for r in plan["classes"]["emotion"] if r["class"] == "happy")
     assert happy["candidates"] == 40 and happy["queue"] == 30  # unfitted: quota 0, no card
-    rid = pipeline.open_round(
+    rid = rounds.open_round(
         store,
         settings,
         project_id=fx.project_id,
@@ -103,7 +103,7 @@ def test_round_plan_refuses_bad_thresholds_and_annotators(store, tmp_path):
     settings = Settings.load(data_dir=str(tmp_path), database_url=store.url)
     for bad in (-1.0, 5.0, float("nan")):
         with pytest.raises(InputError, match="threshold"):
-            pipeline.round_plan(
+            rounds.round_plan(
                 store,
                 settings,
                 project_id=fx.project_id,
@@ -111,7 +111,7 @@ def test_round_plan_refuses_bad_thresholds_and_annotators(store, tmp_path):
                 thresholds=bad,
             )
     with pytest.raises(PermissionDenied):
-        pipeline.open_round(
+        rounds.open_round(
             store,
             settings,
             project_id=fx.project_id,
@@ -124,15 +124,15 @@ def test_empty_queue_names_the_real_reason(store):
     fx = build_fixture(store, n_pool=20, quota=1, threshold=0.3)
     with store.write() as s:  # threshold nobody reaches
         s.get(ReviewRound, fx.round_id).thresholds = {"emotion": 1.0, "intent": 1.0}
-    reasons = pipeline.empty_queue_reasons(store, round_id=fx.round_id)
+    reasons = rounds.empty_queue_reasons(store, round_id=fx.round_id)
     assert "threshold" in reasons[0]["reason"] and "lower threshold" in reasons[0]["fix"]
     with store.write() as s:  # reachable threshold, but every quota 0
         rnd = s.get(ReviewRound, fx.round_id)
         rnd.thresholds = {"emotion": 0.0, "intent": 0.0}
         rnd.quotas = {h: dict.fromkeys(per, 0) for h, per in rnd.quotas.items()}
-    reasons = pipeline.empty_queue_reasons(store, round_id=fx.round_id)
+    reasons = rounds.empty_queue_reasons(store, round_id=fx.round_id)
     assert "no quota left" in reasons[0]["reason"] and "budget" in reasons[0]["fix"]
     flt = q.QueueFilter(head="emotion", label="happy")
-    assert pipeline.empty_queue_reasons(store, round_id=fx.round_id, flt=flt)[-1]["reason"] == (
+    assert rounds.empty_queue_reasons(store, round_id=fx.round_id, flt=flt)[-1]["reason"] == (
         "Filters narrow the queue."
     )

@@ -1,5 +1,5 @@
 """The simulated annotator (issue 11.1) decides through the Review page's services: queue, lease,
-``pipeline.decide`` and ``pipeline.undo``. On the fixture project with withheld labels written
+``decisions.decide`` and ``decisions.undo``. On the fixture project with withheld labels written
 into its pool, on SQLite and PostgreSQL: quotas are never passed, a card another annotator holds
 is never decided, undos are compensated and the card decided again, and the verdicts follow the
 withheld labels. The benchmark itself (stage 2 on the demo) is tested in test_pipeline.py."""
@@ -15,8 +15,8 @@ from sqlalchemy import func, select, update
 from db import queries as q
 from db.fixtures import EMOTIONS, INTENTS, build_fixture
 from db.models import Decision, Prediction, PseudoLabel, ReviewLease, ReviewRound, Sample, utcnow
-from meiju_core import simulate as sim
 from meiju_core.errors import InputError
+from meiju_core.services import simulate as sim
 
 STORE_BACKENDS = ("sqlite", "postgresql")
 
@@ -50,7 +50,7 @@ def fx(store):
 
 
 def truth_and_preds(store, fx):
-    from meiju_core.simulate import withheld_labels
+    from meiju_core.services.simulate import withheld_labels
 
     truth = withheld_labels(store, project_id=fx.project_id)
     with store.read() as s:

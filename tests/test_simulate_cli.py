@@ -11,8 +11,8 @@ from sqlalchemy import delete, select
 from typer.testing import CliRunner
 
 from db.models import GoldLabel, Sample, Transcript
-from meiju_core import pipeline
 from meiju_core.cli import app as cli_app
+from meiju_core.services import extraction, projects
 from meiju_core.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -26,7 +26,7 @@ def small_demo(tmp_path_factory):
 
     data_dir = tmp_path_factory.mktemp("small-demo")
     settings = Settings.load(data_dir=str(data_dir), database_url="", project="demo")
-    store = pipeline.open_store(settings)
+    store = projects.open_store(settings)
     import_demo(store, project_name="demo")
     with store.write() as s:
         keep: list[int] = []
@@ -39,8 +39,8 @@ def small_demo(tmp_path_factory):
         s.execute(delete(GoldLabel).where(GoldLabel.sample_id.in_(drop)))
         s.execute(delete(Transcript).where(Transcript.sample_id.in_(drop)))
         s.execute(delete(Sample).where(Sample.id.not_in(keep)))
-    pipeline.extract_features(
-        store, settings, project_id=pipeline.project_info(store, name="demo")["id"]
+    extraction.extract_features(
+        store, settings, project_id=projects.project_info(store, name="demo")["id"]
     )
     yield settings, store
     store.dispose()

@@ -217,24 +217,24 @@ def test_filters_by_head_class_and_confidence(store, fx):
 
 
 def test_candidate_counts_and_demo_threshold(store, fx):
-    from meiju_core import pipeline
+    from meiju_core.services import demo, rounds
 
-    counts = pipeline.candidate_counts(
+    counts = rounds.candidate_counts(
         store, model_version_id=fx.model_version_id, thresholds=[0.3, 0.999999]
     )
     assert set(counts) == {"emotion", "intent"}
     assert all(c[0.999999] == 0 for c in counts.values())  # nobody reaches it, still reported
     assert all(0 < c[0.3] <= 60 for c in counts.values())  # pool samples only (60 in the fixture)
     # the fixture's Dirichlet confidences reach 0.5 on far fewer than 200 pool samples per head
-    assert pipeline.demo_threshold(store, fx.model_version_id) == {"emotion": 0.5, "intent": 0.5}
+    assert demo.demo_threshold(store, fx.model_version_id) == {"emotion": 0.5, "intent": 0.5}
     # with a lower bar each head gets the highest threshold its own confidences reach
-    per_head = pipeline.demo_threshold(store, fx.model_version_id, min_candidates=3)
+    per_head = demo.demo_threshold(store, fx.model_version_id, min_candidates=3)
     for head, t in per_head.items():
-        reach = pipeline.candidate_counts(
-            store, model_version_id=fx.model_version_id, thresholds=list(pipeline.DEMO_THRESHOLDS)
+        reach = rounds.candidate_counts(
+            store, model_version_id=fx.model_version_id, thresholds=list(demo.DEMO_THRESHOLDS)
         )[head]
         assert reach[t] >= 3
-        assert all(reach[h] < 3 for h in pipeline.DEMO_THRESHOLDS if h > t)
+        assert all(reach[h] < 3 for h in demo.DEMO_THRESHOLDS if h > t)
 
 
 def test_queue_offers_only_pool_samples(store, fx):

@@ -1,4 +1,4 @@
-"""meiju_core.text on real CPED subtitles (11,137 lines, mostly spaces instead of punctuation)."""
+"""meiju_core.ml.text on real CPED subtitles (11,137 lines, mostly spaces instead of punctuation)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from meiju_core import text as T
+from meiju_core.ml import text as T
 
 CPED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cped" / "valid_split.csv"
 

@@ -1,4 +1,4 @@
-"""meiju_core.train: presets, input checks, batching, the two stages, checkpoints, callback, DDP.
+"""meiju_core.ml.train: presets, input checks, batching, the two stages, checkpoints, callback, DDP.
 
 Everything runs on the CPU with tiny configs and a synthetic problem whose answer we made.
 """
@@ -16,10 +16,9 @@ import pytest
 import torch
 
 from meiju_core.errors import FeatureError, LabelError
-from meiju_core.metrics import evaluate
-from meiju_core.model import JointModel, ModelConfig
-from meiju_core.schema import LabelSchema
-from meiju_core.train import (
+from meiju_core.ml.metrics import evaluate
+from meiju_core.ml.model import JointModel, ModelConfig
+from meiju_core.ml.train import (
     CHECKPOINT_NAMES,
     TrainConfig,
     TrainData,
@@ -34,6 +33,7 @@ from meiju_core.train import (
     save_npz,
     utterance_means,
 )
+from meiju_core.schema import LabelSchema
 
 DIMS = {"visual": 4, "audio": 5, "text": 8}
 ROOT = Path(__file__).resolve().parents[1]
@@ -461,7 +461,7 @@ def test_two_gloo_processes_match_one_process(data, tmp_path):
         "--nproc_per_node",
         "2",
         "-m",
-        "meiju_core.train",
+        "meiju_core.ml.train",
         "--data",
         str(tmp_path / "data.npz"),
         "--out",

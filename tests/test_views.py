@@ -11,7 +11,7 @@ from db import queries as q
 from db import views
 from db.fixtures import build_fixture
 from db.models import ModelVersion, ReviewRound, Sample
-from meiju_core import pipeline
+from meiju_core.services import decisions
 
 # plain reads, but the sample-id lists and the closed-round case run on both databases
 STORE_BACKENDS = ("sqlite", "postgresql")
@@ -78,21 +78,21 @@ def test_head_states_follow_decisions_and_undo(store, fx):
         assert views.head_states(s, round_id=fx.round_id, sample_id=sid) == {}
         card = q.load_cards(s, model_version_id=fx.model_version_id, sample_ids=[sid])[0]
     intent = card.predictions["intent"]["label"]
-    pipeline.decide(
+    decisions.decide(
         store, round_id=fx.round_id, sample_id=sid, action="accept", user=admin, heads=["intent"]
     )
     with store.read() as s:
         assert views.head_states(s, round_id=fx.round_id, sample_id=sid) == {
             "intent": ("accepted", intent)
         }
-    pipeline.decide(
+    decisions.decide(
         store, round_id=fx.round_id, sample_id=sid, action="reject", user=admin, heads=["emotion"]
     )
     with store.read() as s:
         states = views.head_states(s, round_id=fx.round_id, sample_id=sid)
     assert states["intent"] == ("accepted", intent)
     assert states["emotion"][0] == "rejected"
-    pipeline.undo(store, round_id=fx.round_id, user=admin)
+    decisions.undo(store, round_id=fx.round_id, user=admin)
     with store.read() as s:
         assert set(views.head_states(s, round_id=fx.round_id, sample_id=sid)) == {"intent"}
 
@@ -100,7 +100,7 @@ def test_head_states_follow_decisions_and_undo(store, fx):
 def test_head_states_leave_out_a_skip(store, fx):
     sid = fx.pool_ids[1]
     admin = _admin(fx)
-    pipeline.decide(store, round_id=fx.round_id, sample_id=sid, action="skip", user=admin)
+    decisions.decide(store, round_id=fx.round_id, sample_id=sid, action="skip", user=admin)
     with store.read() as s:
         assert views.head_states(s, round_id=fx.round_id, sample_id=sid) == {}
 

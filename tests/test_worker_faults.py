@@ -21,7 +21,8 @@ import torch
 
 from db import queries as q
 from db.models import Job, ModelVersion
-from meiju_core import jobs, pipeline
+from meiju_core.services import demo as demo_service
+from meiju_core.services import jobs, projects
 from meiju_core.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -31,8 +32,8 @@ pytestmark = pytest.mark.slow
 def demo(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("faults")
     settings = Settings.load(data_dir=str(data_dir), database_url="", project="demo")
-    store = pipeline.open_store(settings)
-    summary = pipeline.build_demo(store, settings, epochs=1)
+    store = projects.open_store(settings)
+    summary = demo_service.build_demo(store, settings, epochs=1)
     yield settings, store, summary["project_id"]
     store.dispose()
 

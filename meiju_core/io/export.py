@@ -3,7 +3,7 @@ transcript edits, as UTF-8 CSV files under ``<data_dir>/exports``.
 
 Each ``export_*`` function reads one project in one read session, writes one CSV (header first)
 and returns the number of data rows. Times are ISO 8601 in UTC. :func:`export_files` writes a
-chosen set of them (plus ``submission.csv`` from ``pipeline.export_submission``) into one folder;
+chosen set of them (plus ``submission.csv`` from ``export_submission``) into one folder;
 the ``export`` background job calls it.
 
 ``labels.csv`` columns
@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy import and_, select
 
 from db import Store
+from db import queries as q
 from db.models import (
     Decision,
     GoldLabel,
@@ -281,7 +282,7 @@ def export_files(
     unknown = [w for w in what if w not in EXPORTS]
     if unknown or not what:
         raise InputError(f"exports are {list(EXPORTS)}; got {list(what)}", field="what")
-    from meiju_core import pipeline
+    pass
 
     folder = Path(folder)
     chosen = [w for w in EXPORTS if w in what]
@@ -291,7 +292,7 @@ def export_files(
         if progress is not None:
             progress({"progress": k / len(chosen), "message": f"writing {path.name}"})
         if name == "submission":
-            rows = pipeline.export_submission(
+            rows = export_submission(
                 store,
                 project_id=project_id,
                 path=path,
@@ -312,3 +313,42 @@ def export_files(
     if progress is not None:
         progress({"progress": 1.0, "message": f"{len(out)} files written to {folder}"})
     return out
+
+
+def export_submission(
+    store: Store,
+    *,
+    project_id: int,
+    path: Path,
+    model_version_id: int | None = None,
+    split: str = "test",
+) -> int:
+    """Write ``submission.csv`` (``filename,emo_pred,int_pred``, label strings; baseline
+    ``test_baseline.py``) for one split. Returns the number of rows."""
+    with store.read() as s:
+        mv = (
+            s.get(ModelVersion, model_version_id)
+            if model_version_id
+            else q.current_model(s, project_id=project_id)
+        )
+        if mv is None:
+            raise InputError("no model version to export; train one first")
+        rows = s.execute(
+            select(Sample.utt_id, Prediction.head, Prediction.label)
+            .join(Sample, Sample.id == Prediction.sample_id)
+            .where(Prediction.model_version_id == mv.id, Sample.split == split)
+            .order_by(Sample.utt_id)
+        ).all()
+    by_utt: dict[str, dict[str, str]] = {}
+    for utt, head, label in rows:
+        by_utt.setdefault(utt, {})[head] = label
+    from meiju_core.io.export import check_target
+
+    check_target(Path(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", "emo_pred", "int_pred"])
+        for utt, labels in by_utt.items():
+            w.writerow([utt, labels.get("emotion", ""), labels.get("intent", "")])
+    return len(by_utt)

@@ -46,7 +46,6 @@ from sqlalchemy import delete, insert, select
 
 from db import Store
 from db.models import FeatureFile, FeatureSet, GoldLabel, Project, Sample, Transcript
-from meiju_core import media
 from meiju_core.errors import (
     FeatureError,
     ImportDataError,
@@ -63,6 +62,7 @@ from meiju_core.io.reading import (
     strip_extension,
 )
 from meiju_core.io.tables import SampleRow, bulk_insert
+from meiju_core.ml import media
 from meiju_core.schema import MODALITIES, LabelSchema
 from meiju_core.validate import id_problem, text_problem
 
@@ -687,7 +687,7 @@ def transcribe_pool(
 
     Args:
         transcribe: ``path -> (text, info)``; default
-            :func:`meiju_core.features.asr.transcribe` (Whisper, Mandarin, simplified
+            :func:`meiju_core.ml.features.asr.transcribe` (Whisper, Mandarin, simplified
             characters; needs the ``asr`` extra and a model folder).
         limit: at most this many samples.
         progress: called with ``{"progress": 0..1, "message": str}``; returning ``"cancel"``
@@ -734,7 +734,7 @@ def transcribe_pool(
 
 def _whisper(path: str) -> tuple[str, Mapping[str, Any]]:
     """The default ASR: the process-wide Whisper model (imported only when used)."""
-    from meiju_core.features.asr import transcribe
+    from meiju_core.ml.features.asr import transcribe
 
     return transcribe(path)
 

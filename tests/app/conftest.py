@@ -11,10 +11,10 @@ import streamlit as st
 
 from db import Store
 from db.fixtures import build_fixture
-from meiju_core import pipeline
+from meiju_core.services import users
 
 REPO = Path(__file__).resolve().parents[2]
-PASSWORD_HASH = pipeline.hash_password("pw")
+PASSWORD_HASH = users.hash_password("pw")
 
 
 @pytest.fixture

@@ -31,12 +31,14 @@ from db.models import (
     Transcript,
     TranscriptEdit,
 )
-from meiju_core import pipeline
 from meiju_core.schema import EMOTIONS, INTENTS
+from meiju_core.services import decisions as decisions_service
+from meiju_core.services import rounds as rounds_service
+from meiju_core.services import transcripts, users
 
 REPO = Path(__file__).resolve().parents[2]
 APP = str(REPO / "app.py")
-PASSWORD_HASH = pipeline.hash_password("pw")
+PASSWORD_HASH = users.hash_password("pw")
 TIMEOUT = 30
 
 
@@ -403,7 +405,7 @@ def test_admin_opens_a_round(fx):
 def test_the_open_round_form_takes_per_class_thresholds_from_review(fx):
     store, ids = fx
     for k, sid in enumerate(ids.pool_ids[:6]):  # some evidence in the open round
-        pipeline.decide(
+        decisions_service.decide(
             store,
             round_id=ids.round_id,
             sample_id=sid,
@@ -415,7 +417,7 @@ def test_the_open_round_form_takes_per_class_thresholds_from_review(fx):
     assert f"round #{ids.round_id}" in toggle.label
     toggle.set_value(True).run()
     assert not at.exception
-    expected = pipeline.thresholds_from_evidence(store, round_id=ids.round_id)
+    expected = rounds_service.thresholds_from_evidence(store, round_id=ids.round_id)
     plans = [d.value for d in at.dataframe if "queue" in getattr(d.value, "columns", ())]
     emotion = expected["thresholds"]["emotion"]
     assert dict(zip(plans[0].index, plans[0]["threshold"], strict=True)) == pytest.approx(emotion)
@@ -559,7 +561,7 @@ def test_training_says_running_with_time_left_and_feature_loading(fx):
 
 
 def _metrics() -> dict:
-    from meiju_core.metrics import evaluate
+    from meiju_core.ml.metrics import evaluate
 
     rng = np.random.default_rng(0)
     heads = {"emotion": list(EMOTIONS), "intent": list(INTENTS)}
@@ -648,7 +650,9 @@ def test_transcript_stale_edit_and_html_are_refused(fx):
     assert any("plain text" in e.value for e in at.error)
     at.text_area(key=f"ts_text_{sid}").input("撞车了吗?")
     # someone else saves between the render and the click
-    pipeline.save_transcript(store, sample_id=sid, text="撞车了吗？", expected_version=1, user=None)
+    transcripts.save_transcript(
+        store, sample_id=sid, text="撞车了吗？", expected_version=1, user=None
+    )
     at.button(key="ts_save").click().run()
     assert not at.exception
     assert any("saved by someone else" in e.value for e in at.error)

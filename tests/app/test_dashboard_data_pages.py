@@ -18,14 +18,15 @@ from streamlit.testing.v1 import AppTest
 
 from db import analytics as A
 from db.models import Job, ModelVersion, Sample, Transcript, TranscriptEdit
-from meiju_core import jobs, pipeline, text
-from meiju_core import transcript_rules as TR
-from meiju_core import transcripts as TS
+from meiju_core.ml import text
+from meiju_core.ml import transcript_rules as TR
+from meiju_core.services import decisions, jobs, rounds, training, transcripts, users
+from meiju_core.services import transcripts as TS
 from meiju_core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 APP = str(REPO / "app.py")
-PASSWORD_HASH = pipeline.hash_password("pw")
+PASSWORD_HASH = users.hash_password("pw")
 TIMEOUT = 30
 
 EMOTION_ROWS = ["happy", "surprise", "sad", "disgust", "anger", "fear", "neutral"]
@@ -44,7 +45,7 @@ def signed_in(ids, role: str = "admin", page: str | None = None) -> AppTest:
 
 
 def _evaluated(store, ids) -> dict:
-    return pipeline.evaluate(store, model_version_id=ids.model_version_id)
+    return training.evaluate(store, model_version_id=ids.model_version_id)
 
 
 def _second_version(store, ids, metrics: dict) -> int:
@@ -182,7 +183,7 @@ def _review_some(store, ids) -> None:
     admin, ann = {"id": ids.admin_id}, {"id": ids.annotator_id}
     labels = {"emotion": "happy", "intent": "agreeing"}
     for k, user in enumerate((admin, admin, ann)):
-        pipeline.decide(
+        decisions.decide(
             store,
             round_id=ids.round_id,
             sample_id=ids.pool_ids[k],
@@ -191,7 +192,7 @@ def _review_some(store, ids) -> None:
             labels=labels,
             ms_spent=2000 * (k + 1),
         )
-    pipeline.decide(
+    decisions.decide(
         store,
         round_id=ids.round_id,
         sample_id=ids.pool_ids[3],
@@ -394,7 +395,7 @@ def test_bulk_rule_preview_then_confirm_saves_punctuation_edits(fx):
         assert s.scalar(select(func.count()).select_from(TranscriptEdit)) == 0  # nothing yet
     # someone saves one of them between the preview and the confirmation
     stale = expected[0]
-    pipeline.save_transcript(
+    transcripts.save_transcript(
         store, sample_id=stale.sample_id, text=stale.after, expected_version=1, user=None
     )
     at.button(key="ts_bulk_apply").click().run()
@@ -515,10 +516,10 @@ def test_evidence_tab_draws_acceptance_by_confidence_from_human_decisions(fx):
     for k, sid in enumerate(ids.pool_ids[:24]):
         action = "accept" if k % 3 else "reject"
         try:
-            pipeline.decide(store, round_id=ids.round_id, sample_id=sid, action=action, user=admin)
+            decisions.decide(store, round_id=ids.round_id, sample_id=sid, action=action, user=admin)
             accepted_cards += action == "accept"
         except QuotaExceeded:  # the fixture's quotas are small: a full class is a reject
-            pipeline.decide(
+            decisions.decide(
                 store, round_id=ids.round_id, sample_id=sid, action="reject", user=admin
             )
     with store.write() as s:  # an automatic acceptance is no evidence
@@ -565,7 +566,7 @@ def test_evidence_tab_opens_the_next_round_with_per_class_thresholds_in_one_clic
         }
     admin = {"id": ids.admin_id}
     for k, sid in enumerate(ids.pool_ids[:36]):
-        pipeline.decide(
+        decisions.decide(
             store,
             round_id=ids.round_id,
             sample_id=sid,
@@ -579,7 +580,7 @@ def test_evidence_tab_opens_the_next_round_with_per_class_thresholds_in_one_clic
     at.number_input(key="ev_min_count").set_value(3).run()
     table = at.dataframe[0].value
     assert {"threshold", "round's", "next round"} <= set(table.columns)
-    expected = pipeline.thresholds_from_evidence(store, round_id=ids.round_id, min_count=3)
+    expected = rounds.thresholds_from_evidence(store, round_id=ids.round_id, min_count=3)
     from_review = [r for r in expected["rows"] if r["evidence"] is not None]
     assert from_review, "the fixture decisions give some class enough evidence"
     at.button(key="ev_next_round").click().run()

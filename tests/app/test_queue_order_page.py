@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from db import queries as q
 from db.models import ReviewRound
-from meiju_core import pipeline
+from meiju_core.services import rounds
 from meiju_core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,7 +82,7 @@ def test_annotators_see_the_active_order_but_not_the_form(fx):
     store, ids = fx
     settings = Settings.load(database_url=str(store.url), project="fixture")
     admin = {"id": ids.admin_id, "name": "admin", "role": "admin"}
-    pipeline.open_round(
+    rounds.open_round(
         store,
         settings,
         project_id=ids.project_id,

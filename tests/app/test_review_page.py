@@ -26,12 +26,12 @@ from db.models import (
     ReviewRound,
     Sample,
 )
-from meiju_core import pipeline
-from meiju_core.text import segment
+from meiju_core.ml.text import segment
+from meiju_core.services import decisions, users
 
 REPO = Path(__file__).resolve().parents[2]
 APP = str(REPO / "app.py")
-PASSWORD_HASH = pipeline.hash_password("pw")
+PASSWORD_HASH = users.hash_password("pw")
 TIMEOUT = 30
 
 
@@ -372,7 +372,7 @@ def test_annotators_see_the_preview_but_cannot_bulk_accept(fx):
     assert not [b for b in at.button if b.key == "rv_bulk_confirm"]
     assert any("Only admins can bulk accept." in c.value for c in at.caption)
     with pytest.raises(Exception, match="only admins"):
-        pipeline.bulk_accept(
+        decisions.bulk_accept(
             store,
             round_id=ids.round_id,
             items=at.session_state["rv_bulk"]["result"]["items"],

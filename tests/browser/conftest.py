@@ -29,7 +29,7 @@ from sqlalchemy import update
 from db import Store
 from db.fixtures import build_fixture
 from db.models import Sample
-from meiju_core import pipeline
+from meiju_core.services import training, users
 
 
 def serve(tmp_path_factory, **fixture_kwargs) -> Iterator[AppServer]:
@@ -41,9 +41,9 @@ def serve(tmp_path_factory, **fixture_kwargs) -> Iterator[AppServer]:
     url = f"sqlite:///{data_dir / 'meiju.db'}"
     store = Store(url)
     store.upgrade()
-    kwargs = {"n_pool": 60, "password_hash": pipeline.hash_password("pw"), **fixture_kwargs}
+    kwargs = {"n_pool": 60, "password_hash": users.hash_password("pw"), **fixture_kwargs}
     ids = build_fixture(store, **kwargs)
-    pipeline.evaluate(store, model_version_id=ids.model_version_id)  # the dashboard's figures
+    training.evaluate(store, model_version_id=ids.model_version_id)  # the dashboard's figures
     clip = make_clip(data_dir / "clip.mp4")
     with store.write() as s:  # every card plays the clip from second 1
         s.execute(

@@ -25,8 +25,9 @@ from sqlalchemy import func, select, update
 
 from db import queries as q
 from db.models import Decision, Prediction, PseudoLabel, ReviewRound, Sample, Transcript, User
-from meiju_core import pipeline
-from meiju_core.demo_copy import copy_built_demo
+from meiju_core.services import demo as demo_service
+from meiju_core.services import projects, users
+from meiju_core.services.demo_copy import copy_built_demo
 from meiju_core.settings import Settings
 
 # building the demo takes about 2 minutes on a quiet 2-core machine, several under load
@@ -47,11 +48,11 @@ def demo(tmp_path_factory):
     if prebuilt:  # the copy's store points into the copy's folders
         copy_built_demo(Path(prebuilt), data_dir)
     settings = Settings.load(data_dir=str(data_dir), database_url="", project="demo")
-    store = pipeline.open_store(settings)
+    store = projects.open_store(settings)
     # the short schedule (2 epochs) when the demo is built here: the same data and steps, a
     # smaller training run
-    summary = pipeline.build_demo(store, settings, admin_password="pw", epochs=2)
-    pipeline.add_user(store, name="ann", role="annotator", password="pw")
+    summary = demo_service.build_demo(store, settings, admin_password="pw", epochs=2)
+    users.add_user(store, name="ann", role="annotator", password="pw")
     env = {
         "MEIJU_DATA_DIR": str(data_dir),
         "MEIJU_DATABASE_URL": settings.database_url,

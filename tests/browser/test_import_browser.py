@@ -23,7 +23,7 @@ from sqlalchemy import select
 from db import Store
 from db import queries as q
 from db.models import Job, Prediction, Sample
-from meiju_core import jobs, pipeline
+from meiju_core.services import jobs, projects, rounds
 from meiju_core.settings import Settings
 
 pytestmark = pytest.mark.browser
@@ -54,12 +54,12 @@ def app_server(tmp_path_factory) -> Iterator[AppServer]:
     )
     settings = Settings.load(data_dir=str(data_dir), database_url="", project="demo")
     store = Store(settings.database_url)
-    info = pipeline.project_info(store, name="demo")
+    info = projects.project_info(store, name="demo")
     with store.read() as s:
         mv = q.current_model(s, project_id=info["id"])
     # an admin's round in which every class can take cards (the demo's first round gives the
     # classes a one-epoch model predicts a quota of 0)
-    pipeline.open_round(
+    rounds.open_round(
         store,
         settings,
         project_id=info["id"],

@@ -21,8 +21,9 @@ from sqlalchemy import select, update
 from db import label_issues as li
 from db import queries as q
 from db.models import Decision, GoldLabel, Job, User
-from meiju_core import jobs, pipeline
-from meiju_core.demo_copy import copy_built_demo
+from meiju_core.services import demo as demo_service
+from meiju_core.services import jobs, projects, users
+from meiju_core.services.demo_copy import copy_built_demo
 from meiju_core.settings import Settings
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -42,9 +43,9 @@ def demo(tmp_path_factory):
     if prebuilt:  # the copy's store points into the copy's folders
         copy_built_demo(Path(prebuilt), data_dir)
     settings = Settings.load(data_dir=str(data_dir), database_url="", project="demo")
-    store = pipeline.open_store(settings)
-    summary = pipeline.build_demo(store, settings, admin_password="pw", epochs=2)
-    pipeline.add_user(store, name="admin", role="admin", password="pw")  # the copy's password
+    store = projects.open_store(settings)
+    summary = demo_service.build_demo(store, settings, admin_password="pw", epochs=2)
+    users.add_user(store, name="admin", role="admin", password="pw")  # the copy's password
     env = {
         "MEIJU_DATA_DIR": str(data_dir),
         "MEIJU_DATABASE_URL": settings.database_url,
@@ -170,7 +171,7 @@ def test_a_flagged_gold_label_is_relabelled_by_keyboard(demo, browser):
     )
     wait_idle(page)
 
-    classes = pipeline.schema_of(store, summary["project_id"]).classes(head)
+    classes = projects.schema_of(store, summary["project_id"]).classes(head)
     choice = next(c for c in classes if c not in (first["given"], first["suggested"]))
     press(page, str(classes.index(choice) + 1))  # the digit of another class
     assert wait_for(lambda: gold(store, sid, head) == choice)

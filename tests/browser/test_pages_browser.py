@@ -15,7 +15,8 @@ from sqlalchemy import func, select
 
 from db import analytics as A
 from db.models import Job, ModelVersion, Sample, Transcript, TranscriptEdit
-from meiju_core import jobs, pipeline, text
+from meiju_core.ml import text
+from meiju_core.services import decisions, jobs
 from meiju_core.settings import Settings
 
 pytestmark = pytest.mark.browser
@@ -164,7 +165,7 @@ def _decisions(store, ids) -> None:
     for k, sid in enumerate(ids.pool_ids[10:22]):
         user = {"id": ids.admin_id if k % 3 else ids.annotator_id}
         action = "reject" if k % 4 == 0 else "accept"
-        pipeline.decide(
+        decisions.decide(
             store,
             round_id=ids.round_id,
             sample_id=sid,

@@ -21,10 +21,10 @@ from sqlalchemy import func, select
 from db import Store
 from db import queries as q
 from db.models import Job, ModelVersion, Project, PseudoLabel
-from meiju_core import pipeline
 from meiju_core.io.cped import cped_rows
 from meiju_core.io.tables import bulk_insert
 from meiju_core.schema import LabelSchema
+from meiju_core.services import decisions, extraction, rounds, training, users
 from meiju_core.settings import Settings
 
 pytestmark = pytest.mark.browser
@@ -56,12 +56,12 @@ def app_server(tmp_path_factory) -> Iterator[AppServer]:
         s.flush()
         bulk_insert(s, p.id, rows)
         pid = p.id
-    pipeline.add_user(store, name="admin", role="admin", password="pw")
-    pipeline.extract_features(store, settings, project_id=pid, workers=1)
-    mv_id = pipeline.train(store, settings, project_id=pid, stage=1, epochs=3)
+    users.add_user(store, name="admin", role="admin", password="pw")
+    extraction.extract_features(store, settings, project_id=pid, workers=1)
+    mv_id = training.train(store, settings, project_id=pid, stage=1, epochs=3)
     with store.write() as s:
         q.promote(s, model_version_id=mv_id)
-    round_id = pipeline.open_round(
+    round_id = rounds.open_round(
         store,
         settings,
         project_id=pid,
@@ -71,7 +71,7 @@ def app_server(tmp_path_factory) -> Iterator[AppServer]:
         budget=40,
     )
     # a 3-epoch model reaches 0.3 for intent only: per head, so intent pseudo-labels are taken
-    pipeline.auto_pseudo_label(store, round_id=round_id, rule="per_head", confidence="calibrated")
+    decisions.auto_pseudo_label(store, round_id=round_id, rule="per_head", confidence="calibrated")
     env = {
         "MEIJU_DATA_DIR": str(data_dir),
         "MEIJU_DATABASE_URL": settings.database_url,

@@ -7,11 +7,11 @@ service calls the Review page makes for one card (pages/review.py):
 
 1. ``db.queries.queue`` (limit 1, in the round's queue order) reads the next card;
 2. ``db.queries.lease`` reserves it in a write transaction (a card another user holds is passed);
-3. ``pipeline.decide`` records the verdict: accept both heads (key A), accept one head and reject
+3. ``decisions.decide`` records the verdict: accept both heads (key A), accept one head and reject
    the other (E or I, then X), reject (X), or correct a head (the digit keys set the right class,
    then A); a quota refusal (``QuotaExceeded``) turns that head into a reject, an accept under
    the round's threshold is confirmed as the page's second press does;
-4. now and then ``pipeline.undo`` (key U) takes the last card back, and the annotator decides it
+4. now and then ``decisions.undo`` (key U) takes the last card back, and the annotator decides it
    again, as the page shows the returned card first.
 
 The annotator accepts a head whose pseudo-label equals the withheld label; otherwise it rejects
@@ -24,7 +24,7 @@ Each card costs ``seconds_per_decision`` seconds, a card with a correction twice
 The benchmark (:func:`run_review_value`) measures, per seed, the test joint score of stage 2
 (gold + the round's accepted and corrected pseudo-labels, fine-tuned from that seed's stage-1
 model, epoch chosen on valid) after every ``every`` cards, for each queue order and action;
-beside them, on the same x-axis: the automatic rule (``pipeline.auto_pseudo_label`` taking as
+beside them, on the same x-axis: the automatic rule (``decisions.auto_pseudo_label`` taking as
 many pool samples, no review), gold labelling of as many random pool samples (their withheld
 labels used directly; a labeller's card costs what a correction costs), and stage 2 on gold
 alone. Every figure is on test; checkpoints and calibration use valid only.
@@ -171,9 +171,9 @@ def median_seconds(store, *, project_id: int) -> float:
 
 def simulated_user(store) -> dict[str, Any]:
     """The simulated annotator's user row (created as an annotator when missing)."""
-    from meiju_core import pipeline
+    from meiju_core.services import users
 
-    uid = pipeline.add_user(store, name=SIMULATED_USER, role="annotator")
+    uid = users.add_user(store, name=SIMULATED_USER, role="annotator")
     return {"id": uid, "name": SIMULATED_USER, "role": "annotator"}
 
 
@@ -245,12 +245,12 @@ class _Annotator:
     def _decide(
         self, sample_id: int, action: str, heads: list[str] | None, labels=None, ms: int = 0
     ) -> bool:
-        from meiju_core import pipeline
+        from meiju_core.services import decisions
 
         for confirm in (False, True):  # the page asks a second press under the threshold
             self.log.service_calls["decide"] += 1
             try:
-                pipeline.decide(
+                decisions.decide(
                     self.store,
                     round_id=self.round_id,
                     sample_id=sample_id,
@@ -312,10 +312,10 @@ class _Annotator:
 
     def undo_and_redo(self) -> None:
         """U: the last card comes back and is decided again (the page shows it first)."""
-        from meiju_core import pipeline
+        from meiju_core.services import decisions
 
         self.log.service_calls["undo"] += 1
-        sid = pipeline.undo(self.store, round_id=self.round_id, user=self.user)
+        sid = decisions.undo(self.store, round_id=self.round_id, user=self.user)
         if sid is None:
             return
         self.log.undos += 1
@@ -543,12 +543,12 @@ class _Data:
 
 
 def _load(store, project_id: int, feature_set: str) -> _Data:
-    from meiju_core import pipeline
+    from meiju_core.services import projects, training
 
-    schema = pipeline.schema_of(store, project_id)
-    fs_id = pipeline._feature_set_id(store, project_id, feature_set)
+    schema = projects.schema_of(store, project_id)
+    fs_id = training._feature_set_id(store, project_id, feature_set)
     parts = {
-        split: pipeline.load_split(
+        split: training.load_split(
             store,
             project_id=project_id,
             split=split,
@@ -567,7 +567,7 @@ def _load(store, project_id: int, feature_set: str) -> _Data:
         parts["test"].data,
         parts["pool"].data,
         parts["pool"].sample_ids,
-        pipeline._feature_dims(store, fs_id),
+        training._feature_dims(store, fs_id),
         schema,
     )
 
@@ -606,7 +606,7 @@ class _Bench:
     """One benchmark: the work store, the data, the runs (cached under ``cache``)."""
 
     def __init__(self, store, project_id: int, opts: ValueOptions, cache: Path, progress):
-        from meiju_core.table1 import System, Table1Options, _Runner, _Splits
+        from meiju_core.services.table1 import System, Table1Options, _Runner, _Splits
 
         self.store, self.pid, self.o = store, project_id, opts
         self.cache, self.progress = cache, progress
@@ -628,10 +628,10 @@ class _Bench:
     def use_work(self, work) -> None:
         """Work in ``work`` (one copy of the store per seed, so seeds may run in parallel
         processes: opening a round closes the project's other rounds)."""
-        from meiju_core import pipeline
+        from meiju_core.services import users
 
         self.work = work
-        admin = pipeline.add_user(work, name="simulated-admin", role="admin")
+        admin = users.add_user(work, name="simulated-admin", role="admin")
         self.admin = {"id": admin, "name": "simulated-admin", "role": "admin"}
         self.annotator = simulated_user(work)
 
@@ -643,9 +643,9 @@ class _Bench:
 
     def model_version(self, seed: int, run: dict) -> int:
         """The stage-1 model's pool predictions as a model version of the work store
-        (probabilities temperature-scaled on valid, as ``pipeline.predict`` stores them)."""
-        from meiju_core import pipeline
-        from meiju_core.pseudo import apply_temperature, temperature_scale
+        (probabilities temperature-scaled on valid, as ``training.predict`` stores them)."""
+        from meiju_core.ml.pseudo import apply_temperature, temperature_scale
+        from meiju_core.services import training
 
         name = f"review-value-{seed}-{Path(run['checkpoint']).parent.name}"
         with self.work.read() as s:
@@ -662,7 +662,7 @@ class _Bench:
             temperatures[h] = t
             pp = run["probs"]["pool"][h].astype(np.float64)
             scaled[h] = apply_temperature(pp / pp.sum(1, keepdims=True), t, kind="probs")
-        fs_id = pipeline._feature_set_id(self.work, self.pid, self.o.feature_set)
+        fs_id = training._feature_set_id(self.work, self.pid, self.o.feature_set)
         with self.work.write() as s:
             mv = ModelVersion(
                 project_id=self.pid,
@@ -682,17 +682,17 @@ class _Bench:
             s.add(mv)
             s.flush()
             mv_id = mv.id
-        pipeline._write_predictions(self.work, mv_id, self.d.schema, self.d.pool_ids, scaled)
+        training._write_predictions(self.work, mv_id, self.d.schema, self.d.pool_ids, scaled)
         return mv_id
 
     # -- label sets ---------------------------------------------------------------------------
 
     def _open(self, mv_id: int, order: str, explicit: dict | None, budget: int | None) -> int:
-        from meiju_core import pipeline
+        from meiju_core.services import rounds
         from meiju_core.settings import Settings
 
         settings = Settings.load(data_dir=str(self.cache), database_url="", project="x")
-        return pipeline.open_round(
+        return rounds.open_round(
             self.work,
             settings,
             project_id=self.pid,
@@ -750,10 +750,10 @@ class _Bench:
     def _auto_round(self, mv_id: int, budget: int) -> tuple[int, dict[str, str]]:
         """One round of the automatic rule with balanced quotas of ``budget`` per head:
         (pool samples taken, their labels)."""
-        from meiju_core import pipeline
+        from meiju_core.services import decisions
 
         rid = self._open(mv_id, "confidence", None, budget)
-        pipeline.auto_pseudo_label(self.work, round_id=rid, rule="joint", confidence="raw")
+        decisions.auto_pseudo_label(self.work, round_id=rid, rule="joint", confidence="raw")
         with self.work.read() as s:
             rows = s.execute(
                 select(PseudoLabel.sample_id, PseudoLabel.head, PseudoLabel.label).where(
@@ -817,7 +817,7 @@ class _Bench:
     # -- stage 2 -------------------------------------------------------------------------------
 
     def train_set(self, labels: dict[str, str]):
-        from meiju_core.train import TrainData
+        from meiju_core.ml.train import TrainData
 
         per_row: dict[int, dict[str, int]] = {}
         for k, lab in labels.items():

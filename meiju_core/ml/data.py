@@ -4,9 +4,9 @@
 :meth:`TrainData.validate` checks it once where it enters training. The rest turns it into what
 the model eats: :func:`utterance_means` (the paper's averaged form), :func:`feature_scales`
 (the scale a relative noise σ means), :class:`Prepared` tensors of a split and :func:`collate`
-for one padded :class:`~meiju_core.model.JointBatch`, :func:`epoch_batches` for the seeded,
+for one padded :class:`~meiju_core.ml.model.JointBatch`, :func:`epoch_batches` for the seeded,
 rank-identical mini-batches of an epoch, and :func:`save_npz` / :func:`load_npz` for the file
-``python -m meiju_core.train`` reads under torchrun.
+``python -m meiju_core.ml.train`` reads under torchrun.
 
 Notation: N utterances, T steps, D feature size, B utterances in a batch.
 """
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from meiju_core.errors import FeatureError, LabelError
-from meiju_core.model import JointBatch
+from meiju_core.ml.model import JointBatch
 from meiju_core.schema import LabelSchema
 
 __all__ = [
@@ -142,7 +142,7 @@ def utterance_means(
     average embedding for each modality").
 
     Each array holds only the utterance's own (valid) steps, so the plain mean over axis 0 is the
-    masked mean; :func:`meiju_core.model.masked_mean` is the same on padded batches.
+    masked mean; :func:`meiju_core.ml.model.masked_mean` is the same on padded batches.
 
     Args:
         features: modality -> N arrays float (T, D) or (D,), or None / (0, D) where missing.

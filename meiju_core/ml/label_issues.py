@@ -1,6 +1,6 @@
 """Gold labels that are likely wrong: out-of-sample probabilities + confident learning (cleanlab).
 
-The ML half of the gold-label check (the store half is :mod:`meiju_core.label_check`). For one head:
+The ML half of the gold-label check (the store half is :mod:`meiju_core.services.label_check`). For one head:
 
 1. every utterance gets one vector: the mean over time of each modality, concatenated, with a 0/1
    presence flag per modality (missing modalities are zeros);

@@ -1,7 +1,7 @@
 """The gold-label check over the store: flag likely-wrong gold labels, keep or relabel them.
 
 ``check_gold_labels`` loads one split's features and gold labels, runs
-:mod:`meiju_core.label_issues` per head (cross-validated logistic regression + cleanlab) and opens
+:mod:`meiju_core.ml.label_issues` per head (cross-validated logistic regression + cleanlab) and opens
 a round of kind ``label_issues`` holding one ``label_issue`` row per flag (:mod:`db.label_issues`),
 which Review shows as a queue of its own. It runs as a worker job (kind ``label_check``, from the
 Review page) or from ``meiju label-issues``; never in the app process.
@@ -51,17 +51,17 @@ def check_gold_labels(
         InputError: the project has no features of ``settings.feature_set``, no samples in
             ``split`` or no model version yet.
     """
-    from meiju_core import pipeline
-    from meiju_core.label_issues import find_issues, out_of_sample_probs, utterance_vectors
+    from meiju_core.ml.label_issues import find_issues, out_of_sample_probs, utterance_vectors
+    from meiju_core.services import projects, training
 
-    schema = pipeline.schema_of(store, project_id)
-    fs_id = pipeline._feature_set_id(store, project_id, settings.feature_set)
-    part = pipeline.load_split(
+    schema = projects.schema_of(store, project_id)
+    fs_id = training._feature_set_id(store, project_id, settings.feature_set)
+    part = training.load_split(
         store, project_id=project_id, split=split, feature_set_id=fs_id, schema=schema
     )
     if not part.sample_ids:
         raise InputError(f"the project has no {split} samples to check", field="split")
-    x = utterance_vectors(part.data.features, pipeline._feature_dims(store, fs_id))
+    x = utterance_vectors(part.data.features, training._feature_dims(store, fs_id))
     report: dict[str, Any] = {"split": split, "checked": {}, "flagged": {}, "issues": {}}
     for head in schema.head_names:
         y = part.data.labels[head]
@@ -157,7 +157,7 @@ def resolve(
             holds the sample.
         StoreError: a closed round, an unknown action, or a flag the round does not hold.
     """
-    from meiju_core import pipeline
+    from meiju_core.services import projects
 
     with store.read() as s:
         rnd = s.get(ReviewRound, round_id)
@@ -165,7 +165,7 @@ def resolve(
     if project_id is None:
         raise StoreError(f"round {round_id} does not exist")
     if label is not None:
-        schema = pipeline.schema_of(store, project_id)
+        schema = projects.schema_of(store, project_id)
         if head not in schema.head_names or label not in schema.classes(head):
             raise InputError(f"{label!r} is not a {head} class", field=head)
     try:

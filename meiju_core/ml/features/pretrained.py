@@ -1,7 +1,7 @@
 """The paper's pretrained feature set through HF transformers, offline only.
 
-Same contract as :mod:`meiju_core.features.builtin`: ``extract(sample)`` returns an
-:class:`~meiju_core.features.builtin.Extraction`, one float32 ``(T, D)`` array per modality (the
+Same contract as :mod:`meiju_core.ml.features.builtin`: ``extract(sample)`` returns an
+:class:`~meiju_core.ml.features.builtin.Extraction`, one float32 ``(T, D)`` array per modality (the
 baseline's FRAME level, reference/meiju.md §4.4), and ``dims`` gives D per modality.
 
 =========  ===================================  =============================  ==================
@@ -16,12 +16,12 @@ visual     sampled video frame (1 in 30)        768 (CLIP ViT-L/14 projection) m
   hidden layers (``hidden_states[-4:]``, the baseline's ``layer_ids=[-4,-3,-2,-1]``) is kept per
   token without [CLS]/[SEP]; empty text gives ``(1, D)`` zeros as the baseline stores it
   (``extract_text_embedding_LZ.py`` lines 122-153). Longer than 512 tokens is truncated.
-- audio: 16 kHz mono (:func:`meiju_core.media.load_audio`, from ``audio_path`` or else the
+- audio: 16 kHz mono (:func:`meiju_core.ml.media.load_audio`, from ``audio_path`` or else the
   video's own track) through the model's feature extractor (normalisation as its
   ``preprocessor_config.json`` says), then HuBERT; the last four hidden layers summed per frame.
   The baseline's HF option keeps only the last layer (meiju.md §4.1); four follow the text side
   and the task brief.
-- visual: frames 0, 30, 60, ... (:func:`meiju_core.media.sample_frames`), the largest face per
+- visual: frames 0, 30, 60, ... (:func:`meiju_core.ml.media.sample_frames`), the largest face per
   frame cropped with a 20 % margin (OpenCV's Haar cascade, as the builtin set; the centred square
   when no face is found), then CLIP's image processor and ``image_embeds`` of
   ``CLIPVisionModelWithProjection`` (what ``CLIPModel.get_image_features`` returns). A folder
@@ -48,10 +48,10 @@ from typing import Any
 
 import numpy as np
 
-from meiju_core import media
 from meiju_core.errors import FeatureError, MediaError, ModelUnavailable
-from meiju_core.features import builtin
-from meiju_core.features.builtin import Extraction
+from meiju_core.ml import media
+from meiju_core.ml.features import builtin
+from meiju_core.ml.features.builtin import Extraction
 from meiju_core.settings import env_value, setting_default
 
 __all__ = [
@@ -281,7 +281,7 @@ def face_crops(
     """The largest face of each frame, as an RGB crop.
 
     Faces are found by OpenCV's bundled frontal-face Haar cascade, the same detector as the
-    builtin set (:func:`meiju_core.features.builtin.face_hog`). The box grows by ``margin`` of
+    builtin set (:func:`meiju_core.ml.features.builtin.face_hog`). The box grows by ``margin`` of
     its width and height on each side (clipped to the frame); with no face, the centred square
     of side ``min(H, W) // 2`` is used, also for every frame when the installed OpenCV has no
     Haar cascades (OpenCV 5; a ``RuntimeWarning`` says so once).

@@ -5,7 +5,7 @@ The app never does heavy work in its own process. It calls ``submit``, which wri
 build, one at a time) or ``io`` (imports, exports, extraction, prediction, auto pseudo-labels), so
 an export never waits behind a retrain. The worker (``meiju worker``) runs one huey consumer per
 lane, each in its own process; a lane runs each job in a fresh subprocess (``python -m
-meiju_core.jobs run ID``), so CUDA, memory and crashes stay out of the worker and a cancel can
+meiju_core.services.jobs run ID``), so CUDA, memory and crashes stay out of the worker and a cancel can
 always stop it. The subprocess writes its pid and host, status, progress, live figures, a log tail
 and a heartbeat to the row, throttled to one short write transaction every ``PROGRESS_EVERY_S``
 seconds; the app polls the row.
@@ -109,7 +109,7 @@ def submit(
     if kind not in KINDS:
         raise StoreError(f"unknown job kind {kind!r}; kinds are {list(KINDS)}")
     if user is not None and kind in ADMIN_KINDS:
-        from meiju_core.pipeline import require_admin
+        from meiju_core.services.users import require_admin
 
         require_admin(user, f"start a {kind} job", store=store)
     with store.write() as s:
@@ -148,7 +148,7 @@ def cancel(store: Store, *, job_id: int, user: dict[str, Any] | None = None) -> 
     admin (no user: the command line, trusted).
     """
     if user is not None:
-        from meiju_core.pipeline import require_admin
+        from meiju_core.services.users import require_admin
 
         require_admin(user, "cancel a job", store=store)
     with store.write() as s:
@@ -217,7 +217,7 @@ def run_subprocess(settings: Settings, job_id: int, *, poll_s: float = 0.5) -> i
         "MEIJU_DATABASE_URL": settings.database_url,
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "meiju_core.jobs", "run", str(job_id)],
+        [sys.executable, "-m", "meiju_core.services.jobs", "run", str(job_id)],
         env=env,
         preexec_fn=_die_with_parent(os.getpid(), nice=settings.job_nice),
     )
@@ -268,7 +268,7 @@ def process_alive(pid: int | None) -> bool:
                 if f.read().rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
                     return False
             with open(f"{proc}/cmdline", "rb") as f:
-                return b"meiju_core.jobs" in f.read()
+                return b"meiju_core.services.jobs" in f.read()
         except OSError:
             return False
     return True
@@ -419,7 +419,7 @@ def run_worker(settings: Settings, *, lanes: tuple[str, ...] = LANES) -> None:
 
     def start(lane: str) -> None:
         procs[lane] = subprocess.Popen(
-            [sys.executable, "-m", "meiju_core.jobs", "lane", lane],
+            [sys.executable, "-m", "meiju_core.services.jobs", "lane", lane],
             env=env,
             preexec_fn=_die_with_parent(os.getpid()),
         )
@@ -547,9 +547,9 @@ def _finish(
 
 
 def _run_train(store, settings, project_id, params, user, reporter) -> dict[str, Any]:
-    from meiju_core import pipeline
+    from meiju_core.services import training
 
-    mv_id = pipeline.train(
+    mv_id = training.train(
         store,
         settings,
         project_id=project_id,
@@ -566,9 +566,9 @@ def _run_train(store, settings, project_id, params, user, reporter) -> dict[str,
 
 
 def _run_extract(store, settings, project_id, params, user, reporter) -> dict[str, Any]:
-    from meiju_core import pipeline
+    from meiju_core.services import extraction
 
-    fs = pipeline.extract_features(
+    fs = extraction.extract_features(
         store,
         settings,
         project_id=project_id,
@@ -580,17 +580,17 @@ def _run_extract(store, settings, project_id, params, user, reporter) -> dict[st
 
 
 def _run_predict(store, settings, project_id, params, user, reporter) -> dict[str, Any]:
-    from meiju_core import pipeline
+    from meiju_core.services import training
 
-    n = pipeline.predict(store, settings, model_version_id=int(params["model_version_id"]))
-    pipeline.evaluate(store, model_version_id=int(params["model_version_id"]))
+    n = training.predict(store, settings, model_version_id=int(params["model_version_id"]))
+    training.evaluate(store, model_version_id=int(params["model_version_id"]))
     return {"predictions": n}
 
 
 def _run_auto(store, settings, project_id, params, user, reporter) -> dict[str, Any]:
-    from meiju_core import pipeline
+    from meiju_core.services import decisions
 
-    return pipeline.auto_pseudo_label(
+    return decisions.auto_pseudo_label(
         store,
         round_id=int(params["round_id"]),
         user=user,
@@ -603,7 +603,7 @@ def _run_auto(store, settings, project_id, params, user, reporter) -> dict[str, 
 def _run_label_check(store, settings, project_id, params, user, reporter) -> dict[str, Any]:
     """``params``: ``{"split"?: "train", "folds"?: 5}``. The result keeps the counts, not the
     flags (they are the round's ``label_issue`` rows)."""
-    from meiju_core import label_check
+    from meiju_core.services import label_check
 
     report = label_check.check_gold_labels(
         store,
@@ -618,9 +618,9 @@ def _run_label_check(store, settings, project_id, params, user, reporter) -> dic
 
 
 def _run_demo(store, settings, project_id, params, user, reporter) -> dict[str, Any]:
-    from meiju_core import pipeline
+    from meiju_core.services import demo
 
-    return pipeline.build_demo(store, settings, epochs=params.get("epochs"), progress=reporter)
+    return demo.build_demo(store, settings, epochs=params.get("epochs"), progress=reporter)
 
 
 NEW_IDS_MAX = 5000  # an import's result lists its new sample ids up to this many
@@ -633,15 +633,15 @@ def _run_import(store, settings, project_id, params, user, reporter) -> dict[str
     ``{"source": "release", "path", "project_name", "lang"?, "probe_media"?}`` (a new project).
     Admins only, checked again here. The import is all or nothing, as the import functions are.
     Returns the import summary plus ``{"prepared": {...}}`` (see
-    :func:`meiju_core.pipeline.prepare_new_samples`: ``new_cards`` in the Review queue) and
+    :func:`meiju_core.services.extraction.prepare_new_samples`: ``new_cards`` in the Review queue) and
     ``"new_sample_ids"`` (the new samples' ids, None above ``NEW_IDS_MAX``)."""
-    from meiju_core import pipeline
     from meiju_core.io import imports
+    from meiju_core.services import extraction, users
 
-    pipeline.require_admin(user, "import data")
+    users.require_admin(user, "import data")
     source = params.get("source", "csv")
     reporter({"progress": 0.02, "message": f"importing {Path(params['path']).name}"})
-    before = None if project_id is None else pipeline.open_cards(store, project_id=project_id)
+    before = None if project_id is None else extraction.open_cards(store, project_id=project_id)
     with store.read() as s:
         last_id = q.last_sample_id(s)
     summary = imports.run_import(store, project_id=project_id, params=params)
@@ -653,7 +653,7 @@ def _run_import(store, settings, project_id, params, user, reporter) -> dict[str
         summary["new_sample_ids"] = new_ids if len(new_ids) <= NEW_IDS_MAX else None
     reporter({"progress": 0.2, "message": f"imported {summary.get('samples', 0)} utterances"})
     if source != "release" and params.get("prepare", True):
-        summary["prepared"] = pipeline.prepare_new_samples(
+        summary["prepared"] = extraction.prepare_new_samples(
             store, settings, project_id=project_id, progress=reporter, cards_before=before
         )
         new = summary["prepared"].get("new_cards")
@@ -695,11 +695,13 @@ RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m meiju_core.jobs run JOB_ID``: the job subprocess entry point;
-    ``python -m meiju_core.jobs lane train|io``: one lane's consumer (started by the worker)."""
+    """``python -m meiju_core.services.jobs run JOB_ID``: the job subprocess entry point;
+    ``python -m meiju_core.services.jobs lane train|io``: one lane's consumer (started by the worker)."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2 or argv[0] not in ("run", "lane"):
-        print("usage: python -m meiju_core.jobs run JOB_ID | lane train|io", file=sys.stderr)
+        print(
+            "usage: python -m meiju_core.services.jobs run JOB_ID | lane train|io", file=sys.stderr
+        )
         return 2
     settings = Settings.load()
     if argv[0] == "lane":
@@ -711,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # run the imported module, not __main__: huey names tasks by module (meiju_core.jobs.run_job)
-    from meiju_core.jobs import main as _main
+    # run the imported module, not __main__: huey names tasks by module (meiju_core.services.jobs.run_job)
+    from meiju_core.services.jobs import main as _main
 
     raise SystemExit(_main())

@@ -31,8 +31,8 @@ from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 from threadpoolctl import threadpool_limits
 
-from meiju_core import media, text
 from meiju_core.errors import FeatureError, MediaError
+from meiju_core.ml import media, text
 
 __all__ = [
     "AUDIO_DIM",
@@ -232,7 +232,7 @@ def log_mel(audio: np.ndarray, sr: int = 16000) -> np.ndarray:
     for silence. No mean or variance normalisation (the model's encoder sees raw values).
 
     Args:
-        audio: float32 ``(S,)`` mono samples, as from :func:`meiju_core.media.load_audio`.
+        audio: float32 ``(S,)`` mono samples, as from :func:`meiju_core.ml.media.load_audio`.
         sr: sample rate in Hz (16000 in the paper and baseline).
 
     Returns:
@@ -311,7 +311,7 @@ def face_hog(frames: np.ndarray) -> tuple[np.ndarray, list[str]]:
     (reference/meiju.md §4.3) with something that needs no download.
 
     Args:
-        frames: uint8 ``(F, H, W, 3)`` RGB, as from :func:`meiju_core.media.sample_frames`.
+        frames: uint8 ``(F, H, W, 3)`` RGB, as from :func:`meiju_core.ml.media.sample_frames`.
 
     Returns:
         float32 ``(F, 1764)`` and, per frame, ``"face"`` or ``"center"``.

@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from meiju_core import media
 from meiju_core.errors import ModelUnavailable
+from meiju_core.ml import media
 from meiju_core.settings import env_value
 
 __all__ = [
@@ -353,7 +353,7 @@ class WhisperASR:
 
         Args:
             source: a media file (audio, or a video's audio track, decoded to 16 kHz mono by
-                :func:`meiju_core.media.load_audio`), or float32 ``(S,)`` samples at 16 kHz.
+                :func:`meiju_core.ml.media.load_audio`), or float32 ``(S,)`` samples at 16 kHz.
 
         Returns:
             ``(text, info)``: ``text`` is the segments joined (simplified characters unless

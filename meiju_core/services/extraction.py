@@ -3,14 +3,14 @@
 ``extract_features`` is what ``meiju extract``, the ``extract`` background job and the demo
 build call. For each sample of the project it writes one float32 ``(T, D)`` file per modality
 under ``<data_dir>/features/project<id>/<set>/<modality>/<utt_id>.npy``
-(:class:`~meiju_core.features.store.FeatureStore`) and one ``feature_file`` row per file; the
+(:class:`~meiju_core.ml.features.store.FeatureStore`) and one ``feature_file`` row per file; the
 ``feature_set`` row records the extractor, its settings and the width ``D`` per modality.
 
 Feature sets
     ``builtin``: LSA text vectors fitted on the project's transcripts, 80-bin log-mel audio and
-    HOG faces (:mod:`meiju_core.features.builtin`); needs no download.
+    HOG faces (:mod:`meiju_core.ml.features.builtin`); needs no download.
     ``pretrained``: RoBERTa, HuBERT and CLIP from local model folders
-    (:mod:`meiju_core.features.pretrained`, configured by ``PretrainedSettings.from_env()``).
+    (:mod:`meiju_core.ml.features.pretrained`, configured by ``PretrainedSettings.from_env()``).
     When a model is not on the machine, :class:`~meiju_core.errors.ModelUnavailable` is raised
     before anything is written.
 
@@ -31,7 +31,7 @@ Resumable
 Parallel
     The media part (decoding, log-mel, face detection and HOG; for ``pretrained``, decoding and
     face crops) runs in ``workers`` processes (``concurrent.futures.ProcessPoolExecutor``,
-    spawned, each worker single-threaded; :mod:`meiju_core.features.media_pool`, which holds no
+    spawned, each worker single-threaded; :mod:`meiju_core.ml.features.media_pool`, which holds no
     store code). Default: the ``extract_workers`` setting (``MEIJU_EXTRACT_WORKERS``), 0 meaning
     one per CPU this process may use. With one worker, or a single clip, everything runs
     in-process.
@@ -50,7 +50,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,15 +59,18 @@ import numpy as np
 from sqlalchemy import delete, insert, select
 
 from db import Store
+from db import queries as q
 from db.models import FeatureFile, FeatureSet, Sample, Transcript
 from meiju_core.errors import InputError, JobError
-from meiju_core.features.media_pool import (
+from meiju_core.ml.features.media_pool import (
     MEDIA_MODALITIES,
     MediaPool,
     MediaSpec,
     media_key,
     text_key,
 )
+from meiju_core.services import projects, training
+from meiju_core.services.projects import Progress, no_progress
 from meiju_core.settings import Settings
 
 __all__ = [
@@ -75,11 +78,12 @@ __all__ = [
     "FEATURE_SETS",
     "resolve_workers",
     "extract_features",
+    "open_cards",
+    "prepare_new_samples",
     "media_key",
     "text_key",
 ]
 
-Progress = Callable[[dict[str, Any]], Any]
 
 FEATURE_SETS = ("builtin", "pretrained")
 CHUNK_SIZE = 200  # samples per committed chunk of feature_file rows
@@ -97,10 +101,6 @@ PRETRAINED_SIGNATURE = (
     "sr",
     "max_text_tokens",
 )
-
-
-def _noop(_event: dict[str, Any]) -> None:
-    return None
 
 
 def resolve_workers(requested: int | None, settings: Settings) -> int:
@@ -141,7 +141,7 @@ def extract_features(
     *,
     project_id: int,
     set_name: str = "builtin",
-    progress: Progress = _noop,
+    progress: Progress = no_progress,
     workers: int | None = None,
     chunk_size: int = CHUNK_SIZE,
 ) -> int:
@@ -158,7 +158,7 @@ def extract_features(
         JobError: cancelled through ``progress``; the chunks finished so far are kept.
     """
     workers = _check_options(settings, set_name=set_name, workers=workers, chunk_size=chunk_size)
-    from meiju_core.features.store import FeatureStore
+    from meiju_core.ml.features.store import FeatureStore
 
     pretrained = _open_pretrained() if set_name == "pretrained" else None  # before the store
     root = settings.feature_dir / f"project{project_id}"
@@ -228,7 +228,7 @@ def _open_pretrained() -> Any:
     Raises:
         ModelUnavailable: a config is not on this machine.
     """
-    from meiju_core.features.pretrained import PretrainedExtractor, PretrainedSettings
+    from meiju_core.ml.features.pretrained import PretrainedExtractor, PretrainedSettings
 
     pretrained = PretrainedExtractor(PretrainedSettings.from_env())
     _ = pretrained.dims  # raises ModelUnavailable when a config is absent
@@ -245,7 +245,7 @@ def _builtin_setup(
 ) -> _Setup:
     """The builtin set: the project's text model, loaded, or fitted on its transcripts the first
     time (then every stored text feature is stale)."""
-    from meiju_core.features.builtin import BuiltinExtractor, TextLSA
+    from meiju_core.ml.features.builtin import BuiltinExtractor, TextLSA
 
     lsa_path = folder / "text_lsa.npz"
     if fs_prev is not None and lsa_path.exists():
@@ -580,3 +580,65 @@ def _commit(store: Store, fs_id: int, done: Sequence[tuple[_Todo, list[dict[str,
         if inserts:
             s.execute(insert(FeatureFile), inserts)
     return len(inserts)
+
+
+def open_cards(store: Store, *, project_id: int) -> int | None:
+    """Open cards in the Review queue of the project's open round (None when no round is open)."""
+    with store.read() as s:
+        rnd = q.active_round(s, project_id=project_id)
+        return None if rnd is None else q.queue_size(s, round_id=rnd.id)
+
+
+def prepare_new_samples(
+    store: Store,
+    settings: Settings,
+    *,
+    project_id: int,
+    progress: Progress = no_progress,
+    cards_before: int | None = None,
+) -> dict[str, Any]:
+    """After an import: extract the features the new samples lack (the project's feature set, by
+    default builtin) and predict them with the project's current model, so they reach Review.
+
+    Returns ``{"feature_set_id", "predictions", "model_version_id", "queue_cards",
+    "new_cards", "note"}``; ``new_cards`` is the growth of the open round's queue since
+    ``cards_before``. Without a model version nothing is predicted and ``note`` says so. Raises
+    JobError when cancelled, MediaError / InputError as extraction and prediction do.
+    """
+    set_name = settings.feature_set if settings.feature_set in ("builtin", "pretrained") else None
+    out: dict[str, Any] = {"predictions": 0, "model_version_id": None, "note": None}
+    with store.read() as s:
+        mv = q.current_model(s, project_id=project_id)
+        if mv is not None and (mv.config or {}).get("feature_set_id") is None:
+            mv = None  # a model version without features (imported predictions) cannot predict
+        if mv is not None:
+            fs = s.get(FeatureSet, mv.config["feature_set_id"])
+            set_name = fs.name if fs is not None else set_name
+        mv_id = mv.id if mv is not None else None
+    if set_name in ("builtin", "pretrained"):
+        out["feature_set_id"] = extract_features(
+            store,
+            settings,
+            project_id=project_id,
+            set_name=set_name,
+            progress=projects._scaled(progress, 0.2, 0.8, "extracting features"),
+        )
+    if mv_id is None:
+        out["note"] = (
+            "the project has no model that can predict yet: train one to predict the new utterances"
+        )
+    else:
+        progress({"progress": 0.85, "message": f"predicting with model version {mv_id}"})
+        out["predictions"] = training.predict(
+            store, settings, model_version_id=mv_id, missing_only=True
+        )
+        training.evaluate(store, model_version_id=mv_id)  # labelled imports change the scores
+        out["model_version_id"] = mv_id
+    after = open_cards(store, project_id=project_id)
+    out["queue_cards"] = after
+    out["new_cards"] = (
+        None if after is None or cards_before is None else max(0, after - cards_before)
+    )
+    if after is None and out["note"] is None:
+        out["note"] = "no review round is open: open one to review the new utterances"
+    return out

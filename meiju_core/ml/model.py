@@ -79,7 +79,7 @@ class ModelConfig:
     )
     # "sequence": (T, D) steps per modality, as the baseline feeds them; "mean": one vector per
     # utterance, the masked average over valid steps (paper §II.C), computed once where features
-    # are loaded (meiju_core.train.utterance_means), never per batch.
+    # are loaded (meiju_core.ml.train.utterance_means), never per batch.
     representation: str = "sequence"
     hidden: int = 128  # embd_size_{a,v,l} = hidden_size = 128 (§5.7)
     # heads of each task's fusion self-attention: Transformer_head=2 (§5.2); the paper varies

@@ -94,7 +94,7 @@ def authenticate(
         SignInThrottled: too many recent failures for this name or this address; nothing is
             checked and the counters are left as they are.
     """
-    from meiju_core.pipeline import hash_password, verify_password
+    from meiju_core.services.users import hash_password, verify_password
 
     global _DUMMY_HASH
     keys = [f"user:{name.strip().lower()}"] + ([f"addr:{address}"] if address else [])

@@ -1,10 +1,10 @@
 """Punctuation rules for transcripts: which flags a text has, and what a rule makes of it.
 
-A *rule* applies the suggestions of some flag codes of ``meiju_core.text.flags`` (for example
+A *rule* applies the suggestions of some flag codes of ``meiju_core.ml.text.flags`` (for example
 every ``space_as_punct``: a space between two Chinese clauses becomes ``，`` or ``？``), or the whole
-:func:`meiju_core.text.suggest` fix. Everything here is text in, text out: reading the project's
+:func:`meiju_core.ml.text.suggest` fix. Everything here is text in, text out: reading the project's
 transcripts and saving a rule's changes over the store is the service
-:mod:`meiju_core.transcripts`.
+:mod:`meiju_core.services.transcripts`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from meiju_core import text
+from meiju_core.ml import text
 
 ASR_CODE = "asr_source"  # not a punctuation flag: the words came from speech recognition
 

@@ -2,11 +2,11 @@
 
 :class:`MediaPool` hands out, in order, the media results of a list of samples (their video and
 audio paths): for the ``builtin`` set the log-mel and HOG features ``{modality: (T, D)}``
-(:class:`~meiju_core.features.builtin.BuiltinExtractor`), for ``pretrained`` the model inputs
+(:class:`~meiju_core.ml.features.builtin.BuiltinExtractor`), for ``pretrained`` the model inputs
 (16 kHz waves and face crops). With more than one worker it runs them in a spawned
 ``ProcessPoolExecutor``, each worker single-threaded; with one, in this process, single-threaded
 as well, so the arrays are the same bits whatever the worker count. The job that plans the work
-and writes files and rows is the service :mod:`meiju_core.extraction`.
+and writes files and rows is the service :mod:`meiju_core.services.extraction`.
 
 The content keys that decide what is up to date (:func:`text_key`, :func:`media_key`) live here
 too: they read files, never the store.
@@ -78,7 +78,7 @@ class _MediaWorker:
         self.spec = spec
         self.extractor = None
         if spec.set_name == "builtin":
-            from meiju_core.features.builtin import BuiltinExtractor, TextLSA
+            from meiju_core.ml.features.builtin import BuiltinExtractor, TextLSA
 
             self.extractor = BuiltinExtractor(
                 TextLSA.load(spec.lsa_path), every=spec.every, sr=spec.sr
@@ -97,8 +97,8 @@ class _MediaWorker:
         return self._pretrained_inputs(sample)
 
     def _pretrained_inputs(self, sample: Mapping[str, Any]) -> tuple[dict, dict, dict]:
-        from meiju_core import media
-        from meiju_core.features.pretrained import face_crops
+        from meiju_core.ml import media
+        from meiju_core.ml.features.pretrained import face_crops
 
         arrays: dict[str, Any] = {}
         missing: dict[str, str] = {}

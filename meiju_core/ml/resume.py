@@ -1,6 +1,6 @@
 """Resumable training: the whole state of a training stage after each epoch, in one file.
 
-``meiju_core.train`` calls :func:`save` once per epoch and :func:`restore` once before its epoch
+``meiju_core.ml.train`` calls :func:`save` once per epoch and :func:`restore` once before its epoch
 loop when asked to resume. The file (``resume.pt`` in the stage's checkpoint folder) holds what an
 exact continuation needs: model, optimizer and scheduler state, the number of epochs done, the
 history, the best scores with their epochs and validation probabilities, and every random number
@@ -9,7 +9,7 @@ kill at any moment leaves either the previous epoch's state or the new one, neve
 
 A job killed mid-epoch (``kill -9`` of the worker) is re-queued by the worker and continues from
 the last finished epoch; the checkpoint folder is named after the job so the rerun finds it
-(``meiju_core.pipeline.train``). The file is removed once the stage finished.
+(``meiju_core.services.training.train``). The file is removed once the stage finished.
 
 Errors: :func:`restore` raises ``ValueError`` when the file belongs to another configuration
 (other stage, epochs or model shape), so a mismatch never continues silently.
@@ -74,7 +74,7 @@ def _arrays(probs: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
 
 def save(recipe: Any, *, epochs_done: int) -> Path:
     """Write the recipe's state after ``epochs_done`` finished epochs (rank 0 only). Returns the
-    file written. ``recipe`` is a ``meiju_core.train._StageRecipe`` in its epoch loop."""
+    file written. ``recipe`` is a ``meiju_core.ml.train._StageRecipe`` in its epoch loop."""
     target = path_in(recipe.out_dir)
     if not recipe.dist.main:
         return target

@@ -1,9 +1,9 @@
 """Punctuation rules over a project's transcripts, in two steps, so a person sees what will
 change before anything is written:
 
-1. :func:`preview_rule` reads the transcripts a rule (:mod:`meiju_core.transcript_rules`) changes
+1. :func:`preview_rule` reads the transcripts a rule (:mod:`meiju_core.ml.transcript_rules`) changes
    and returns each one's before and after text with the version it was read at;
-2. :func:`apply_changes` saves each through ``pipeline.save_transcript``, which checks that
+2. :func:`apply_changes` saves each through ``save_transcript``, which checks that
    version: a transcript someone saved in between is skipped and reported, never overwritten.
    Every save is recorded as a ``transcript_edit`` with its kind, editor and time.
 """
@@ -14,12 +14,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from db import Store, views
-from meiju_core import pipeline
-from meiju_core.errors import MeijuError, StaleEdit
-from meiju_core.transcript_rules import Rule, apply_rule
+from sqlalchemy import select
 
-__all__ = ["BulkResult", "Change", "apply_changes", "preview_rule"]
+from db import Store, views
+from db import queries as q
+from db.models import Transcript, TranscriptEdit, utcnow
+from meiju_core.errors import InputError, MeijuError, StaleEdit
+from meiju_core.ml.transcript_rules import Rule, apply_rule
+
+__all__ = ["BulkResult", "Change", "apply_changes", "preview_rule", "save_transcript"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ def apply_changes(
     user: dict[str, Any] | None,
     progress: Callable[[int, int], Any] | None = None,
 ) -> BulkResult:
-    """Save each change through ``pipeline.save_transcript`` against the version it was read at.
+    """Save each change through ``save_transcript`` against the version it was read at.
 
     A transcript saved by someone else since the preview is skipped (``stale``); HTML or another
     refused text goes to ``failed``. ``progress(done, total)`` is called after each one.
@@ -74,7 +77,7 @@ def apply_changes(
     result = BulkResult()
     for k, c in enumerate(changes, 1):
         try:
-            version = pipeline.save_transcript(
+            version = save_transcript(
                 store,
                 sample_id=c.sample_id,
                 text=c.after,
@@ -93,3 +96,51 @@ def apply_changes(
         if progress is not None:
             progress(k, len(changes))
     return result
+
+
+def save_transcript(
+    store: Store, *, sample_id: int, text: str, expected_version: int, user: dict[str, Any] | None
+) -> int:
+    """Save a transcript edit if nobody saved since ``expected_version``; records the edit with
+    its kind (punctuation-only or lexical), editor and time. Returns the new version.
+    Raises StaleEdit when the stored version moved on, InputError on HTML or a control or
+    invisible character (NUL, a line break, U+202E)."""
+    from meiju_core.ml.text import has_html, is_punctuation_only_change
+    from meiju_core.validate import text_problem
+
+    if has_html(text):
+        raise InputError("transcripts are plain text; remove the HTML markup", field="text")
+    if text_problem(text):
+        raise InputError(text_problem(text), field="text")
+    with store.write() as s:
+        tr = s.scalars(select(Transcript).where(Transcript.sample_id == sample_id)).one()
+        if tr.version != expected_version:
+            raise StaleEdit(
+                f"transcript of sample {sample_id} was saved by someone else "
+                f"(version {tr.version}, you edited {expected_version}); reload"
+            )
+        if tr.text == text:
+            return tr.version
+        kind = "punctuation" if is_punctuation_only_change(tr.text, text) else "lexical"
+        s.add(
+            TranscriptEdit(
+                transcript_id=tr.id,
+                before=tr.text,
+                after=text,
+                kind=kind,
+                editor_id=(user or {}).get("id"),
+            )
+        )
+        tr.text, tr.updated_at, tr.updated_by = text, utcnow(), (user or {}).get("id")
+        if tr.source != "manual" and kind == "lexical":
+            tr.source = "manual"
+        s.flush()
+        q.audit(
+            s,
+            user_id=(user or {}).get("id"),
+            action="edit_transcript",
+            entity="transcript",
+            entity_id=tr.id,
+            payload={"kind": kind},
+        )
+        return tr.version

@@ -77,7 +77,7 @@ class System:
 
     Attributes:
         key: cache and row key.
-        preset: ``"paper"`` or ``"baseline"`` (``meiju_core.pipeline.presets``).
+        preset: ``"paper"`` or ``"baseline"`` (``meiju_core.services.training.presets``).
         model: ``ModelConfig`` overrides (``text_kernels``, ``emotion_heads``, ``intent_heads``).
         stage2: ``"pseudo"`` (gold + pseudo-labels), ``"gold"`` (gold only), or ``None``.
         confidence: ``"raw"`` or ``"calibrated"`` for the pseudo-label rule.
@@ -170,13 +170,13 @@ def _load(store, project_id: int, feature_set: str) -> _Splits:
     from sqlalchemy import select
 
     from db.models import Sample, Transcript
-    from meiju_core import pipeline
+    from meiju_core.services import projects, training
 
-    schema = pipeline.schema_of(store, project_id)
-    fs_id = pipeline._feature_set_id(store, project_id, feature_set)
+    schema = projects.schema_of(store, project_id)
+    fs_id = training._feature_set_id(store, project_id, feature_set)
     parts = {}
     for split in ("train", "valid", "test", "pool"):
-        parts[split] = pipeline.load_split(
+        parts[split] = training.load_split(
             store,
             project_id=project_id,
             split=split,
@@ -205,7 +205,7 @@ def _load(store, project_id: int, feature_set: str) -> _Splits:
         parts["test"].data,
         parts["pool"].data,
         texts,
-        pipeline._feature_dims(store, fs_id),
+        training._feature_dims(store, fs_id),
         schema,
     )
 
@@ -235,7 +235,7 @@ class _Runner:
         self.heads = tuple(data.schema.head_names)
 
     def _configs(self, system: System, stage: int, seed: int):
-        from meiju_core.pipeline import presets
+        from meiju_core.services.training import presets
 
         return presets(
             system.preset,
@@ -252,7 +252,7 @@ class _Runner:
     def run(self, system: System, stage: int, seed: int, train, init_from=None) -> dict:
         """Train one stage, or load it: {"dir", "probs": {split: {head: (N, K)}}, "valid",
         "test", "seconds", ...}."""
-        from meiju_core import train as tr
+        from meiju_core.ml import train as tr
 
         mcfg, tcfg = self._configs(system, stage, seed)
         key = _key(
@@ -288,7 +288,7 @@ class _Runner:
             init_from=init_from,
             schema=self.d.schema,
         )
-        from meiju_core import resume
+        from meiju_core.ml import resume
 
         resume.discard(run_dir)  # the run is cached whole; no epoch to resume
         ckpt = result.best_joint_path  # set whenever fit trained an epoch (epochs >= 1 here)
@@ -328,13 +328,13 @@ class _Runner:
     def pseudo_labelled(self, stage1: dict, confidence: str) -> tuple[Any, dict]:
         """Gold train + the pool samples the paper's rule takes from ``stage1``'s predictions,
         and a summary (accepted per head and class, precision against withheld labels)."""
-        from meiju_core.pseudo import (
+        from meiju_core.ml.pseudo import (
             apply_temperature,
             compute_quotas,
             select_joint,
             temperature_scale,
         )
-        from meiju_core.train import TrainData
+        from meiju_core.ml.train import TrainData
 
         pool = self.d.pool
         if not len(pool) or "pool" not in stage1["probs"]:
@@ -423,7 +423,7 @@ def _unflatten(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]
 
 
 def _score(labels: dict[str, np.ndarray], pred: dict[str, np.ndarray], heads) -> dict[str, float]:
-    from meiju_core.metrics import head_f1, joint_score
+    from meiju_core.ml.metrics import head_f1, joint_score
 
     f1 = {}
     for h in heads:
@@ -444,7 +444,7 @@ def linear_reference(data: _Splits, *, seed: int) -> dict[str, Any]:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    from meiju_core.metrics import head_f1
+    from meiju_core.ml.metrics import head_f1
 
     vec = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), min_df=2, sublinear_tf=True)
     x_train = vec.fit_transform(data.texts["train"])
@@ -613,7 +613,7 @@ def _rows_of_seed(final: dict[str, dict], stage1: dict, data: _Splits, heads) ->
     for split, d in (("valid", data.valid), ("test", data.test)):
         y = d.labels[second]
         known = y >= 0
-        from meiju_core.metrics import head_f1
+        from meiju_core.ml.metrics import head_f1
 
         out.setdefault("intent_fused", {})[split] = {
             "emotion": None,

@@ -1,4 +1,4 @@
-"""Two-stage training of :class:`meiju_core.model.JointModel`, as the official baseline runs it and
+"""Two-stage training of :class:`meiju_core.ml.model.JointModel`, as the official baseline runs it and
 as the Track I winner extends it (reference/meiju.md §5.6-§5.8 and §8).
 
 One recipe serves both stages (``stage`` 1 or 2), the CLI, the worker and the tests::
@@ -33,8 +33,8 @@ One recipe serves both stages (``stage`` 1 or 2), the CLI, the worker and the te
 Checkpoint files in ``out_dir`` (written atomically, each a ``torch.save`` dict, see
 :func:`load_checkpoint`): ``best_joint.pt``, ``best_emotion.pt``, ``best_intent.pt``.
 
-The data it trains on (:class:`~meiju_core.data.TrainData`), batching and the ``.npz`` file of
-the torchrun entry point live in :mod:`meiju_core.data`; their names stay importable from here.
+The data it trains on (:class:`~meiju_core.ml.data.TrainData`), batching and the ``.npz`` file of
+the torchrun entry point live in :mod:`meiju_core.ml.data`; their names stay importable from here.
 
 Notation: N utterances, T steps, D feature size, K classes of a head.
 """
@@ -59,20 +59,20 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from meiju_core import resume as resume_state
-from meiju_core.data import (
+from meiju_core.ml import resume as resume_state
+from meiju_core.ml.data import (
     Prepared,
     check_features,
     epoch_batches,
     feature_scales,
     utterance_means,
 )
-from meiju_core.data import TrainData as TrainData  # the data names stay importable from train
-from meiju_core.data import collate as collate
-from meiju_core.data import load_npz as load_npz
-from meiju_core.data import save_npz as save_npz
-from meiju_core.metrics import evaluate, head_f1, joint_score
-from meiju_core.model import JointBatch, JointModel, ModelConfig
+from meiju_core.ml.data import TrainData as TrainData  # the data names stay importable from train
+from meiju_core.ml.data import collate as collate
+from meiju_core.ml.data import load_npz as load_npz
+from meiju_core.ml.data import save_npz as save_npz
+from meiju_core.ml.metrics import evaluate, head_f1, joint_score
+from meiju_core.ml.model import JointBatch, JointModel, ModelConfig
 from meiju_core.schema import LabelSchema
 
 CHECKPOINT_FORMAT = 2  # 2: one interaction per task, representation, stage2_init (0.2)
@@ -195,7 +195,7 @@ class TrainResult:
         stage: 1 or 2.
         best_joint_path, best_emotion_path, best_intent_path: checkpoints of the epochs with the
             best validation joint score, emotion F1 and intent F1 (None if no epoch finished).
-        metrics: :func:`meiju_core.metrics.evaluate` on valid of what :attr:`checkpoint_paths`
+        metrics: :func:`meiju_core.ml.metrics.evaluate` on valid of what :attr:`checkpoint_paths`
             predicts: the best-joint epoch, or with ``select_per_head`` emotion from the
             best-emotion epoch and intent from the best-intent one (then ``metrics["optimistic"]``
             is True: those epochs were chosen on the same valid split); ``{}`` if none.
@@ -518,7 +518,7 @@ class _StageRecipe:
         )
         self.train_data, self.valid_data = train, valid
         self.pretrain = stage == 1 and model_config.pretrain_stage1
-        self.resume = resume  # continue from out_dir's resume file (meiju_core.resume)
+        self.resume = resume  # continue from out_dir's resume file (meiju_core.ml.resume)
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -823,7 +823,7 @@ def fit(
             ``TrainResult.cancelled`` set.
         schema: class names (default MEIJU Track I); stored in the checkpoints.
         resume: continue from ``out_dir``'s resume file (written after every epoch: model,
-            optimizer, scheduler, RNG and epoch; see :mod:`meiju_core.resume`) when there is one.
+            optimizer, scheduler, RNG and epoch; see :mod:`meiju_core.ml.resume`) when there is one.
     Returns:
         A :class:`TrainResult`. Under DDP only rank 0's has metrics.
     Raises:
@@ -858,7 +858,7 @@ def fit(
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m meiju_core.train",
+        prog="python -m meiju_core.ml.train",
         description=("Train one stage. Runs as-is under torchrun --nproc_per_node N."),
     )
     p.add_argument(

@@ -1,0 +1,610 @@
+"""Training over the store (DESIGN.md, "The loop the product serves": train stage 1, predict the
+pool, retrain stage 2, compare, promote).
+
+Loads a split's features and labels from the store (:func:`load_split`), trains stage 1 or stage 2
+with :mod:`meiju_core.ml.train` (:func:`train`), predicts every sample (:func:`predict`), scores a
+model version on valid and test (:func:`evaluate`) and promotes it (:func:`promote`). torch and the
+model are imported inside the functions that need them, so importing this module is cheap enough
+for the Streamlit process.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, insert, select
+
+from db import Store
+from db import queries as q
+from db.models import (
+    FeatureFile,
+    FeatureSet,
+    GoldLabel,
+    ModelVersion,
+    Prediction,
+    Project,
+    PseudoLabel,
+    ReviewRound,
+    Sample,
+)
+from meiju_core.errors import InputError, JobError
+from meiju_core.schema import MODALITIES, LabelSchema
+from meiju_core.services import ensembles, projects, users
+from meiju_core.services.projects import Progress, no_progress
+from meiju_core.settings import Settings
+
+
+@dataclass
+class SplitData:
+    """Arrays of one split, ready for ``meiju_core.ml.train``; ``sample_ids`` align with rows."""
+
+    sample_ids: list[int]
+    data: Any  # meiju_core.ml.train.TrainData
+
+
+def load_split(
+    store: Store,
+    *,
+    project_id: int,
+    split: str | tuple[str, ...],
+    feature_set_id: int,
+    schema: LabelSchema,
+    round_id: int | None = None,
+    with_gold: bool = True,
+    progress: Progress | None = None,
+    span: tuple[float, float] = (0.0, 1.0),
+    only: set[int] | None = None,
+) -> SplitData:
+    """Features and labels of one or more splits (of the samples in ``only`` when given).
+
+    ``progress`` (optional) hears ``{"progress", "message"}`` while the feature files load, the
+    fraction mapped into ``span``.
+
+    Gold labels come from ``gold_label``; with ``round_id``, accepted pseudo-labels of that round
+    are added per head (a label accepted for one head trains only that head). Pool samples with
+    no accepted pseudo-label for any head are left out when ``round_id`` is given.
+    """
+    from meiju_core.ml.train import TrainData
+
+    splits = (split,) if isinstance(split, str) else tuple(split)
+    with store.read() as s:
+        samples = s.execute(
+            select(Sample.id, Sample.utt_id)
+            .where(Sample.project_id == project_id, Sample.split.in_(splits))
+            .order_by(Sample.id)
+        ).all()
+        labels: dict[tuple[int, str], str] = {}
+        if with_gold:
+            for sid, head, label in s.execute(
+                select(GoldLabel.sample_id, GoldLabel.head, GoldLabel.label)
+                .join(Sample, Sample.id == GoldLabel.sample_id)
+                .where(Sample.project_id == project_id, Sample.split.in_(splits))
+            ):
+                labels[(sid, head)] = label
+        if round_id is not None:
+            for sid, head, label in s.execute(
+                select(PseudoLabel.sample_id, PseudoLabel.head, PseudoLabel.label).where(
+                    PseudoLabel.round_id == round_id, PseudoLabel.state == "accepted"
+                )
+            ):
+                labels.setdefault((sid, head), label)
+        files = {
+            (f.sample_id, f.modality): f.path
+            for f in s.scalars(
+                select(FeatureFile).where(FeatureFile.feature_set_id == feature_set_id)
+            )
+        }
+        dims = dict(s.get(FeatureSet, feature_set_id).dims or {})
+    if round_id is not None:
+        labelled = {sid for sid, _ in labels}
+        samples = [r for r in samples if r.id in labelled]
+    if only is not None:
+        samples = [r for r in samples if r.id in only]
+    ids = [r.id for r in samples]
+    feats: dict[str, list[np.ndarray | None]] = {m: [] for m in MODALITIES if m in dims}
+    last = time.monotonic()
+    for k, sid in enumerate(ids):
+        if progress is not None and time.monotonic() - last >= 1.0:
+            last = time.monotonic()
+            lo, hi = span
+            progress(
+                {
+                    "progress": lo + (hi - lo) * k / len(ids),
+                    "message": f"loading {'+'.join(splits)} features: {k} of {len(ids)}",
+                }
+            )
+        for m in feats:
+            path = files.get((sid, m))
+            feats[m].append(np.load(path) if path else None)
+    lab = {
+        head: np.array(
+            [
+                schema.index(head, labels[(sid, head)]) if (sid, head) in labels else -1
+                for sid in ids
+            ],
+            dtype=np.int64,
+        )
+        for head in schema.head_names
+    }
+    data = TrainData(ids=[r.utt_id for r in samples], features=feats, labels=lab)
+    return SplitData(sample_ids=ids, data=data)
+
+
+def train(
+    store: Store,
+    settings: Settings,
+    *,
+    project_id: int,
+    stage: int = 1,
+    preset: str | None = None,
+    round_id: int | None = None,
+    job_id: int | None = None,
+    epochs: int | None = None,
+    progress: Progress = no_progress,
+    resume: bool = False,
+    threads: int | None = None,
+) -> int:
+    """Train stage 1 (gold) or stage 2 (gold + accepted pseudo-labels of ``round_id``), register a
+    model version with its metrics on valid and test, and predict every sample.
+
+    Stage 2 starts from the round's model (or the current one) and keeps its architecture: the
+    paper preset fine-tunes every stage-1 weight, the baseline preset takes the encoders and
+    fusion layers of its pretrain model (``ModelConfig.stage2_init``). A job's checkpoints go to a
+    folder named after the job (``stage2-paper-job17``), so with ``resume`` a re-queued job
+    continues from its last finished epoch (``meiju_core.ml.resume``). ``threads`` caps torch's CPU
+    threads (the worker passes its ``job_threads`` setting so a retrain does not starve the app).
+    Returns the new model version id. Raises JobError when cancelled, InputError when the project
+    has no features or no labels, or when stage 2 would start from an ensemble version (it has no
+    weights of its own: open the round on one of its members), ValueError when the resume file
+    belongs to another schedule.
+    """
+    from meiju_core.ml import train as tr
+
+    schema = projects.schema_of(store, project_id)
+    if preset is None:  # the project's own choice (the CPU demo uses "fast"), else the paper's
+        with store.read() as s:
+            preset = (s.get(Project, project_id).settings or {}).get("preset", "paper")
+    fs_id = _feature_set_id(store, project_id, settings.feature_set)
+    if stage == 2 and round_id is None:
+        with store.read() as s:
+            rnd = q.active_round(s, project_id=project_id)
+            round_id = rnd.id if rnd else None
+    progress({"progress": 0.0, "message": "loading features"})
+    train_split = load_split(
+        store,
+        project_id=project_id,
+        split="train",
+        feature_set_id=fs_id,
+        schema=schema,
+        progress=progress,
+        span=(0.0, 0.03),
+    )
+    if stage == 2 and round_id is not None:
+        pseudo = load_split(
+            store,
+            project_id=project_id,
+            split="pool",
+            feature_set_id=fs_id,
+            schema=schema,
+            round_id=round_id,
+            with_gold=False,
+            progress=progress,
+            span=(0.03, 0.04),
+        )
+        train_split = _concat(train_split, pseudo)
+    valid = load_split(
+        store,
+        project_id=project_id,
+        split="valid",
+        feature_set_id=fs_id,
+        schema=schema,
+        progress=progress,
+        span=(0.04, 0.05),
+    )
+    if not train_split.sample_ids or not valid.sample_ids:
+        raise InputError("the project needs labelled train and valid samples to train")
+    init_from, base_model = None, None
+    if stage == 2:
+        init_from, base_model = _stage1_checkpoint(store, project_id, round_id)
+    dims = _feature_dims(store, fs_id)
+    model_config, train_config = presets(
+        preset,
+        stage=stage,
+        input_dims=dims,
+        num_classes={h: schema.num_classes(h) for h in schema.head_names},
+        seed=settings.seed,
+        device=settings.device,
+        epochs=epochs,
+        threads=threads,
+    )
+    name = f"stage{stage}-{preset}-" + (
+        f"job{job_id}" if job_id is not None else time.strftime("%Y%m%d-%H%M%S")
+    )
+    if base_model is not None and base_model.get("input_dims") == dims:
+        # stage 2 continues the stage-1 system, whatever its heads or text encoder
+        from meiju_core.ml.model import ModelConfig
+
+        model_config = ModelConfig.from_dict({**base_model, "noise_scale": {}})
+    out_dir = settings.checkpoint_dir / f"project{project_id}" / name
+
+    def on_epoch(event: dict[str, Any]) -> Any:
+        frac = event.get("epoch", 0) / max(1, event.get("epochs", 1))
+        return progress(
+            {
+                "progress": 0.05 + 0.85 * frac,
+                "stage": stage,
+                **event,
+                "message": f"stage {stage} epoch {event.get('epoch')}/{event.get('epochs')}",
+            }
+        )
+
+    t0 = time.perf_counter()
+    result = tr.fit(
+        train_split.data,
+        valid.data,
+        model_config=model_config,
+        train_config=train_config,
+        stage=stage,
+        out_dir=out_dir,
+        init_from=init_from,
+        callback=on_epoch,
+        schema=schema,
+        resume=resume,
+    )
+    seconds = time.perf_counter() - t0
+    if getattr(result, "cancelled", False):
+        raise JobError("training was cancelled")
+    from meiju_core.ml import resume as resume_state
+
+    resume_state.discard(out_dir)
+    snapshot = _snapshot(train_split.data, schema, round_id)
+    with store.write() as s:
+        mv = ModelVersion(
+            project_id=project_id,
+            name=name,
+            stage=stage,
+            preset=preset,
+            config={
+                "model": _plain(model_config),
+                "train": train_config.to_dict(),
+                "feature_set_id": fs_id,
+                "schema": schema.to_dict(),
+                # head -> checkpoint (the best-joint epoch, or per-head bests when asked)
+                "checkpoints": {h: str(p) for h, p in result.checkpoint_paths.items()},
+                "valid_during_training": result.metrics,
+                "samples_per_second": result.samples_per_second,
+            },
+            checkpoint_path=str(result.best_joint_path),
+            snapshot=snapshot,
+            job_id=job_id,
+            train_seconds=seconds,
+            metrics={},
+        )
+        s.add(mv)
+        s.flush()
+        mv_id = mv.id
+    progress({"progress": 0.92, "message": "predicting every sample"})
+    predict(store, settings, model_version_id=mv_id, result=result)
+    evaluate(store, model_version_id=mv_id)
+    progress({"progress": 1.0, "message": f"model version {mv_id} ready"})
+    return mv_id
+
+
+PRESETS = ("paper", "baseline", "fast")
+
+
+def presets(
+    preset: str,
+    *,
+    stage: int,
+    input_dims: dict[str, int],
+    num_classes: dict[str, int],
+    seed: int = 336,
+    device: str = "auto",
+    epochs: int | None = None,
+    model_overrides: dict[str, Any] | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    threads: int | None = None,
+):
+    """Model and training configs of a preset: ``paper`` (one system of the Track I winner:
+    ``ModelConfig.paper`` and ``TrainConfig.paper``), ``baseline`` (the official MEIJU baseline
+    exactly) or ``fast`` (the paper system on a short schedule, for CPU demos). ``epochs``
+    shortens any schedule (a third flat, the rest decaying); ``model_overrides`` /
+    ``train_overrides`` replace fields (``emotion_heads``, ``intent_heads`` and ``text_kernels``
+    are the paper preset's arguments); ``threads`` caps torch's CPU threads. Raises InputError for
+    an unknown preset or field."""
+    from meiju_core.ml.model import ModelConfig
+    from meiju_core.ml.train import TrainConfig
+
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}; presets are {list(PRESETS)}", field="preset")
+    overrides: dict[str, Any] = {"seed": seed, "device": device}
+    if threads:
+        overrides["threads"] = int(threads)
+    if epochs is not None:
+        overrides |= {"epochs_flat": epochs // 3, "epochs_decay": epochs - epochs // 3}
+    overrides |= dict(train_overrides or {})
+    model_cls = ModelConfig.baseline if preset == "baseline" else ModelConfig.paper
+    try:
+        model_config = model_cls(input_dims, num_classes, **(model_overrides or {}))
+        train_config = getattr(TrainConfig, preset)(stage, **overrides)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"preset {preset!r}: {e}", field="preset") from None
+    return model_config, train_config
+
+
+def _feature_set_id(store: Store, project_id: int, name: str) -> int:
+    with store.read() as s:
+        fs = s.scalars(
+            select(FeatureSet).where(FeatureSet.project_id == project_id, FeatureSet.name == name)
+        ).first()
+    if fs is None:
+        raise InputError(
+            f"project {project_id} has no feature set {name!r}; run `meiju extract` first",
+            field="feature_set",
+        )
+    return fs.id
+
+
+def _feature_dims(store: Store, fs_id: int) -> dict[str, int]:
+    with store.read() as s:
+        dims = dict(s.get(FeatureSet, fs_id).dims or {})
+    return {m: int(dims[m]) for m in MODALITIES if m in dims}
+
+
+def _stage1_checkpoint(
+    store: Store, project_id: int, round_id: int | None
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """(checkpoint, model config dict) of the model stage 2 starts from: the round's, else the
+    current one; (None, None) when the project has none.
+
+    Raises:
+        InputError: that model version is an ensemble (it has no weights of its own).
+    """
+    with store.read() as s:
+        mv = None
+        if round_id is not None:
+            mv = s.get(ModelVersion, s.get(ReviewRound, round_id).model_version_id)
+        mv = mv or q.current_model(s, project_id=project_id)
+        if mv is None:
+            return None, None
+        if mv.preset == ensembles.ENSEMBLE:
+            members = sorted({m for ids in mv.config["members"].values() for m in ids})
+            raise InputError(
+                f"model version {mv.id} is an ensemble of versions {members}; stage 2 fine-tunes "
+                "one trained system: open the round on one of its members",
+                field="model_version",
+            )
+        return Path(mv.checkpoint_path), (mv.config or {}).get("model")
+
+
+def _concat(a: SplitData, b: SplitData) -> SplitData:
+    from meiju_core.ml.train import TrainData
+
+    data = TrainData(
+        ids=a.data.ids + b.data.ids,
+        features={m: a.data.features[m] + b.data.features[m] for m in a.data.features},
+        labels={h: np.concatenate([a.data.labels[h], b.data.labels[h]]) for h in a.data.labels},
+    )
+    return SplitData(sample_ids=a.sample_ids + b.sample_ids, data=data)
+
+
+def _snapshot(data: Any, schema: LabelSchema, round_id: int | None) -> dict[str, Any]:
+    counts = {}
+    for head in schema.head_names:
+        y = data.labels[head]
+        counts[head] = {c: int((y == k).sum()) for k, c in enumerate(schema.classes(head))}
+    return {"n_samples": len(data.ids), "labels": counts, "round_id": round_id}
+
+
+def _plain(obj: Any) -> Any:
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj):
+        return {k: _plain(v) for k, v in dataclasses.asdict(obj).items()}
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def predict(
+    store: Store,
+    settings: Settings,
+    *,
+    model_version_id: int,
+    result: Any = None,
+    splits: tuple[str, ...] = ("train", "valid", "test", "pool"),
+    missing_only: bool = False,
+) -> int:
+    """Write every sample's per-head probabilities, argmax label and confidence for one model
+    version (replacing any it had). Returns the number of prediction rows written.
+
+    With ``settings.calibrate`` (the default), each head's probabilities are temperature-scaled
+    first: one temperature per head fitted on the valid split's gold labels
+    (``meiju_core.ml.pseudo.temperature_scale``; Guo et al. 2017; ours, not the paper's), recorded in
+    the model version's ``config["temperature"]``. Argmax labels, and so every F1, are unchanged.
+
+    An ensemble version (:func:`create_ensemble`) is predicted from its members: each member is
+    predicted first where it lacks rows, then each head's probabilities are the mean of its
+    members' stored probabilities (no further calibration); for a head with several members each
+    member's class goes to ``prediction.paths`` (the review queue's disagreement filter).
+
+    With ``missing_only`` (after an import), only samples without a prediction of this model
+    version are predicted, with the temperatures already stored; the other rows stay.
+
+    Raises:
+        InputError: a member of an ensemble no longer exists.
+    """
+    from meiju_core.ml import train as tr
+
+    only = None
+    with store.read() as s:
+        mv = s.get(ModelVersion, model_version_id)
+        project_id, fs_id = mv.project_id, mv.config["feature_set_id"]
+        checkpoint = mv.config.get("checkpoints") or mv.checkpoint_path
+        stored_temperatures = mv.config.get("temperature") or {}
+        is_ensemble = mv.preset == ensembles.ENSEMBLE
+        if missing_only:
+            have = select(Prediction.sample_id).where(
+                Prediction.model_version_id == model_version_id
+            )
+            only = set(
+                s.scalars(
+                    select(Sample.id).where(
+                        Sample.project_id == project_id,
+                        Sample.split.in_(splits),
+                        Sample.id.not_in(have),
+                    )
+                )
+            )
+    if only is not None and not only:
+        return 0
+    if is_ensemble:  # members predicted where they lack rows, then every row re-averaged
+        return ensembles._predict_ensemble(
+            store, settings, model_version_id=model_version_id, splits=splits
+        )
+    schema = projects.schema_of(store, project_id)
+    split = load_split(
+        store,
+        project_id=project_id,
+        split=splits,
+        feature_set_id=fs_id,
+        schema=schema,
+        with_gold=False,
+        only=only,
+    )
+    probs = tr.predict(
+        result if result is not None else checkpoint, split.data, device=settings.device
+    )
+    if only is not None:
+        temperatures = dict(stored_temperatures)
+    else:
+        temperatures = (
+            ensembles._fit_temperatures(store, project_id, schema, split.sample_ids, probs)
+            if settings.calibrate
+            else {}
+        )
+    scaled = {}
+    for head in schema.head_names:
+        p = np.asarray(probs[head], dtype=np.float64)
+        if head in temperatures:
+            from meiju_core.ml.pseudo import apply_temperature
+
+            p = apply_temperature(
+                p / p.sum(axis=1, keepdims=True), temperatures[head], kind="probs"
+            )
+        scaled[head] = p
+    n = _write_predictions(
+        store, model_version_id, schema, split.sample_ids, scaled, replace=only is None
+    )
+    if only is None:
+        with store.write() as s:
+            mv = s.get(ModelVersion, model_version_id)
+            mv.config = {**mv.config, "temperature": temperatures or None}
+    return n
+
+
+def _write_predictions(
+    store: Store,
+    model_version_id: int,
+    schema: LabelSchema,
+    sample_ids: list[int],
+    probs: dict[str, np.ndarray],
+    paths: dict[str, list[np.ndarray]] | None = None,
+    *,
+    replace: bool = True,
+) -> int:
+    """Write a version's prediction rows: ``probs[head]`` float (N, K) aligned with
+    ``sample_ids``; ``paths[head]`` one int (N,) argmax array per member (ensembles). With
+    ``replace`` every older row of the version goes first; without, the rows are added."""
+    rows = []
+    for head in schema.head_names:
+        p = probs[head]
+        arg = p.argmax(axis=1)
+        classes = schema.classes(head)
+        member_args = (paths or {}).get(head) or []
+        for i, sid in enumerate(sample_ids):
+            rows.append(
+                {
+                    "model_version_id": model_version_id,
+                    "sample_id": sid,
+                    "head": head,
+                    "label": classes[arg[i]],
+                    "confidence": float(p[i, arg[i]]),
+                    "probs": [round(float(v), 6) for v in p[i]],
+                    "paths": [classes[a[i]] for a in member_args] if len(member_args) > 1 else None,
+                }
+            )
+    with store.write() as s:
+        if replace:
+            s.execute(delete(Prediction).where(Prediction.model_version_id == model_version_id))
+        for start in range(0, len(rows), 5000):
+            s.execute(insert(Prediction), rows[start : start + 5000])
+    return len(rows)
+
+
+def evaluate(store: Store, *, model_version_id: int) -> dict[str, Any]:
+    """Score a model version's stored predictions against gold labels on valid and test; the
+    report (weighted F1 per head, joint score, per-class figures, confusion matrices) is saved in
+    ``model_version.metrics`` and returned."""
+    from meiju_core.ml.metrics import evaluate as score
+
+    with store.read() as s:
+        mv = s.get(ModelVersion, model_version_id)
+        schema = LabelSchema.from_dict(mv.config["schema"])
+        rows = s.execute(
+            select(Sample.split, Prediction.sample_id, Prediction.head, Prediction.label)
+            .join(Sample, Sample.id == Prediction.sample_id)
+            .where(
+                Prediction.model_version_id == model_version_id, Sample.split.in_(("valid", "test"))
+            )
+        ).all()
+        gold = {
+            (g.sample_id, g.head): g.label
+            for g in s.scalars(
+                select(GoldLabel)
+                .join(Sample, Sample.id == GoldLabel.sample_id)
+                .where(Sample.project_id == mv.project_id, Sample.split.in_(("valid", "test")))
+            )
+        }
+    metrics: dict[str, Any] = {}
+    for split in ("valid", "test"):
+        by_sample: dict[int, dict[str, str]] = {}
+        for sp, sid, head, label in rows:
+            if sp == split:
+                by_sample.setdefault(sid, {})[head] = label
+        if not by_sample:
+            continue
+        ids = sorted(by_sample)
+        y_true = {
+            h: np.array([schema.index(h, gold[(i, h)]) if (i, h) in gold else -1 for i in ids])
+            for h in schema.head_names
+        }
+        y_pred = {
+            h: np.array([schema.index(h, by_sample[i][h]) for i in ids]) for h in schema.head_names
+        }
+        metrics[split] = score(y_true, y_pred, schema.to_dict())
+        metrics[split]["n"] = len(ids)
+    with store.write() as s:
+        s.get(ModelVersion, model_version_id).metrics = metrics
+    return metrics
+
+
+def promote(store: Store, *, model_version_id: int, user: dict[str, Any] | None) -> None:
+    """Make ``model_version_id`` the promoted model (the previous one is archived).
+
+    Raises:
+        PermissionDenied: ``user`` is given and is not an admin in the store.
+    """
+    if user is not None:
+        users.require_admin(user, "promote a model version", store=store)
+    with store.write() as s:
+        q.promote(s, model_version_id=model_version_id, user_id=(user or {}).get("id"))
