@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, insert, select
+from sqlalchemy.orm import Session
 
 from db import Store
 from db import queries as q
@@ -77,21 +78,7 @@ def load_split(
             .where(Sample.project_id == project_id, Sample.split.in_(splits))
             .order_by(Sample.id)
         ).all()
-        labels: dict[tuple[int, str], str] = {}
-        if with_gold:
-            for sid, head, label in s.execute(
-                select(GoldLabel.sample_id, GoldLabel.head, GoldLabel.label)
-                .join(Sample, Sample.id == GoldLabel.sample_id)
-                .where(Sample.project_id == project_id, Sample.split.in_(splits))
-            ):
-                labels[(sid, head)] = label
-        if round_id is not None:
-            for sid, head, label in s.execute(
-                select(PseudoLabel.sample_id, PseudoLabel.head, PseudoLabel.label).where(
-                    PseudoLabel.round_id == round_id, PseudoLabel.state == "accepted"
-                )
-            ):
-                labels.setdefault((sid, head), label)
+        labels = _split_labels(s, project_id, splits, with_gold=with_gold, round_id=round_id)
         files = {
             (f.sample_id, f.modality): f.path
             for f in s.scalars(
@@ -105,21 +92,8 @@ def load_split(
     if only is not None:
         samples = [r for r in samples if r.id in only]
     ids = [r.id for r in samples]
-    feats: dict[str, list[np.ndarray | None]] = {m: [] for m in MODALITIES if m in dims}
-    last = time.monotonic()
-    for k, sid in enumerate(ids):
-        if progress is not None and time.monotonic() - last >= 1.0:
-            last = time.monotonic()
-            lo, hi = span
-            progress(
-                {
-                    "progress": lo + (hi - lo) * k / len(ids),
-                    "message": f"loading {'+'.join(splits)} features: {k} of {len(ids)}",
-                }
-            )
-        for m in feats:
-            path = files.get((sid, m))
-            feats[m].append(np.load(path) if path else None)
+    modalities = [m for m in MODALITIES if m in dims]
+    feats = _load_features(ids, files, modalities, progress, span, what="+".join(splits))
     lab = {
         head: np.array(
             [
@@ -132,6 +106,58 @@ def load_split(
     }
     data = TrainData(ids=[r.utt_id for r in samples], features=feats, labels=lab)
     return SplitData(sample_ids=ids, data=data)
+
+
+def _split_labels(
+    s: Session, project_id: int, splits: tuple[str, ...], *, with_gold: bool, round_id: int | None
+) -> dict[tuple[int, str], str]:
+    """{(sample id, head): label} of the splits: gold labels (with ``with_gold``), then the
+    pseudo-labels accepted in ``round_id`` where a head has no gold label."""
+    labels: dict[tuple[int, str], str] = {}
+    if with_gold:
+        for sid, head, label in s.execute(
+            select(GoldLabel.sample_id, GoldLabel.head, GoldLabel.label)
+            .join(Sample, Sample.id == GoldLabel.sample_id)
+            .where(Sample.project_id == project_id, Sample.split.in_(splits))
+        ):
+            labels[(sid, head)] = label
+    if round_id is not None:
+        for sid, head, label in s.execute(
+            select(PseudoLabel.sample_id, PseudoLabel.head, PseudoLabel.label).where(
+                PseudoLabel.round_id == round_id, PseudoLabel.state == "accepted"
+            )
+        ):
+            labels.setdefault((sid, head), label)
+    return labels
+
+
+def _load_features(
+    ids: list[int],
+    files: dict[tuple[int, str], str],
+    modalities: list[str],
+    progress: Progress | None,
+    span: tuple[float, float],
+    *,
+    what: str,
+) -> dict[str, list[np.ndarray | None]]:
+    """Per modality, each sample's float32 ``(T, D)`` feature array (None where the sample has
+    no file), in ``ids`` order; ``progress`` hears about once a second, mapped into ``span``."""
+    feats: dict[str, list[np.ndarray | None]] = {m: [] for m in modalities}
+    last = time.monotonic()
+    for k, sid in enumerate(ids):
+        if progress is not None and time.monotonic() - last >= 1.0:
+            last = time.monotonic()
+            lo, hi = span
+            progress(
+                {
+                    "progress": lo + (hi - lo) * k / len(ids),
+                    "message": f"loading {what} features: {k} of {len(ids)}",
+                }
+            )
+        for m in feats:
+            path = files.get((sid, m))
+            feats[m].append(np.load(path) if path else None)
+    return feats
 
 
 def train(
@@ -162,54 +188,145 @@ def train(
     weights of its own: open the round on one of its members), ValueError when the resume file
     belongs to another schedule.
     """
+    from meiju_core.ml import resume as resume_state
     from meiju_core.ml import train as tr
 
     schema = projects.schema_of(store, project_id)
     if preset is None:  # the project's own choice (the CPU demo uses "fast"), else the paper's
-        with store.read() as s:
-            preset = (s.get(Project, project_id).settings or {}).get("preset", "paper")
+        preset = _project_preset(store, project_id)
     fs_id = _feature_set_id(store, project_id, settings.feature_set)
     if stage == 2 and round_id is None:
-        with store.read() as s:
-            rnd = q.active_round(s, project_id=project_id)
-            round_id = rnd.id if rnd else None
-    progress({"progress": 0.0, "message": "loading features"})
-    train_split = load_split(
+        round_id = _active_round_id(store, project_id)
+    train_split, valid = _training_splits(
         store,
         project_id=project_id,
-        split="train",
-        feature_set_id=fs_id,
+        fs_id=fs_id,
         schema=schema,
+        stage=stage,
+        round_id=round_id,
         progress=progress,
-        span=(0.0, 0.03),
     )
+    init_from, base_model = (None, None)
+    if stage == 2:
+        init_from, base_model = _stage1_checkpoint(store, project_id, round_id)
+    model_config, train_config = _run_configs(
+        store,
+        settings,
+        fs_id=fs_id,
+        schema=schema,
+        preset=preset,
+        stage=stage,
+        base_model=base_model,
+        epochs=epochs,
+        threads=threads,
+    )
+    name = f"stage{stage}-{preset}-" + (
+        f"job{job_id}" if job_id is not None else time.strftime("%Y%m%d-%H%M%S")
+    )
+    out_dir = settings.checkpoint_dir / f"project{project_id}" / name
+    t0 = time.perf_counter()
+    result = tr.fit(
+        train_split.data,
+        valid.data,
+        model_config=model_config,
+        train_config=train_config,
+        stage=stage,
+        out_dir=out_dir,
+        init_from=init_from,
+        callback=_epoch_progress(progress, stage),
+        schema=schema,
+        resume=resume,
+    )
+    seconds = time.perf_counter() - t0
+    if getattr(result, "cancelled", False):
+        raise JobError("training was cancelled")
+    resume_state.discard(out_dir)
+    mv_id = _register_version(
+        store,
+        ModelVersion(
+            project_id=project_id,
+            name=name,
+            stage=stage,
+            preset=preset,
+            config=_version_config(model_config, train_config, fs_id, schema, result),
+            checkpoint_path=str(result.best_joint_path),
+            snapshot=_snapshot(train_split.data, schema, round_id),
+            job_id=job_id,
+            train_seconds=seconds,
+            metrics={},
+        ),
+    )
+    progress({"progress": 0.92, "message": "predicting every sample"})
+    predict(store, settings, model_version_id=mv_id, result=result)
+    evaluate(store, model_version_id=mv_id)
+    progress({"progress": 1.0, "message": f"model version {mv_id} ready"})
+    return mv_id
+
+
+def _project_preset(store: Store, project_id: int) -> str:
+    """The project's preset setting (the CPU demo stores "fast"), else the paper's."""
+    with store.read() as s:
+        return (s.get(Project, project_id).settings or {}).get("preset", "paper")
+
+
+def _active_round_id(store: Store, project_id: int) -> int | None:
+    """The id of the project's open review round, None when no round is open."""
+    with store.read() as s:
+        rnd = q.active_round(s, project_id=project_id)
+        return rnd.id if rnd else None
+
+
+def _training_splits(
+    store: Store,
+    *,
+    project_id: int,
+    fs_id: int,
+    schema: LabelSchema,
+    stage: int,
+    round_id: int | None,
+    progress: Progress,
+) -> tuple[SplitData, SplitData]:
+    """(train, valid) of one run: gold train labels, plus at stage 2 the pool samples with a
+    pseudo-label accepted in ``round_id``. Loading reports into the first 5 % of ``progress``.
+
+    Raises:
+        InputError: no labelled train or no labelled valid sample.
+    """
+    progress({"progress": 0.0, "message": "loading features"})
+    common = {"project_id": project_id, "feature_set_id": fs_id, "schema": schema}
+    train_split = load_split(store, split="train", progress=progress, span=(0.0, 0.03), **common)
     if stage == 2 and round_id is not None:
         pseudo = load_split(
             store,
-            project_id=project_id,
             split="pool",
-            feature_set_id=fs_id,
-            schema=schema,
             round_id=round_id,
             with_gold=False,
             progress=progress,
             span=(0.03, 0.04),
+            **common,
         )
         train_split = _concat(train_split, pseudo)
-    valid = load_split(
-        store,
-        project_id=project_id,
-        split="valid",
-        feature_set_id=fs_id,
-        schema=schema,
-        progress=progress,
-        span=(0.04, 0.05),
-    )
+    valid = load_split(store, split="valid", progress=progress, span=(0.04, 0.05), **common)
     if not train_split.sample_ids or not valid.sample_ids:
         raise InputError("the project needs labelled train and valid samples to train")
-    init_from, base_model = None, None
-    if stage == 2:
-        init_from, base_model = _stage1_checkpoint(store, project_id, round_id)
+    return train_split, valid
+
+
+def _run_configs(
+    store: Store,
+    settings: Settings,
+    *,
+    fs_id: int,
+    schema: LabelSchema,
+    preset: str,
+    stage: int,
+    base_model: dict[str, Any] | None,
+    epochs: int | None,
+    threads: int | None,
+) -> tuple[Any, Any]:
+    """(ModelConfig, TrainConfig) of one run: the preset's, except that stage 2 keeps the
+    architecture of the model it starts from (whatever its heads or text encoder) when that
+    model was trained on features of the same widths."""
     dims = _feature_dims(store, fs_id)
     model_config, train_config = presets(
         preset,
@@ -221,15 +338,16 @@ def train(
         epochs=epochs,
         threads=threads,
     )
-    name = f"stage{stage}-{preset}-" + (
-        f"job{job_id}" if job_id is not None else time.strftime("%Y%m%d-%H%M%S")
-    )
     if base_model is not None and base_model.get("input_dims") == dims:
-        # stage 2 continues the stage-1 system, whatever its heads or text encoder
         from meiju_core.ml.model import ModelConfig
 
         model_config = ModelConfig.from_dict({**base_model, "noise_scale": {}})
-    out_dir = settings.checkpoint_dir / f"project{project_id}" / name
+    return model_config, train_config
+
+
+def _epoch_progress(progress: Progress, stage: int) -> Progress:
+    """The ``fit`` callback: each epoch event forwarded to ``progress`` with the run's fraction
+    mapped into 5-90 %; what ``progress`` returns (``"cancel"``) goes back to ``fit``."""
 
     def on_epoch(event: dict[str, Any]) -> Any:
         frac = event.get("epoch", 0) / max(1, event.get("epochs", 1))
@@ -242,56 +360,32 @@ def train(
             }
         )
 
-    t0 = time.perf_counter()
-    result = tr.fit(
-        train_split.data,
-        valid.data,
-        model_config=model_config,
-        train_config=train_config,
-        stage=stage,
-        out_dir=out_dir,
-        init_from=init_from,
-        callback=on_epoch,
-        schema=schema,
-        resume=resume,
-    )
-    seconds = time.perf_counter() - t0
-    if getattr(result, "cancelled", False):
-        raise JobError("training was cancelled")
-    from meiju_core.ml import resume as resume_state
+    return on_epoch
 
-    resume_state.discard(out_dir)
-    snapshot = _snapshot(train_split.data, schema, round_id)
+
+def _version_config(
+    model_config: Any, train_config: Any, fs_id: int, schema: LabelSchema, result: Any
+) -> dict[str, Any]:
+    """The ``model_version.config`` of a trained run: both configs, the feature set, the label
+    schema, head -> checkpoint (the best-joint epoch, or per-head bests when asked), the valid
+    curve and the training speed."""
+    return {
+        "model": _plain(model_config),
+        "train": train_config.to_dict(),
+        "feature_set_id": fs_id,
+        "schema": schema.to_dict(),
+        "checkpoints": {h: str(p) for h, p in result.checkpoint_paths.items()},
+        "valid_during_training": result.metrics,
+        "samples_per_second": result.samples_per_second,
+    }
+
+
+def _register_version(store: Store, mv: ModelVersion) -> int:
+    """Store a new model version row; returns its id."""
     with store.write() as s:
-        mv = ModelVersion(
-            project_id=project_id,
-            name=name,
-            stage=stage,
-            preset=preset,
-            config={
-                "model": _plain(model_config),
-                "train": train_config.to_dict(),
-                "feature_set_id": fs_id,
-                "schema": schema.to_dict(),
-                # head -> checkpoint (the best-joint epoch, or per-head bests when asked)
-                "checkpoints": {h: str(p) for h, p in result.checkpoint_paths.items()},
-                "valid_during_training": result.metrics,
-                "samples_per_second": result.samples_per_second,
-            },
-            checkpoint_path=str(result.best_joint_path),
-            snapshot=snapshot,
-            job_id=job_id,
-            train_seconds=seconds,
-            metrics={},
-        )
         s.add(mv)
         s.flush()
-        mv_id = mv.id
-    progress({"progress": 0.92, "message": "predicting every sample"})
-    predict(store, settings, model_version_id=mv_id, result=result)
-    evaluate(store, model_version_id=mv_id)
-    progress({"progress": 1.0, "message": f"model version {mv_id} ready"})
-    return mv_id
+        return mv.id
 
 
 PRESETS = ("paper", "baseline", "fast")
@@ -445,13 +539,65 @@ def predict(
     """
     from meiju_core.ml import train as tr
 
-    only = None
+    job = _prediction_job(store, model_version_id, splits, missing_only=missing_only)
+    if job.only is not None and not job.only:
+        return 0
+    if job.is_ensemble:  # members predicted where they lack rows, then every row re-averaged
+        return ensembles._predict_ensemble(
+            store, settings, model_version_id=model_version_id, splits=splits
+        )
+    schema = projects.schema_of(store, job.project_id)
+    split = load_split(
+        store,
+        project_id=job.project_id,
+        split=splits,
+        feature_set_id=job.feature_set_id,
+        schema=schema,
+        with_gold=False,
+        only=job.only,
+    )
+    probs = tr.predict(
+        result if result is not None else job.checkpoint, split.data, device=settings.device
+    )
+    if job.only is not None:
+        temperatures = dict(job.temperatures)
+    elif settings.calibrate:
+        temperatures = ensembles._fit_temperatures(
+            store, job.project_id, schema, split.sample_ids, probs
+        )
+    else:
+        temperatures = {}
+    scaled = _calibrated(probs, temperatures, schema)
+    n = _write_predictions(
+        store, model_version_id, schema, split.sample_ids, scaled, replace=job.only is None
+    )
+    if job.only is None:
+        with store.write() as s:
+            mv = s.get(ModelVersion, model_version_id)
+            mv.config = {**mv.config, "temperature": temperatures or None}
+    return n
+
+
+@dataclass
+class _PredictionJob:
+    """What :func:`predict` needs of a model version, read in one session."""
+
+    project_id: int
+    feature_set_id: int
+    checkpoint: Any  # {head: path} or one path
+    temperatures: dict[str, float]  # stored by an earlier predict
+    is_ensemble: bool
+    only: set[int] | None  # with missing_only: the samples without a prediction of this version
+
+
+def _prediction_job(
+    store: Store, model_version_id: int, splits: tuple[str, ...], *, missing_only: bool
+) -> _PredictionJob:
+    """The model version's project, feature set, checkpoints and stored temperatures, and with
+    ``missing_only`` the ids of the samples of ``splits`` it has not predicted yet."""
     with store.read() as s:
         mv = s.get(ModelVersion, model_version_id)
-        project_id, fs_id = mv.project_id, mv.config["feature_set_id"]
-        checkpoint = mv.config.get("checkpoints") or mv.checkpoint_path
-        stored_temperatures = mv.config.get("temperature") or {}
-        is_ensemble = mv.preset == ensembles.ENSEMBLE
+        only = None
         if missing_only:
             have = select(Prediction.sample_id).where(
                 Prediction.model_version_id == model_version_id
@@ -459,57 +605,38 @@ def predict(
             only = set(
                 s.scalars(
                     select(Sample.id).where(
-                        Sample.project_id == project_id,
+                        Sample.project_id == mv.project_id,
                         Sample.split.in_(splits),
                         Sample.id.not_in(have),
                     )
                 )
             )
-    if only is not None and not only:
-        return 0
-    if is_ensemble:  # members predicted where they lack rows, then every row re-averaged
-        return ensembles._predict_ensemble(
-            store, settings, model_version_id=model_version_id, splits=splits
+        return _PredictionJob(
+            project_id=mv.project_id,
+            feature_set_id=mv.config["feature_set_id"],
+            checkpoint=mv.config.get("checkpoints") or mv.checkpoint_path,
+            temperatures=mv.config.get("temperature") or {},
+            is_ensemble=mv.preset == ensembles.ENSEMBLE,
+            only=only,
         )
-    schema = projects.schema_of(store, project_id)
-    split = load_split(
-        store,
-        project_id=project_id,
-        split=splits,
-        feature_set_id=fs_id,
-        schema=schema,
-        with_gold=False,
-        only=only,
-    )
-    probs = tr.predict(
-        result if result is not None else checkpoint, split.data, device=settings.device
-    )
-    if only is not None:
-        temperatures = dict(stored_temperatures)
-    else:
-        temperatures = (
-            ensembles._fit_temperatures(store, project_id, schema, split.sample_ids, probs)
-            if settings.calibrate
-            else {}
-        )
+
+
+def _calibrated(
+    probs: dict[str, Any], temperatures: dict[str, float], schema: LabelSchema
+) -> dict[str, np.ndarray]:
+    """Per head, float64 ``(N, C)`` probabilities, renormalised and temperature-scaled where
+    ``temperatures`` has the head (``meiju_core.ml.pseudo.apply_temperature``), else as given."""
+    from meiju_core.ml.pseudo import apply_temperature
+
     scaled = {}
     for head in schema.head_names:
         p = np.asarray(probs[head], dtype=np.float64)
         if head in temperatures:
-            from meiju_core.ml.pseudo import apply_temperature
-
             p = apply_temperature(
                 p / p.sum(axis=1, keepdims=True), temperatures[head], kind="probs"
             )
         scaled[head] = p
-    n = _write_predictions(
-        store, model_version_id, schema, split.sample_ids, scaled, replace=only is None
-    )
-    if only is None:
-        with store.write() as s:
-            mv = s.get(ModelVersion, model_version_id)
-            mv.config = {**mv.config, "temperature": temperatures or None}
-    return n
+    return scaled
 
 
 def _write_predictions(
