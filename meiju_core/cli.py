@@ -68,7 +68,7 @@ def _friendly() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _bar(description: str) -> Iterator[Any]:
-    """A rich progress bar fed by pipeline progress events."""
+    """A rich progress bar fed by the services' progress events."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(

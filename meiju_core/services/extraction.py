@@ -43,6 +43,10 @@ Progress
     "samples_skipped", "samples_per_second"}`` at each committed chunk and at least every 0.25 s
     while samples complete; a modality that could not be extracted is reported once as a message
     naming the sample and the reason.
+
+After an import
+    :func:`prepare_new_samples` extracts what the new samples lack and predicts them with the
+    project's model, so they reach the open round's Review queue (:func:`open_cards` counts it).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ when it can resume (a train job continues from its last epoch checkpoint, up to
 ``MAX_ATTEMPTS`` starts) and failed with a reason otherwise. Checkpoint folders that no model
 version and no queued or running job refers to are removed (``clean_checkpoints``).
 
-Job kinds map to one pipeline function each (``KINDS``).
+Job kinds map to one service function each (``KINDS``).
 """
 
 from __future__ import annotations
@@ -496,7 +496,7 @@ class JobReporter:
 
 
 def execute(store: Store, settings: Settings, job_id: int) -> dict[str, Any] | None:
-    """Run job ``job_id`` in this process: mark it running, call its pipeline function with a
+    """Run job ``job_id`` in this process: mark it running, call its service function with a
     progress reporter, store the result or the error. Returns the result dict."""
     with store.write() as s:
         job = s.get_one(Job, job_id)
