@@ -5,12 +5,12 @@ automatic rule that accepts without a reviewer (:func:`auto_pseudo_label`, the p
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 from sqlalchemy import select
 
-from db import Store
+from db import Store, rows
 from db import queries as q
 from db import thresholds as thr
 from db.models import ModelVersion, Prediction, Project, PseudoLabel, ReviewRound, Sample
@@ -122,9 +122,9 @@ def auto_pseudo_label(
             field="pseudo_rule",
         )
     with store.read() as s:
-        rnd = s.get(ReviewRound, round_id)
+        rnd = rows.get(s, ReviewRound, round_id)
         schema = projects.schema_of(store, rnd.project_id)
-        temperatures = (s.get(ModelVersion, rnd.model_version_id).config or {}).get(
+        temperatures = (rows.get(s, ModelVersion, rnd.model_version_id).config or {}).get(
             "temperature"
         ) or {}
         preds = s.execute(
@@ -168,7 +168,7 @@ def auto_pseudo_label(
             for h in heads
         },
         eligible=eligible,
-        rule=rule,
+        rule=cast(Literal["per_head", "joint"], rule),  # checked at the top
     )
     decisions: dict[int, list[str]] = {}
     for head in heads:
@@ -217,25 +217,23 @@ def bulk_preview(
 
     flt = flt or q.QueueFilter()
     with store.read() as s:
-        rnd = s.get(ReviewRound, round_id)
-        schema = LabelSchema.from_dict(
-            s.scalar(select(Project.label_schema).where(Project.id == rnd.project_id))
-        )
+        rnd = rows.get(s, ReviewRound, round_id)
+        schema = LabelSchema.from_dict(rows.get(s, Project, rnd.project_id).label_schema)
         cands = q.filtered_candidates(s, round_id=round_id, flt=flt, user_id=(user or {}).get("id"))
         accepted = q.accepted_counts(s, round_id=round_id)
         thresholds, quotas = dict(rnd.thresholds), dict(rnd.quotas)
     out: dict[str, Any] = {"items": [], "counts": {}, "candidates": {}, "remaining": {}}
-    for head, rows in cands.items():
+    for head, head_rows in cands.items():
         classes = schema.classes(head)
         quota = np.array([quotas.get(head, {}).get(c, 0) for c in classes], dtype=np.int64)
         already = np.array([accepted.get(head, {}).get(c, 0) for c in classes], dtype=np.int64)
-        out["candidates"][head] = len(rows)
+        out["candidates"][head] = len(head_rows)
         out["remaining"][head] = {
             c: int(max(0, n - a)) for c, n, a in zip(classes, quota, already, strict=True)
         }
         counts = dict.fromkeys(classes, 0)
-        if rows:
-            probs = np.array([r[1] for r in rows], dtype=np.float64)
+        if head_rows:
+            probs = np.array([r[1] for r in head_rows], dtype=np.float64)
             probs /= probs.sum(axis=1, keepdims=True)
             idx = select_rows(
                 probs,
@@ -246,7 +244,7 @@ def bulk_preview(
             )
             for i in idx:
                 k = int(probs[i].argmax())
-                out["items"].append((rows[i][0], head, classes[k], float(probs[i, k])))
+                out["items"].append((head_rows[i][0], head, classes[k], float(probs[i, k])))
                 counts[classes[k]] += 1
         out["counts"][head] = counts
     return out
@@ -275,7 +273,7 @@ def bulk_accept(
             return q.bulk_accept(
                 s,
                 round_id=round_id,
-                items=[tuple(it[:3]) for it in items],
+                items=[(it[0], it[1], it[2]) for it in items],
                 user_id=(user or {}).get("id"),
                 model_version_id=model_version_id,
             )

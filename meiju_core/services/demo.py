@@ -9,9 +9,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from db import Store
+from db import Store, rows
 from db import queries as q
 from db.models import Project, Sample
+from meiju_core.errors import StoreError
 from meiju_core.services import extraction, projects, rounds, training, users
 from meiju_core.services.projects import Progress, no_progress
 from meiju_core.settings import Settings
@@ -33,9 +34,11 @@ def build_demo(
     users.add_user(store, name="admin", role="admin", password=admin_password)
     summary = import_demo(store, project_name=settings.project, seed=settings.seed)
     info = projects.project_info(store, name=settings.project)
+    if info is None:
+        raise StoreError(f"project {settings.project!r} does not exist after the demo import")
     pid = info["id"]
     with store.write() as s:  # train the demo on the short schedule: stage 1 in about a minute
-        project = s.get(Project, pid)
+        project = rows.get(s, Project, pid)
         project.settings = {"preset": "fast", **(project.settings or {})}
     make_media_playable(store, settings, project_id=pid)
     progress({"progress": 0.1, "message": "extracting features"})
@@ -76,13 +79,15 @@ def make_media_playable(store: Store, settings: Settings, *, project_id: int) ->
     from meiju_core.ml.media import transcode_mp4
 
     with store.read() as s:
-        rows = s.execute(
+        clips = s.execute(
             select(Sample.id, Sample.utt_id, Sample.video_path).where(
                 Sample.project_id == project_id, Sample.video_path.is_not(None)
             )
         ).all()
     done = {}
-    for sid, utt, path in rows:
+    for sid, utt, path in clips:
+        if path is None:  # excluded by the query; this narrows the type
+            continue
         if Path(path).suffix.lower() in BROWSER_VIDEO:
             continue
         try:
@@ -92,7 +97,7 @@ def make_media_playable(store: Store, settings: Settings, *, project_id: int) ->
     if done:
         with store.write() as s:
             for sid, path in done.items():
-                s.get(Sample, sid).video_path = path
+                rows.get(s, Sample, sid).video_path = path
     return len(done)
 
 

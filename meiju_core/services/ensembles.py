@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, select
 
-from db import Store
+from db import Store, rows
 from db import queries as q
 from db.models import GoldLabel, ModelVersion, Prediction, Sample
 from meiju_core.errors import InputError
@@ -59,8 +59,9 @@ def create_ensemble(
         raise InputError(f"every head needs at least one member; none for {missing}", field="head")
     ids = sorted({int(m) for ms in members.values() for m in ms})
     with store.write() as s:
-        versions = {m: s.get(ModelVersion, m) for m in ids}
-        for m, v in versions.items():
+        versions: dict[int, ModelVersion] = {}
+        for m in ids:
+            v = s.get(ModelVersion, m)
             if v is None or v.project_id != project_id:
                 raise InputError(
                     f"model version {m} does not exist in this project", field="member"
@@ -70,11 +71,13 @@ def create_ensemble(
                     f"model version {m} is itself an ensemble; name its members instead",
                     field="member",
                 )
+            versions[m] = v
         feature_sets = {v.config.get("feature_set_id") for v in versions.values()}
         if len(feature_sets) > 1:
-            raise InputError(
-                f"members use different feature sets {sorted(feature_sets)}", field="member"
-            )
+            named = sorted(f for f in feature_sets if f is not None)
+            if None in feature_sets:  # a member without one is listed last
+                named.append(None)
+            raise InputError(f"members use different feature sets {named}", field="member")
         label = " + ".join(
             f"{h[:3]} {'/'.join(str(m) for m in members[h])}" for h in schema.head_names
         )
@@ -113,7 +116,7 @@ def _predict_ensemble(
     store: Store, settings: Settings, *, model_version_id: int, splits: tuple[str, ...]
 ) -> int:
     with store.read() as s:
-        mv = s.get(ModelVersion, model_version_id)
+        mv = rows.get(s, ModelVersion, model_version_id)
         members: dict[str, list[int]] = mv.config["members"]
         project_id = mv.project_id
         sample_ids = list(
@@ -126,12 +129,14 @@ def _predict_ensemble(
     schema = projects.schema_of(store, project_id)
     for m in sorted({m for ms in members.values() for m in ms}):
         with store.read() as s:
-            if s.get(ModelVersion, m) is None:
+            member = s.get(ModelVersion, m)
+            if member is None:
                 raise InputError(f"ensemble member {m} no longer exists", field="member")
             have = s.scalar(
                 select(func.count()).select_from(Prediction).where(Prediction.model_version_id == m)
             )
-            can_predict = bool(s.get(ModelVersion, m).checkpoint_path)
+            have = have or 0  # COUNT(*) always returns a row; this only narrows the type
+            can_predict = bool(member.checkpoint_path)
         if have < len(sample_ids) * len(schema.head_names) and can_predict:
             training.predict(store, settings, model_version_id=m, splits=splits, missing_only=True)
     row_of = {sid: i for i, sid in enumerate(sample_ids)}
@@ -154,14 +159,14 @@ def _predict_ensemble(
         paths[head] = [p.argmax(axis=1) for p in stack]
     # a sample some member has no prediction for (e.g. imported predictions) gets none
     keep = np.all([~np.isnan(p).any(axis=1) for p in probs.values()], axis=0)
-    rows = np.flatnonzero(keep)
+    kept = np.flatnonzero(keep)
     return training._write_predictions(
         store,
         model_version_id,
         schema,
-        [sample_ids[i] for i in rows],
-        {h: p[rows] for h, p in probs.items()},
-        {h: [a[rows] for a in args] for h, args in paths.items()},
+        [sample_ids[i] for i in kept],
+        {h: p[kept] for h, p in probs.items()},
+        {h: [a[kept] for a in args] for h, args in paths.items()},
     )
 
 

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from db import Store
+from db import Store, rows
 from db import queries as q
 from db.models import Project
 from meiju_core.errors import InputError, StoreError
@@ -68,7 +68,7 @@ def project_info(store: Store, *, name: str) -> dict[str, Any] | None:
 
 def schema_of(store: Store, project_id: int) -> LabelSchema:
     with store.read() as s:
-        return LabelSchema.from_dict(s.get(Project, project_id).label_schema)
+        return LabelSchema.from_dict(rows.get(s, Project, project_id).label_schema)
 
 
 def _scaled(progress: Progress, lo: float, hi: float, label: str) -> Progress:

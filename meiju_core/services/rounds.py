@@ -5,12 +5,13 @@ empty. The per-card decisions live in :mod:`meiju_core.services.decisions`.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from sqlalchemy import func, select
 
-from db import Store
+from db import Store, rows
 from db import queries as q
 from db import thresholds as thr
 from db.models import Prediction, ReviewLease, ReviewRound, Sample, utcnow
@@ -18,8 +19,11 @@ from meiju_core.errors import InputError
 from meiju_core.services import projects, users
 from meiju_core.settings import Settings
 
+if TYPE_CHECKING:
+    from meiju_core.ml.pseudo import Strategy
 
-def check_head_thresholds(value: Any, *, head: str, classes: list[str]) -> float | dict:
+
+def check_head_thresholds(value: Any, *, head: str, classes: Sequence[str]) -> float | dict:
     """One head's threshold entry, checked and normalised (:mod:`db.thresholds`): a number in
     [0, 1] stays a number; a ``{class: number}`` mapping (``"*"`` for the classes not named)
     becomes a mapping that names every class of ``classes``, in that order, or one number when
@@ -94,7 +98,7 @@ def round_plan(
 
     schema = projects.schema_of(store, project_id)
     t = settings.threshold if thresholds is None else thresholds
-    th = {h: t for h in schema.head_names} if not isinstance(t, dict) else dict(t)
+    th: dict[str, Any] = {h: t for h in schema.head_names} if not isinstance(t, dict) else dict(t)
     for head, value in th.items():
         if head not in schema.head_names:
             raise InputError(f"unknown head {head!r}; heads are {schema.head_names}", field=head)
@@ -115,7 +119,8 @@ def round_plan(
         try:
             base = compute_quotas(
                 counts,
-                strategy=strategy,
+                # compute_quotas refuses an unknown strategy (ValueError -> InputError below)
+                strategy=cast("Strategy", strategy),
                 budget=budget,
                 classes=classes,
                 explicit=(explicit or {}).get(head),
@@ -297,7 +302,7 @@ def open_round_from_evidence(
         store, round_id=round_id, precision=precision, min_count=min_count
     )
     with store.read() as s:
-        project_id = s.get(ReviewRound, round_id).project_id
+        project_id = rows.get(s, ReviewRound, round_id).project_id
         if model_version_id is None:
             mv = q.current_model(s, project_id=project_id)
             if mv is None:
@@ -330,7 +335,7 @@ def empty_queue_reasons(
     uid = (user or {}).get("id")
     out: list[dict[str, str]] = []
     with store.read() as s:
-        rnd = s.get(ReviewRound, round_id)
+        rnd = rows.get(s, ReviewRound, round_id)
         heads = [flt.head] if flt.head else list(rnd.thresholds)
         th = {h: rnd.thresholds[h] for h in heads if h in rnd.thresholds}
         mv_id = flt.model_version_id or rnd.model_version_id

@@ -110,8 +110,9 @@ def save_transcript(
 
     if has_html(text):
         raise InputError("transcripts are plain text; remove the HTML markup", field="text")
-    if text_problem(text):
-        raise InputError(text_problem(text), field="text")
+    problem = text_problem(text)
+    if problem:
+        raise InputError(problem, field="text")
     with store.write() as s:
         tr = s.scalars(select(Transcript).where(Transcript.sample_id == sample_id)).one()
         if tr.version != expected_version:
