@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
+from db import Store
 from db import queries as q
 from db.models import Decision, ModelVersion, Prediction, Project, PseudoLabel, ReviewRound, Sample
 from meiju_core.errors import BelowThreshold, CardTaken, InputError, QuotaExceeded
@@ -223,7 +224,8 @@ class _Annotator:
     def _verdicts(self, sample_id: int, open_heads: list[str], predicted: dict[str, str]):
         """{head: ("accept", None) | ("reject", None) | ("correct", class)} and the errors."""
         truth = self.truth.get(sample_id, {})
-        out, errors = {}, 0
+        out: dict[str, tuple[str, str | None]] = {}
+        errors = 0
         for head in open_heads:
             t, p = truth.get(head), predicted[head]
             err = self.rng.random() < self.o.error_rate
@@ -235,7 +237,7 @@ class _Annotator:
             elif self.o.action == "reject":
                 out[head] = ("reject", None)
             else:
-                target = t
+                target: str | None = t
                 if err:  # a right pseudo-label "corrected" to another class
                     others = [c for c in self.classes.get(head, []) if c != p]
                     target = self.rng.choice(others) if others else None
@@ -616,24 +618,45 @@ class _Bench:
         splits = _Splits(
             self.d.train, self.d.valid, self.d.test, self.d.pool, {}, self.d.dims, self.d.schema
         )
-        base = dict(device=opts.device, feature_set=opts.feature_set, threads=opts.threads)
-        self.runner1 = _Runner(splits, Table1Options(epochs=opts.stage1_epochs, **base), cache)
-        self.runner2 = _Runner(splits, Table1Options(epochs=opts.stage2_epochs, **base), cache)
+
+        def runner(epochs: int | None) -> _Runner:
+            t1 = Table1Options(
+                epochs=epochs,
+                device=opts.device,
+                feature_set=opts.feature_set,
+                threads=opts.threads,
+            )
+            return _Runner(splits, t1, cache)
+
+        self.runner1 = runner(opts.stage1_epochs)
+        self.runner2 = runner(opts.stage2_epochs)
         self.system = System("review", opts.preset)
         self.row = {sid: i for i, sid in enumerate(self.d.pool_ids)}
         self.seconds = opts.seconds_per_decision or median_seconds(store, project_id=project_id)
         self.runs = 0
-        self.work = None
+        self._work: Store | None = None
 
-    def use_work(self, work) -> None:
+    @property
+    def work(self) -> Store:
+        """The work store of the current seed (set by :meth:`use_work`)."""
+        if self._work is None:
+            raise RuntimeError("no work store yet: call _Bench.use_work(store) first")
+        return self._work
+
+    def use_work(self, work: Store) -> None:
         """Work in ``work`` (one copy of the store per seed, so seeds may run in parallel
         processes: opening a round closes the project's other rounds)."""
         from meiju_core.services import users
 
-        self.work = work
+        self._work = work
         admin = users.add_user(work, name="simulated-admin", role="admin")
         self.admin = {"id": admin, "name": "simulated-admin", "role": "admin"}
         self.annotator = simulated_user(work)
+
+    def dispose_work(self) -> None:
+        """Close the work store's connections, if there is one."""
+        if self._work is not None:
+            self._work.dispose()
 
     # -- stage 1 and its model version in the work store ------------------------------------
 
@@ -910,8 +933,7 @@ def run_review_value(
 
         seeds: dict[str, Any] = {}
         for seed in options.seeds:
-            if b.work is not None:
-                b.work.dispose()
+            b.dispose_work()
             b.use_work(_copy_store(store, cache / f"work-{seed}.db"))
             s1 = b.stage1(seed)
             step(f"seed {seed}: stage 1")
@@ -978,8 +1000,7 @@ def run_review_value(
         result["scores"] = summarise(result)
         return result
     finally:
-        if b.work is not None:
-            b.work.dispose()
+        b.dispose_work()
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
