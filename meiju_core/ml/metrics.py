@@ -11,7 +11,7 @@ support 0 and F1 0, and are left out of the weighted average by their zero weigh
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -84,7 +84,7 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.nd
 def evaluate(
     y_true: dict[str, np.ndarray],
     y_pred: dict[str, np.ndarray],
-    schema_heads: dict[str, Sequence[str]],
+    schema_heads: Mapping[str, Sequence[str]],
     *,
     average: str = "weighted",
 ) -> dict[str, Any]:

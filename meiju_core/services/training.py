@@ -19,7 +19,7 @@ import numpy as np
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
-from db import Store
+from db import Store, rows
 from db import queries as q
 from db.models import (
     FeatureFile,
@@ -85,7 +85,7 @@ def load_split(
                 select(FeatureFile).where(FeatureFile.feature_set_id == feature_set_id)
             )
         }
-        dims = dict(s.get(FeatureSet, feature_set_id).dims or {})
+        dims = dict(rows.get(s, FeatureSet, feature_set_id).dims or {})
     if round_id is not None:
         labelled = {sid for sid, _ in labels}
         samples = [r for r in samples if r.id in labelled]
@@ -266,7 +266,7 @@ def train(
 def _project_preset(store: Store, project_id: int) -> str:
     """The project's preset setting (the CPU demo stores "fast"), else the paper's."""
     with store.read() as s:
-        return (s.get(Project, project_id).settings or {}).get("preset", "paper")
+        return (rows.get(s, Project, project_id).settings or {}).get("preset", "paper")
 
 
 def _active_round_id(store: Store, project_id: int) -> int | None:
@@ -293,20 +293,24 @@ def _training_splits(
         InputError: no labelled train or no labelled valid sample.
     """
     progress({"progress": 0.0, "message": "loading features"})
-    common = {"project_id": project_id, "feature_set_id": fs_id, "schema": schema}
-    train_split = load_split(store, split="train", progress=progress, span=(0.0, 0.03), **common)
-    if stage == 2 and round_id is not None:
-        pseudo = load_split(
+
+    def split(name: str, span: tuple[float, float], round_id: int | None = None) -> SplitData:
+        return load_split(
             store,
-            split="pool",
+            project_id=project_id,
+            split=name,
+            feature_set_id=fs_id,
+            schema=schema,
             round_id=round_id,
-            with_gold=False,
+            with_gold=round_id is None,
             progress=progress,
-            span=(0.03, 0.04),
-            **common,
+            span=span,
         )
-        train_split = _concat(train_split, pseudo)
-    valid = load_split(store, split="valid", progress=progress, span=(0.04, 0.05), **common)
+
+    train_split = split("train", (0.0, 0.03))
+    if stage == 2 and round_id is not None:  # pool samples with an accepted pseudo-label
+        train_split = _concat(train_split, split("pool", (0.03, 0.04), round_id=round_id))
+    valid = split("valid", (0.04, 0.05))
     if not train_split.sample_ids or not valid.sample_ids:
         raise InputError("the project needs labelled train and valid samples to train")
     return train_split, valid
@@ -446,7 +450,7 @@ def _feature_set_id(store: Store, project_id: int, name: str) -> int:
 
 def _feature_dims(store: Store, fs_id: int) -> dict[str, int]:
     with store.read() as s:
-        dims = dict(s.get(FeatureSet, fs_id).dims or {})
+        dims = dict(rows.get(s, FeatureSet, fs_id).dims or {})
     return {m: int(dims[m]) for m in MODALITIES if m in dims}
 
 
@@ -462,7 +466,7 @@ def _stage1_checkpoint(
     with store.read() as s:
         mv = None
         if round_id is not None:
-            mv = s.get(ModelVersion, s.get(ReviewRound, round_id).model_version_id)
+            mv = rows.get(s, ModelVersion, rows.get(s, ReviewRound, round_id).model_version_id)
         mv = mv or q.current_model(s, project_id=project_id)
         if mv is None:
             return None, None
@@ -498,7 +502,7 @@ def _snapshot(data: Any, schema: LabelSchema, round_id: int | None) -> dict[str,
 def _plain(obj: Any) -> Any:
     import dataclasses
 
-    if dataclasses.is_dataclass(obj):
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {k: _plain(v) for k, v in dataclasses.asdict(obj).items()}
     if isinstance(obj, dict):
         return {str(k): _plain(v) for k, v in obj.items()}
@@ -573,7 +577,7 @@ def predict(
     )
     if job.only is None:
         with store.write() as s:
-            mv = s.get(ModelVersion, model_version_id)
+            mv = rows.get(s, ModelVersion, model_version_id)
             mv.config = {**mv.config, "temperature": temperatures or None}
     return n
 
@@ -596,7 +600,7 @@ def _prediction_job(
     """The model version's project, feature set, checkpoints and stored temperatures, and with
     ``missing_only`` the ids of the samples of ``splits`` it has not predicted yet."""
     with store.read() as s:
-        mv = s.get(ModelVersion, model_version_id)
+        mv = rows.get(s, ModelVersion, model_version_id)
         only = None
         if missing_only:
             have = select(Prediction.sample_id).where(
@@ -685,9 +689,9 @@ def evaluate(store: Store, *, model_version_id: int) -> dict[str, Any]:
     from meiju_core.ml.metrics import evaluate as score
 
     with store.read() as s:
-        mv = s.get(ModelVersion, model_version_id)
+        mv = rows.get(s, ModelVersion, model_version_id)
         schema = LabelSchema.from_dict(mv.config["schema"])
-        rows = s.execute(
+        predicted = s.execute(
             select(Sample.split, Prediction.sample_id, Prediction.head, Prediction.label)
             .join(Sample, Sample.id == Prediction.sample_id)
             .where(
@@ -705,7 +709,7 @@ def evaluate(store: Store, *, model_version_id: int) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     for split in ("valid", "test"):
         by_sample: dict[int, dict[str, str]] = {}
-        for sp, sid, head, label in rows:
+        for sp, sid, head, label in predicted:
             if sp == split:
                 by_sample.setdefault(sid, {})[head] = label
         if not by_sample:
@@ -721,7 +725,7 @@ def evaluate(store: Store, *, model_version_id: int) -> dict[str, Any]:
         metrics[split] = score(y_true, y_pred, schema.to_dict())
         metrics[split]["n"] = len(ids)
     with store.write() as s:
-        s.get(ModelVersion, model_version_id).metrics = metrics
+        rows.get(s, ModelVersion, model_version_id).metrics = metrics
     return metrics
 
 
