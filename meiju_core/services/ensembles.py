@@ -11,9 +11,8 @@ from sqlalchemy import func, select
 
 from db import Store, rows
 from db import queries as q
-from db.models import GoldLabel, ModelVersion, Prediction, Sample
+from db.models import ModelVersion, Prediction, Sample
 from meiju_core.errors import InputError
-from meiju_core.schema import LabelSchema
 from meiju_core.services import projects, training, users
 from meiju_core.settings import Settings
 
@@ -112,9 +111,16 @@ def create_ensemble(
     return mv_id
 
 
-def _predict_ensemble(
+def predict_ensemble(
     store: Store, settings: Settings, *, model_version_id: int, splits: tuple[str, ...]
 ) -> int:
+    """Predict an ensemble version from its members: each member predicted where it lacks rows,
+    then per head the mean of its members' stored probabilities, each member's argmax kept in
+    ``prediction.paths``. Returns the number of prediction rows written.
+
+    Raises:
+        InputError: a member of the ensemble no longer exists.
+    """
     with store.read() as s:
         mv = rows.get(s, ModelVersion, model_version_id)
         members: dict[str, list[int]] = mv.config["members"]
@@ -160,7 +166,7 @@ def _predict_ensemble(
     # a sample some member has no prediction for (e.g. imported predictions) gets none
     keep = np.all([~np.isnan(p).any(axis=1) for p in probs.values()], axis=0)
     kept = np.flatnonzero(keep)
-    return training._write_predictions(
+    return training.write_predictions(
         store,
         model_version_id,
         schema,
@@ -168,39 +174,3 @@ def _predict_ensemble(
         {h: p[kept] for h, p in probs.items()},
         {h: [a[kept] for a in args] for h, args in paths.items()},
     )
-
-
-def _fit_temperatures(
-    store: Store,
-    project_id: int,
-    schema: LabelSchema,
-    sample_ids: list[int],
-    probs: dict[str, Any],
-) -> dict[str, float]:
-    """{head: temperature} fitted on the valid samples among ``sample_ids`` (``probs[head]``
-    rows, float (N, K)); a head with fewer than 20 valid gold labels is left uncalibrated."""
-    from meiju_core.ml.pseudo import temperature_scale
-
-    with store.read() as s:
-        gold = s.execute(
-            select(GoldLabel.sample_id, GoldLabel.head, GoldLabel.label)
-            .join(Sample, Sample.id == GoldLabel.sample_id)
-            .where(Sample.project_id == project_id, Sample.split == "valid")
-        ).all()
-    row_of = {sid: i for i, sid in enumerate(sample_ids)}
-    out: dict[str, float] = {}
-    for head in schema.head_names:
-        classes = schema.classes(head)
-        pairs = [
-            (row_of[sid], classes.index(label))
-            for sid, h, label in gold
-            if h == head and sid in row_of and label in classes
-        ]
-        if len(pairs) < 20:
-            continue
-        rows_, labels = (np.array(v, dtype=np.int64) for v in zip(*pairs, strict=True))
-        p = np.asarray(probs[head], dtype=np.float64)[rows_]
-        out[head] = round(
-            temperature_scale(p / p.sum(axis=1, keepdims=True), labels, kind="probs"), 4
-        )
-    return out

@@ -625,7 +625,7 @@ def prepare_new_samples(
             settings,
             project_id=project_id,
             set_name=set_name,
-            progress=projects._scaled(progress, 0.2, 0.8, "extracting features"),
+            progress=projects.scaled_progress(progress, 0.2, 0.8, "extracting features"),
         )
     if mv_id is None:
         out["note"] = (

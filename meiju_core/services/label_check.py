@@ -55,13 +55,13 @@ def check_gold_labels(
     from meiju_core.services import projects, training
 
     schema = projects.schema_of(store, project_id)
-    fs_id = training._feature_set_id(store, project_id, settings.feature_set)
+    fs_id = training.feature_set_id(store, project_id, settings.feature_set)
     part = training.load_split(
         store, project_id=project_id, split=split, feature_set_id=fs_id, schema=schema
     )
     if not part.sample_ids:
         raise InputError(f"the project has no {split} samples to check", field="split")
-    x = utterance_vectors(part.data.features, training._feature_dims(store, fs_id))
+    x = utterance_vectors(part.data.features, training.feature_dims(store, fs_id))
     report: dict[str, Any] = {"split": split, "checked": {}, "flagged": {}, "issues": {}}
     for head in schema.head_names:
         y = part.data.labels[head]

@@ -71,7 +71,7 @@ def schema_of(store: Store, project_id: int) -> LabelSchema:
         return LabelSchema.from_dict(rows.get(s, Project, project_id).label_schema)
 
 
-def _scaled(progress: Progress, lo: float, hi: float, label: str) -> Progress:
+def scaled_progress(progress: Progress, lo: float, hi: float, label: str) -> Progress:
     """``progress`` with a sub-step's 0..1 mapped into ``lo..hi`` and its message prefixed."""
 
     def report(event: dict[str, Any]) -> Any:

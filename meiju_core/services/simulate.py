@@ -548,7 +548,7 @@ def _load(store, project_id: int, feature_set: str) -> _Data:
     from meiju_core.services import projects, training
 
     schema = projects.schema_of(store, project_id)
-    fs_id = training._feature_set_id(store, project_id, feature_set)
+    fs_id = training.feature_set_id(store, project_id, feature_set)
     parts = {
         split: training.load_split(
             store,
@@ -569,7 +569,7 @@ def _load(store, project_id: int, feature_set: str) -> _Data:
         parts["test"].data,
         parts["pool"].data,
         parts["pool"].sample_ids,
-        training._feature_dims(store, fs_id),
+        training.feature_dims(store, fs_id),
         schema,
     )
 
@@ -685,7 +685,7 @@ class _Bench:
             temperatures[h] = t
             pp = run["probs"]["pool"][h].astype(np.float64)
             scaled[h] = apply_temperature(pp / pp.sum(1, keepdims=True), t, kind="probs")
-        fs_id = training._feature_set_id(self.work, self.pid, self.o.feature_set)
+        fs_id = training.feature_set_id(self.work, self.pid, self.o.feature_set)
         with self.work.write() as s:
             mv = ModelVersion(
                 project_id=self.pid,
@@ -705,7 +705,7 @@ class _Bench:
             s.add(mv)
             s.flush()
             mv_id = mv.id
-        training._write_predictions(self.work, mv_id, self.d.schema, self.d.pool_ids, scaled)
+        training.write_predictions(self.work, mv_id, self.d.schema, self.d.pool_ids, scaled)
         return mv_id
 
     # -- label sets ---------------------------------------------------------------------------

@@ -173,7 +173,7 @@ def _load(store, project_id: int, feature_set: str) -> _Splits:
     from meiju_core.services import projects, training
 
     schema = projects.schema_of(store, project_id)
-    fs_id = training._feature_set_id(store, project_id, feature_set)
+    fs_id = training.feature_set_id(store, project_id, feature_set)
     parts = {}
     for split in ("train", "valid", "test", "pool"):
         parts[split] = training.load_split(
@@ -205,7 +205,7 @@ def _load(store, project_id: int, feature_set: str) -> _Splits:
         parts["test"].data,
         parts["pool"].data,
         texts,
-        training._feature_dims(store, fs_id),
+        training.feature_dims(store, fs_id),
         schema,
     )
 

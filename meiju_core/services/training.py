@@ -194,7 +194,7 @@ def train(
     schema = projects.schema_of(store, project_id)
     if preset is None:  # the project's own choice (the CPU demo uses "fast"), else the paper's
         preset = _project_preset(store, project_id)
-    fs_id = _feature_set_id(store, project_id, settings.feature_set)
+    fs_id = feature_set_id(store, project_id, settings.feature_set)
     if stage == 2 and round_id is None:
         round_id = _active_round_id(store, project_id)
     train_split, valid = _training_splits(
@@ -331,7 +331,7 @@ def _run_configs(
     """(ModelConfig, TrainConfig) of one run: the preset's, except that stage 2 keeps the
     architecture of the model it starts from (whatever its heads or text encoder) when that
     model was trained on features of the same widths."""
-    dims = _feature_dims(store, fs_id)
+    dims = feature_dims(store, fs_id)
     model_config, train_config = presets(
         preset,
         stage=stage,
@@ -435,7 +435,12 @@ def presets(
     return model_config, train_config
 
 
-def _feature_set_id(store: Store, project_id: int, name: str) -> int:
+def feature_set_id(store: Store, project_id: int, name: str) -> int:
+    """The id of the project's feature set ``name`` (``builtin`` or ``pretrained``).
+
+    Raises:
+        InputError: the project has no such feature set (field ``feature_set``).
+    """
     with store.read() as s:
         fs = s.scalars(
             select(FeatureSet).where(FeatureSet.project_id == project_id, FeatureSet.name == name)
@@ -448,7 +453,8 @@ def _feature_set_id(store: Store, project_id: int, name: str) -> int:
     return fs.id
 
 
-def _feature_dims(store: Store, fs_id: int) -> dict[str, int]:
+def feature_dims(store: Store, fs_id: int) -> dict[str, int]:
+    """{modality: feature width D} of a feature set, in the order of ``MODALITIES``."""
     with store.read() as s:
         dims = dict(rows.get(s, FeatureSet, fs_id).dims or {})
     return {m: int(dims[m]) for m in MODALITIES if m in dims}
@@ -547,7 +553,7 @@ def predict(
     if job.only is not None and not job.only:
         return 0
     if job.is_ensemble:  # members predicted where they lack rows, then every row re-averaged
-        return ensembles._predict_ensemble(
+        return ensembles.predict_ensemble(
             store, settings, model_version_id=model_version_id, splits=splits
         )
     schema = projects.schema_of(store, job.project_id)
@@ -566,13 +572,11 @@ def predict(
     if job.only is not None:
         temperatures = dict(job.temperatures)
     elif settings.calibrate:
-        temperatures = ensembles._fit_temperatures(
-            store, job.project_id, schema, split.sample_ids, probs
-        )
+        temperatures = _fit_temperatures(store, job.project_id, schema, split.sample_ids, probs)
     else:
         temperatures = {}
     scaled = _calibrated(probs, temperatures, schema)
-    n = _write_predictions(
+    n = write_predictions(
         store, model_version_id, schema, split.sample_ids, scaled, replace=job.only is None
     )
     if job.only is None:
@@ -643,7 +647,43 @@ def _calibrated(
     return scaled
 
 
-def _write_predictions(
+def _fit_temperatures(
+    store: Store,
+    project_id: int,
+    schema: LabelSchema,
+    sample_ids: list[int],
+    probs: dict[str, Any],
+) -> dict[str, float]:
+    """{head: temperature} fitted on the valid samples among ``sample_ids`` (``probs[head]``
+    rows, float (N, K)); a head with fewer than 20 valid gold labels is left uncalibrated."""
+    from meiju_core.ml.pseudo import temperature_scale
+
+    with store.read() as s:
+        gold = s.execute(
+            select(GoldLabel.sample_id, GoldLabel.head, GoldLabel.label)
+            .join(Sample, Sample.id == GoldLabel.sample_id)
+            .where(Sample.project_id == project_id, Sample.split == "valid")
+        ).all()
+    row_of = {sid: i for i, sid in enumerate(sample_ids)}
+    out: dict[str, float] = {}
+    for head in schema.head_names:
+        classes = schema.classes(head)
+        pairs = [
+            (row_of[sid], classes.index(label))
+            for sid, h, label in gold
+            if h == head and sid in row_of and label in classes
+        ]
+        if len(pairs) < 20:
+            continue
+        rows_, labels = (np.array(v, dtype=np.int64) for v in zip(*pairs, strict=True))
+        p = np.asarray(probs[head], dtype=np.float64)[rows_]
+        out[head] = round(
+            temperature_scale(p / p.sum(axis=1, keepdims=True), labels, kind="probs"), 4
+        )
+    return out
+
+
+def write_predictions(
     store: Store,
     model_version_id: int,
     schema: LabelSchema,
