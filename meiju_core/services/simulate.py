@@ -545,21 +545,11 @@ class _Data:
 
 
 def _load(store, project_id: int, feature_set: str) -> _Data:
-    from meiju_core.services import projects, training
+    from meiju_core.services import training
 
-    schema = projects.schema_of(store, project_id)
-    fs_id = training.feature_set_id(store, project_id, feature_set)
-    parts = {
-        split: training.load_split(
-            store,
-            project_id=project_id,
-            split=split,
-            feature_set_id=fs_id,
-            schema=schema,
-            with_gold=split != "pool",
-        )
-        for split in ("train", "valid", "test", "pool")
-    }
+    parts, dims, schema = training.load_splits(
+        store, project_id=project_id, feature_set=feature_set
+    )
     for split in ("train", "valid", "test", "pool"):
         if not parts[split].sample_ids:
             raise InputError(f"the benchmark needs {split} samples; the project has none")
@@ -569,7 +559,7 @@ def _load(store, project_id: int, feature_set: str) -> _Data:
         parts["test"].data,
         parts["pool"].data,
         parts["pool"].sample_ids,
-        training.feature_dims(store, fs_id),
+        dims,
         schema,
     )
 

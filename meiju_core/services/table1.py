@@ -170,20 +170,11 @@ def _load(store, project_id: int, feature_set: str) -> _Splits:
     from sqlalchemy import select
 
     from db.models import Sample, Transcript
-    from meiju_core.services import projects, training
+    from meiju_core.services import training
 
-    schema = projects.schema_of(store, project_id)
-    fs_id = training.feature_set_id(store, project_id, feature_set)
-    parts = {}
-    for split in ("train", "valid", "test", "pool"):
-        parts[split] = training.load_split(
-            store,
-            project_id=project_id,
-            split=split,
-            feature_set_id=fs_id,
-            schema=schema,
-            with_gold=split != "pool",
-        )
+    parts, dims, schema = training.load_splits(
+        store, project_id=project_id, feature_set=feature_set
+    )
     with store.read() as s:
         text_of = dict(
             s.execute(
@@ -205,7 +196,7 @@ def _load(store, project_id: int, feature_set: str) -> _Splits:
         parts["test"].data,
         parts["pool"].data,
         texts,
-        training.feature_dims(store, fs_id),
+        dims,
         schema,
     )
 

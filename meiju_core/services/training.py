@@ -108,6 +108,36 @@ def load_split(
     return SplitData(sample_ids=ids, data=data)
 
 
+def load_splits(
+    store: Store,
+    *,
+    project_id: int,
+    feature_set: str,
+    splits: tuple[str, ...] = ("train", "valid", "test", "pool"),
+) -> tuple[dict[str, SplitData], dict[str, int], LabelSchema]:
+    """Every split of ``splits`` loaded once (gold labels, none for the pool), with the feature
+    set's widths and the project's schema: what the benchmarks over one project (Table I, the
+    simulated reviewer) start from. Returns ``({split: SplitData}, {modality: D}, schema)``.
+
+    Raises:
+        InputError: the project has no feature set ``feature_set``.
+    """
+    schema = projects.schema_of(store, project_id)
+    fs_id = feature_set_id(store, project_id, feature_set)
+    parts = {
+        split: load_split(
+            store,
+            project_id=project_id,
+            split=split,
+            feature_set_id=fs_id,
+            schema=schema,
+            with_gold=split != "pool",
+        )
+        for split in splits
+    }
+    return parts, feature_dims(store, fs_id), schema
+
+
 def _split_labels(
     s: Session, project_id: int, splits: tuple[str, ...], *, with_gold: bool, round_id: int | None
 ) -> dict[tuple[int, str], str]:
