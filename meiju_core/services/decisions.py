@@ -90,6 +90,23 @@ def undo(
         return q.undo(s, round_id=round_id, user_id=(user or {}).get("id"), decision_id=decision_id)
 
 
+def lease(store: Store, *, round_id: int, sample_id: int, user_id: int, seconds: int) -> bool:
+    """Reserve the card ``sample_id`` of the round for ``user_id`` for ``seconds`` (one short
+    write). False, changing nothing, when another annotator holds it or every head of it is
+    decided (:func:`db.queries.lease`).
+
+    Raises:
+        StoreError: ``seconds`` under 1 or a closed round.
+    """
+    try:
+        with store.write() as s:
+            return q.lease(
+                s, round_id=round_id, sample_id=sample_id, user_id=user_id, seconds=seconds
+            )
+    except q.QueueError as e:
+        raise StoreError(str(e)) from e
+
+
 def auto_pseudo_label(
     store: Store,
     *,
