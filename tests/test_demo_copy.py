@@ -103,3 +103,51 @@ def test_the_copy_points_into_itself_and_the_source_is_untouched(built, tmp_path
 def test_a_folder_without_a_store_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="meiju.db"):
         copy_built_demo(tmp_path / "nothing", tmp_path / "copy")
+
+
+def test_checkpoints_in_the_config_and_fresh_media_keys_follow_the_copy(built, tmp_path):
+    """What predict loads (``config["checkpoints"]``) points into the copy, and a feature whose
+    media key matched the source's media is still up to date in the copy (no re-extraction),
+    while a stale one stays stale."""
+    from meiju_core.ml.features.media_pool import media_key
+
+    store = Store(f"sqlite:///{built / 'meiju.db'}")
+    with store.write() as s:
+        first = s.scalars(select(Sample).order_by(Sample.id)).first()
+        fs_id = s.scalars(select(FeatureSet.id)).one()
+        fresh = media_key(first.video_path, first.audio_path)
+        for modality, key in (("audio", fresh), ("visual", "stale")):
+            s.add(
+                FeatureFile(
+                    feature_set_id=fs_id,
+                    sample_id=first.id,
+                    modality=modality,
+                    path=str(built / "features" / "a.npy"),
+                    shape=[1, 1],
+                    content_hash=key,
+                )
+            )
+        mv = s.scalars(select(ModelVersion).where(ModelVersion.checkpoint_path.is_not(None))).one()
+        mv.config = {**(mv.config or {}), "checkpoints": {"emotion": str(built / "checkpoints")}}
+    store.dispose()
+
+    dst = copy_built_demo(built, tmp_path / "copy")
+
+    store = Store(f"sqlite:///{dst / 'meiju.db'}")
+    try:
+        with store.read() as s:
+            sample = s.scalars(select(Sample).order_by(Sample.id)).first()
+            keys = dict(
+                s.execute(
+                    select(FeatureFile.modality, FeatureFile.content_hash).where(
+                        FeatureFile.modality.in_(("audio", "visual"))
+                    )
+                ).all()
+            )
+            mv = s.scalars(select(ModelVersion).where(ModelVersion.checkpoint_path.is_not(None)))
+            checkpoints = mv.one().config["checkpoints"]
+    finally:
+        store.dispose()
+    assert keys["audio"] == media_key(sample.video_path, sample.audio_path) != fresh
+    assert keys["visual"] == "stale"
+    assert checkpoints == {"emotion": str(dst / "checkpoints")}

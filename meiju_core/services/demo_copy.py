@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from db import Store
 from db.models import FeatureFile, FeatureSet, ModelVersion, Sample
+from meiju_core.ml.features.media_pool import media_key
 
 # what a built demo folder holds (the store and the folders its paths point into)
 DEMO_ENTRIES = ("meiju.db", "features", "media", "checkpoints")
@@ -68,6 +70,8 @@ def copy_built_demo(src: Path, dst: Path) -> Path:
                 ]
                 if moved:  # ORM bulk UPDATE by primary key
                     s.execute(update(model), moved)
+            _move_checkpoint_configs(s, src, dst)
+            _refresh_media_keys(s, src, dst)
     finally:
         store.dispose()
     return dst
@@ -80,3 +84,43 @@ def _moved(path: str, src: Path, dst: Path) -> str | None:
         if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
             return str(dst) + path[len(prefix.rstrip("/")) :]
     return None
+
+
+def _move_checkpoint_configs(s: Session, src: Path, dst: Path) -> None:
+    """Point each model version's ``config["checkpoints"]`` ({head: path}, what predict loads)
+    into the copy, as :data:`PATH_COLUMNS` does for ``checkpoint_path``."""
+    for mv in s.scalars(select(ModelVersion)):
+        heads = (mv.config or {}).get("checkpoints")
+        if not isinstance(heads, dict):
+            continue
+        moved = {h: _moved(str(p), src, dst) or p for h, p in heads.items()}
+        if moved != heads:
+            mv.config = {**mv.config, "checkpoints": moved}
+
+
+def _refresh_media_keys(s: Session, src: Path, dst: Path) -> None:
+    """Keep the copy's audio and visual features up to date: their ``content_hash`` names the
+    media paths (:func:`~meiju_core.ml.features.media_pool.media_key`), which the copy rewrote.
+    A row whose hash matched the source's media is given the copy's hash; a stale one stays
+    stale, so the next extraction redoes exactly what it would have redone in the source."""
+    rows = s.execute(
+        select(FeatureFile, Sample.video_path, Sample.audio_path)
+        .join(Sample, Sample.id == FeatureFile.sample_id)
+        .where(FeatureFile.modality.in_(("audio", "visual")))
+    ).all()
+    for ff, video, audio in rows:
+        old_video = _source_path(video, src, dst)
+        old_audio = _source_path(audio, src, dst)
+        if (old_video, old_audio) == (video, audio):
+            continue  # media outside the data folder: the key did not change
+        if ff.content_hash == media_key(old_video, old_audio):
+            ff.content_hash = media_key(video, audio)
+
+
+def _source_path(path: str | None, src: Path, dst: Path) -> str | None:
+    """The source path a copied ``path`` came from (``path`` itself when it is not under
+    ``dst``)."""
+    if path is None:
+        return None
+    back = _moved(path, dst, src)
+    return back if back is not None else path
