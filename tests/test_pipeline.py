@@ -35,18 +35,13 @@ from meiju_core.services import (
     training,
     transcripts,
 )
-from meiju_core.services import demo as demo_service
-from meiju_core.settings import Settings
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("demo")
-    settings = Settings.load(data_dir=str(data_dir), database_url="", project="demo")
-    store = projects.open_store(settings)
-    summary = demo_service.build_demo(store, settings, epochs=2)
+def demo(built_demo, tmp_path_factory):
+    settings, store, summary = built_demo.copy(tmp_path_factory.mktemp("demo"))
     yield settings, store, summary
     store.dispose()
 

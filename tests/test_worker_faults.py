@@ -21,19 +21,15 @@ import torch
 
 from db import queries as q
 from db.models import Job, ModelVersion
-from meiju_core.services import demo as demo_service
-from meiju_core.services import jobs, projects
+from meiju_core.services import jobs
 from meiju_core.settings import Settings
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("faults")
-    settings = Settings.load(data_dir=str(data_dir), database_url="", project="demo")
-    store = projects.open_store(settings)
-    summary = demo_service.build_demo(store, settings, epochs=1)
+def demo(built_demo, tmp_path_factory):
+    settings, store, summary = built_demo.copy(tmp_path_factory.mktemp("faults"))
     yield settings, store, summary["project_id"]
     store.dispose()
 

@@ -1,10 +1,9 @@
 """The demo project (the one ``meiju demo`` / ``make run`` builds) in Chromium, as a new user
 meets it (issue 9, items 1-3 and 6; issue 10, item 4).
 
-The module builds the real demo once (CPED + GRID + Mandarin speech, builtin features, stage 1
-on the short schedule, the first round opened with the defaults) in a temporary data dir, or
-copies a demo already built when ``MEIJU_TEST_DEMO_DIR`` names its data dir (the same data,
-to save the build; built here, stage 1 trains for 2 epochs). Then: the first sign-in shows a card; keys work after clicking each card
+The module works on a copy of the real demo the test run builds once (``built_demo`` in
+tests/conftest.py: CPED + GRID + Mandarin speech, builtin features, stage 1 on the short
+2-epoch schedule, the first round opened with the defaults; or a copy of ``MEIJU_TEST_DEMO_DIR``). Then: the first sign-in shows a card; keys work after clicking each card
 control; five presses 60 ms apart make five decisions in order; E then I decide one card; a bulk
 accept is undone as one unit; a reload keeps the session and sign-out ends it; transcripts with
 script, HTML and markdown payloads run nothing and fetch nothing. Screenshots land in
@@ -13,7 +12,6 @@ script, HTML and markdown payloads run nothing and fetch nothing. Screenshots la
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from pathlib import Path
@@ -25,10 +23,7 @@ from sqlalchemy import func, select, update
 
 from db import queries as q
 from db.models import Decision, Prediction, PseudoLabel, ReviewRound, Sample, Transcript, User
-from meiju_core.services import demo as demo_service
-from meiju_core.services import projects, users
-from meiju_core.services.demo_copy import copy_built_demo
-from meiju_core.settings import Settings
+from meiju_core.services import users
 
 # building the demo takes about 2 minutes on a quiet 2-core machine, several under load
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -40,18 +35,11 @@ SERVER_FIXTURE = "demo"  # the shared browser fixture starts after it
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def demo(built_demo, tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"Debian's Chromium is not at {CHROMIUM} (apt-get install chromium)")
     data_dir = tmp_path_factory.mktemp("demo")
-    prebuilt = os.environ.get("MEIJU_TEST_DEMO_DIR")
-    if prebuilt:  # the copy's store points into the copy's folders
-        copy_built_demo(Path(prebuilt), data_dir)
-    settings = Settings.load(data_dir=str(data_dir), database_url="", project="demo")
-    store = projects.open_store(settings)
-    # the short schedule (2 epochs) when the demo is built here: the same data and steps, a
-    # smaller training run
-    summary = demo_service.build_demo(store, settings, admin_password="pw", epochs=2)
+    settings, store, summary = built_demo.copy(data_dir)  # admin's password: "pw"
     users.add_user(store, name="ann", role="annotator", password="pw")
     env = {
         "MEIJU_DATA_DIR": str(data_dir),

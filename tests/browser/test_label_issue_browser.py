@@ -1,6 +1,6 @@
 """A flagged gold label relabelled by keyboard on the demo project, in Chromium (issue 11, item 4).
 
-The demo is built once (or copied from ``MEIJU_TEST_DEMO_DIR``, as in ``test_demo_browser.py``).
+The module works on a copy of the demo the test run builds once (``built_demo``, tests/conftest.py).
 An admin opens Review's "Gold label issues" queue and clicks "Run the check": the app only
 writes a ``label_check`` job; the test runs that job in its own process, standing in for the
 worker, and the page picks the new queue up by itself. Then R relabels the first flag to the
@@ -10,7 +10,6 @@ relabels to the class it names. Screenshots: ``tests/artifacts/label_issue_*.png
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -21,10 +20,7 @@ from sqlalchemy import select, update
 from db import label_issues as li
 from db import queries as q
 from db.models import Decision, GoldLabel, Job, User
-from meiju_core.services import demo as demo_service
-from meiju_core.services import jobs, projects, users
-from meiju_core.services.demo_copy import copy_built_demo
-from meiju_core.settings import Settings
+from meiju_core.services import jobs, projects
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -35,17 +31,11 @@ SERVER_FIXTURE = "demo"  # the shared browser fixture starts after it
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def demo(built_demo, tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"Debian's Chromium is not at {CHROMIUM} (apt-get install chromium)")
     data_dir = tmp_path_factory.mktemp("demo")
-    prebuilt = os.environ.get("MEIJU_TEST_DEMO_DIR")
-    if prebuilt:  # the copy's store points into the copy's folders
-        copy_built_demo(Path(prebuilt), data_dir)
-    settings = Settings.load(data_dir=str(data_dir), database_url="", project="demo")
-    store = projects.open_store(settings)
-    summary = demo_service.build_demo(store, settings, admin_password="pw", epochs=2)
-    users.add_user(store, name="admin", role="admin", password="pw")  # the copy's password
+    settings, store, summary = built_demo.copy(data_dir)  # admin's password: "pw"
     env = {
         "MEIJU_DATA_DIR": str(data_dir),
         "MEIJU_DATABASE_URL": settings.database_url,
