@@ -4,7 +4,7 @@ A job row names the process that runs it (``pid`` on ``host``), so a running wor
 job whose process is gone (the worker was killed, the machine rebooted) from one still working,
 and fail it or re-queue it at once instead of waiting for a stale heartbeat. ``attempts`` counts
 how many times the job was started: a re-queued train job resumes from its last epoch checkpoint,
-and after ``meiju_core.jobs.MAX_ATTEMPTS`` starts it fails with a reason instead.
+and after ``meiju_core.services.jobs.MAX_ATTEMPTS`` starts it fails with a reason instead.
 
 Revision ID: 0004_job_process
 Revises: 0003_review
