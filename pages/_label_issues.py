@@ -39,22 +39,19 @@ S = st.session_state
 def _submit_check(project_id: int) -> None:
     """Button callback: queue the gold-label check for the worker (admins; the job checks the
     role again)."""
-    try:
-        job_id = jobs.submit(
+    common.flash_outcome(
+        lambda: jobs.submit(
             common.store(),
             common.settings(),
             kind="label_check",
             params={"split": "train"},
             project_id=project_id,
             user=common.user(),
-        )
-    except MeijuError as e:
-        common.flash("error", str(e), key="li_page_flash")
-        return
-    common.flash(
-        "success",
-        f"Gold-label check queued as job #{job_id}: it runs in the background and opens a new "
-        "queue of flags when it finishes.",
+        ),
+        lambda job_id: (
+            f"Gold-label check queued as job #{job_id}: it runs in the background "
+            "and opens a new queue of flags when it finishes."
+        ),
         key="li_page_flash",
     )
 
@@ -380,16 +377,7 @@ def _history(rows: list[dict[str, Any]]) -> None:
             else f"**keep** {d['head']} {d['label']}"
         )
         text = f"`{d['utt_id']}` · {what} · {common.ago(d['at'])}"
-        line = st.container(horizontal=True, vertical_alignment="center", key=f"li_h_{k}")
-        line.markdown(f"~~{text}~~ (undone)" if d["undone"] else text, width="stretch")
-        line.button(
-            "Undo",
-            key=f"li_undo_{k}",
-            type="tertiary",
-            disabled=d["undone"],
-            on_click=_undo,
-            args=(d["decision_id"],),
-        )
+        common.decision_line(text, d, prefix="li", k=k, on_undo=_undo)
 
 
 @st.fragment

@@ -948,16 +948,7 @@ def _history(rows: list[dict[str, Any]], heads: list[str]) -> None:
                 f"`{d['utt_id']}` · **{d['action']}**{note} · {labels or 'whole card'} · "
                 f"{common.ago(d['at'])}"
             )
-        line = st.container(horizontal=True, vertical_alignment="center", key=f"rv_h_{k}")
-        line.markdown(f"~~{text}~~ (undone)" if d["undone"] else text, width="stretch")
-        line.button(
-            "Undo",
-            key=f"rv_undo_{k}",
-            type="tertiary",
-            disabled=d["undone"],
-            on_click=_undo,
-            args=(d["decision_id"],),
-        )
+        common.decision_line(text, d, prefix="rv", k=k, on_undo=_undo)
 
 
 def _empty_queue(store, round_id: int, flt: q.QueueFilter, user: dict[str, Any]) -> None:
