@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import html
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -156,6 +157,18 @@ def flash_outcome(call: Callable[[], T], success: Callable[[T], str], *, key: st
         return None
     flash("success", success(out), key=key)
     return out
+
+
+def held_lease(key: str, sample_id: int, seconds: float, take: Callable[[], bool]) -> bool:
+    """Hold ``sample_id`` on screen for this session: ``take()`` takes or renews its lease in the
+    store (a lease of ``seconds``), at most once per half lease; ``st.session_state[key]`` keeps
+    the sample and when its lease was taken. Returns whether this session holds it."""
+    held = st.session_state.get(key)
+    if held and held[0] == sample_id and time.monotonic() - held[1] < seconds / 2:
+        return True
+    ok = take()
+    st.session_state[key] = (sample_id, time.monotonic()) if ok else None
+    return ok
 
 
 # --------------------------------------------------------------------------- formatting

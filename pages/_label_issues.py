@@ -158,18 +158,18 @@ def _next(s, round_id: int, user_id: int, taken: set[int]) -> dict[str, Any] | N
 def _lease(store, round_id: int, sample_id: int) -> bool:
     """Hold the sample on screen for this user (renewed at half the lease time)."""
     settings = common.settings()
-    held = S.get("li_leased")
-    if held and held[0] == sample_id and time.monotonic() - held[1] < settings.lease_seconds / 2:
-        return True
-    ok = label_check.lease(
-        store,
-        round_id=round_id,
-        sample_id=sample_id,
-        user=common.user(),
-        seconds=settings.lease_seconds,
+    return common.held_lease(
+        "li_leased",
+        sample_id,
+        settings.lease_seconds,
+        lambda: label_check.lease(
+            store,
+            round_id=round_id,
+            sample_id=sample_id,
+            user=common.user(),
+            seconds=settings.lease_seconds,
+        ),
     )
-    S["li_leased"] = (sample_id, time.monotonic()) if ok else None
-    return ok
 
 
 def _current(store, round_id: int) -> dict[str, Any] | None:
