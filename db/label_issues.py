@@ -22,8 +22,7 @@ lease expires, and another's decision on it is refused (:class:`db.queries.CardL
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
@@ -221,8 +220,7 @@ def lease(
     Raises:
         QueueError: ``seconds`` under 1, a closed round or one of another kind.
     """
-    if not seconds >= q.MIN_LEASE_S:
-        raise q.QueueError(f"a lease lasts at least {q.MIN_LEASE_S} s, got {seconds}")
+    q._check_lease_seconds(seconds)
     rnd = q._lock_round(s, round_id)
     if rnd.kind != "label_issues":
         raise q.QueueError(f"round {round_id} is not a gold-label check")
@@ -236,26 +234,9 @@ def lease(
     done = {h for (sid, h) in resolved(s, round_id=round_id) if sid == sample_id}
     if not heads - done:
         return False
-    now = utcnow()
-    held = s.scalars(
-        select(ReviewLease).where(
-            ReviewLease.round_id == round_id, ReviewLease.sample_id == sample_id
-        )
-    ).first()
-    if held is not None:
-        if held.user_id != user_id and q._aware(held.expires_at) > now:
-            return False
-        held.user_id, held.expires_at = user_id, now + timedelta(seconds=seconds)
-        return True
-    s.add(
-        ReviewLease(
-            round_id=round_id,
-            sample_id=sample_id,
-            user_id=user_id,
-            expires_at=now + timedelta(seconds=seconds),
-        )
+    return q._hold_lease(
+        s, round_id=round_id, sample_id=sample_id, user_id=user_id, seconds=seconds, now=utcnow()
     )
-    return True
 
 
 def counts(s: Session, *, round_id: int) -> dict[str, dict[str, int]]:
@@ -360,15 +341,7 @@ def decide(
     ).first()
     if flag is None:
         raise q.QueueError(f"sample {sample_id} has no flagged {head} label in round {round_id}")
-    held = s.scalars(
-        select(ReviewLease).where(
-            ReviewLease.round_id == round_id,
-            ReviewLease.sample_id == sample_id,
-            ReviewLease.user_id.is_distinct_from(user_id),
-        )
-    ).first()
-    if held is not None and q._aware(held.expires_at) > utcnow():
-        raise q.CardLeased(sample_id, q._user_name(s, held.user_id))
+    q._foreign_lease(s, round_id, sample_id, user_id, utcnow(), admin_override=False)
     prior = _live_for(s, round_id, sample_id, head)
     if prior is not None:
         by = q._user_name(s, prior.user_id)
@@ -428,12 +401,7 @@ def undo(
             relabel of another round, say): the label is left as it is.
     """
     q._lock_round(s, round_id)
-    stmt = _live(round_id)
-    if decision_id is not None:
-        stmt = stmt.where(Decision.id == decision_id)
-    elif user_id is not None:
-        stmt = stmt.where(Decision.user_id == user_id)
-    last = s.scalars(stmt.order_by(Decision.id.desc()).limit(1)).first()
+    last = q._latest_decision(s, _live(round_id), decision_id=decision_id, user_id=user_id)
     if last is None:
         return None
     if last.action == "relabel":
@@ -448,7 +416,7 @@ def undo(
                 f"the gold {last.head} label of this sample is {now} now, not {last.label}: "
                 "it was changed since, so undo leaves it"
             )
-        gold.label = last.previous_label
+        gold.label = cast(str, last.previous_label)  # a relabel always records it
     s.add(
         Decision(
             round_id=round_id,

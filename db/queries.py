@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
+    Select,
     and_,
     bindparam,
     delete,
@@ -1163,8 +1164,7 @@ def lease(
     Raises:
         QueueError: ``seconds`` under 1 (:data:`MIN_LEASE_S`), or a closed round.
     """
-    if not seconds >= MIN_LEASE_S:  # also refuses NaN
-        raise QueueError(f"a lease lasts at least {MIN_LEASE_S} s, got {seconds}")
+    _check_lease_seconds(seconds)
     rnd = _lock_round(s, round_id)
     now = utcnow()
     decided = s.scalar(
@@ -1178,6 +1178,23 @@ def lease(
     )
     if (decided or 0) >= len(rnd.thresholds):
         return False
+    return _hold_lease(
+        s, round_id=round_id, sample_id=sample_id, user_id=user_id, seconds=seconds, now=now
+    )
+
+
+def _check_lease_seconds(seconds: int) -> None:
+    """Raise QueueError for a lease shorter than :data:`MIN_LEASE_S` (or NaN)."""
+    if not seconds >= MIN_LEASE_S:  # also refuses NaN
+        raise QueueError(f"a lease lasts at least {MIN_LEASE_S} s, got {seconds}")
+
+
+def _hold_lease(
+    s: Session, *, round_id: int, sample_id: int, user_id: int | None, seconds: int, now: datetime
+) -> bool:
+    """The lease step shared by :func:`lease` and ``label_issues.lease``: take or renew the
+    sample's lease for ``user_id`` until ``now`` + ``seconds``; False, changing nothing, when
+    another user holds an unexpired one."""
     held = s.scalars(
         select(ReviewLease).where(
             ReviewLease.round_id == round_id, ReviewLease.sample_id == sample_id
@@ -1808,6 +1825,20 @@ def _release_done_cards(
         )
 
 
+def _latest_decision(
+    s: Session, live: Select[Decision], *, decision_id: int | None, user_id: int | None
+) -> Decision | None:
+    """The decision ``decision_id`` among ``live`` (a select of live decisions), else the
+    latest of ``user_id``'s (of anyone's when None); what :func:`undo` and ``label_issues.undo``
+    compensate."""
+    stmt = live
+    if decision_id is not None:
+        stmt = stmt.where(Decision.id == decision_id)
+    elif user_id is not None:
+        stmt = stmt.where(Decision.user_id == user_id)
+    return s.scalars(stmt.order_by(Decision.id.desc()).limit(1)).first()
+
+
 def undo(
     s: Session, *, round_id: int, user_id: int | None, decision_id: int | None = None
 ) -> int | None:
@@ -1828,12 +1859,7 @@ def undo(
     live = select(Decision).where(
         Decision.round_id == round_id, Decision.action != "undo", Decision.id.not_in(undone)
     )
-    q = live
-    if decision_id is not None:
-        q = q.where(Decision.id == decision_id)
-    elif user_id is not None:
-        q = q.where(Decision.user_id == user_id)
-    last = s.scalars(q.order_by(Decision.id.desc()).limit(1)).first()
+    last = _latest_decision(s, live, decision_id=decision_id, user_id=user_id)
     if last is None:
         return None
     if last.batch_id is not None:  # a bulk accept is undone as one unit

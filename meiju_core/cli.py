@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -679,6 +679,19 @@ def pseudo_label(
             typer.echo(f"accepted: {out}")
 
 
+def _export_rows(
+    export: Callable[..., int], path: Path, *, settings: bool = True, **options: Any
+) -> None:
+    """Write one CSV of the active project with ``export`` (a ``meiju_core.io.export`` function,
+    called with the store, the settings unless ``settings`` is off, ``project_id``, ``path`` and
+    ``options``) and print how many rows it wrote."""
+    settings_, store, info = _store_and_project()
+    args = (store, settings_) if settings else (store,)
+    with _friendly():
+        n = export(*args, project_id=info["id"], path=path, **options)
+    typer.echo(f"{n} rows written to {path}")
+
+
 @export_app.command("submission")
 def export_submission(
     path: Annotated[Path, typer.Argument(help="Output CSV.")] = Path("submission.csv"),
@@ -687,10 +700,7 @@ def export_submission(
     """Write submission.csv (filename,emo_pred,int_pred) with label strings."""
     from meiju_core.io import export
 
-    _s, store, info = _store_and_project()
-    with _friendly():
-        n = export.export_submission(store, project_id=info["id"], path=path, split=split)
-    typer.echo(f"{n} rows written to {path}")
+    _export_rows(export.export_submission, path, settings=False, split=split)
 
 
 @export_app.command("labels")
@@ -701,10 +711,7 @@ def export_labels_cmd(
     """Gold labels and accepted pseudo-labels with provenance (source, model, reviewer)."""
     from meiju_core.io.export import export_labels
 
-    settings, store, info = _store_and_project()
-    with _friendly():
-        n = export_labels(store, settings, project_id=info["id"], path=path, round_id=round_id)
-    typer.echo(f"{n} rows written to {path}")
+    _export_rows(export_labels, path, round_id=round_id)
 
 
 @export_app.command("decisions")
@@ -715,10 +722,7 @@ def export_decisions_cmd(
     """The review decision log (who decided what, when, with undo links)."""
     from meiju_core.io.export import export_decisions
 
-    settings, store, info = _store_and_project()
-    with _friendly():
-        n = export_decisions(store, settings, project_id=info["id"], path=path, round_id=round_id)
-    typer.echo(f"{n} rows written to {path}")
+    _export_rows(export_decisions, path, round_id=round_id)
 
 
 @export_app.command("edits")
@@ -728,10 +732,7 @@ def export_edits_cmd(
     """Every transcript edit (before, after, editor, time)."""
     from meiju_core.io.export import export_transcript_edits
 
-    settings, store, info = _store_and_project()
-    with _friendly():
-        n = export_transcript_edits(store, settings, project_id=info["id"], path=path)
-    typer.echo(f"{n} rows written to {path}")
+    _export_rows(export_transcript_edits, path)
 
 
 @export_app.command("baseline")

@@ -13,15 +13,20 @@ from __future__ import annotations
 
 import functools
 import html
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import streamlit as st
 
 from db import Store, views
+from meiju_core.errors import MeijuError
 from meiju_core.services import projects
 from meiju_core.settings import Settings, environment_key
+
+T = TypeVar("T")
 
 CSS = """
 <style>
@@ -141,6 +146,31 @@ def show_flash(*, key: str = "flash") -> None:
         getattr(st, kind)(message)
 
 
+def flash_outcome(call: Callable[[], T], success: Callable[[T], str], *, key: str) -> T | None:
+    """Run a button callback's service ``call`` and keep its outcome for the next run
+    (:func:`flash` under ``key``): the MeijuError's message, returning None, or ``success`` of
+    what it returned, returning that."""
+    try:
+        out = call()
+    except MeijuError as e:
+        flash("error", str(e), key=key)
+        return None
+    flash("success", success(out), key=key)
+    return out
+
+
+def held_lease(key: str, sample_id: int, seconds: float, take: Callable[[], bool]) -> bool:
+    """Hold ``sample_id`` on screen for this session: ``take()`` takes or renews its lease in the
+    store (a lease of ``seconds``), at most once per half lease; ``st.session_state[key]`` keeps
+    the sample and when its lease was taken. Returns whether this session holds it."""
+    held = st.session_state.get(key)
+    if held and held[0] == sample_id and time.monotonic() - held[1] < seconds / 2:
+        return True
+    ok = take()
+    st.session_state[key] = (sample_id, time.monotonic()) if ok else None
+    return ok
+
+
 # --------------------------------------------------------------------------- formatting
 
 
@@ -256,3 +286,21 @@ def media_block(card: Any) -> None:
             st.audio(card.audio_path, start_time=start)
         else:
             st.caption("The audio of this utterance is missing on the server.")
+
+
+def decision_line(
+    text: str, d: dict[str, Any], *, prefix: str, k: int, on_undo: Callable[[int], None]
+) -> None:
+    """Line ``k`` of a page's "Last decisions": ``text`` (struck through once ``d["undone"]``)
+    and an Undo button calling ``on_undo(d["decision_id"])``; widget keys ``<prefix>_h_<k>`` and
+    ``<prefix>_undo_<k>``."""
+    line = st.container(horizontal=True, vertical_alignment="center", key=f"{prefix}_h_{k}")
+    line.markdown(f"~~{text}~~ (undone)" if d["undone"] else text, width="stretch")
+    line.button(
+        "Undo",
+        key=f"{prefix}_undo_{k}",
+        type="tertiary",
+        disabled=d["undone"],
+        on_click=on_undo,
+        args=(d["decision_id"],),
+    )

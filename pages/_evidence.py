@@ -16,7 +16,6 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from db.evidence import review_observations
-from meiju_core.errors import MeijuError
 from meiju_core.ml.pseudo import acceptance_by_confidence
 from meiju_core.services import rounds
 from pages import _common as common
@@ -38,25 +37,23 @@ def _thresholds(url: str, round_id: int, precision: float, min_count: int) -> di
 def _open_next_round(round_id: int, precision: float, min_count: int) -> None:
     """Button callback: open the next round with the evidence's per-class thresholds (the
     service checks the role)."""
-    try:
-        rid = rounds.open_round_from_evidence(
+    rid = common.flash_outcome(
+        lambda: rounds.open_round_from_evidence(
             common.store(),
             common.settings(),
             round_id=round_id,
             precision=precision,
             min_count=min_count,
             user=common.user(),
-        )
-    except MeijuError as e:
-        common.flash("error", str(e), key="db_flash")
-        return
-    common.flash(
-        "success",
-        f"Round #{rid} is open with per-class thresholds from round #{round_id}'s review "
-        "decisions: Review shows its cards.",
+        ),
+        lambda rid: (
+            f"Round #{rid} is open with per-class thresholds from round #{round_id}'s "
+            "review decisions: Review shows its cards."
+        ),
         key="db_flash",
     )
-    st.cache_data.clear()
+    if rid is not None:
+        st.cache_data.clear()
 
 
 def next_round_button(ev: dict[str, Any]) -> None:

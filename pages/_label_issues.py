@@ -39,22 +39,19 @@ S = st.session_state
 def _submit_check(project_id: int) -> None:
     """Button callback: queue the gold-label check for the worker (admins; the job checks the
     role again)."""
-    try:
-        job_id = jobs.submit(
+    common.flash_outcome(
+        lambda: jobs.submit(
             common.store(),
             common.settings(),
             kind="label_check",
             params={"split": "train"},
             project_id=project_id,
             user=common.user(),
-        )
-    except MeijuError as e:
-        common.flash("error", str(e), key="li_page_flash")
-        return
-    common.flash(
-        "success",
-        f"Gold-label check queued as job #{job_id}: it runs in the background and opens a new "
-        "queue of flags when it finishes.",
+        ),
+        lambda job_id: (
+            f"Gold-label check queued as job #{job_id}: it runs in the background "
+            "and opens a new queue of flags when it finishes."
+        ),
         key="li_page_flash",
     )
 
@@ -161,18 +158,18 @@ def _next(s, round_id: int, user_id: int, taken: set[int]) -> dict[str, Any] | N
 def _lease(store, round_id: int, sample_id: int) -> bool:
     """Hold the sample on screen for this user (renewed at half the lease time)."""
     settings = common.settings()
-    held = S.get("li_leased")
-    if held and held[0] == sample_id and time.monotonic() - held[1] < settings.lease_seconds / 2:
-        return True
-    ok = label_check.lease(
-        store,
-        round_id=round_id,
-        sample_id=sample_id,
-        user=common.user(),
-        seconds=settings.lease_seconds,
+    return common.held_lease(
+        "li_leased",
+        sample_id,
+        settings.lease_seconds,
+        lambda: label_check.lease(
+            store,
+            round_id=round_id,
+            sample_id=sample_id,
+            user=common.user(),
+            seconds=settings.lease_seconds,
+        ),
     )
-    S["li_leased"] = (sample_id, time.monotonic()) if ok else None
-    return ok
 
 
 def _current(store, round_id: int) -> dict[str, Any] | None:
@@ -380,16 +377,7 @@ def _history(rows: list[dict[str, Any]]) -> None:
             else f"**keep** {d['head']} {d['label']}"
         )
         text = f"`{d['utt_id']}` · {what} · {common.ago(d['at'])}"
-        line = st.container(horizontal=True, vertical_alignment="center", key=f"li_h_{k}")
-        line.markdown(f"~~{text}~~ (undone)" if d["undone"] else text, width="stretch")
-        line.button(
-            "Undo",
-            key=f"li_undo_{k}",
-            type="tertiary",
-            disabled=d["undone"],
-            on_click=_undo,
-            args=(d["decision_id"],),
-        )
+        common.decision_line(text, d, prefix="li", k=k, on_undo=_undo)
 
 
 @st.fragment

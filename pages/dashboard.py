@@ -254,19 +254,9 @@ def over_time_figure(rows: list[dict[str, Any]], bucket: str) -> go.Figure:
     width = span.total_seconds() * 1000 * 0.9
     fig = go.Figure(
         [
-            go.Bar(
-                name="accepted",
-                x=x,
-                y=[r["accepted"] for r in rows],
-                width=width,
-                marker_color=GREEN,
-            ),
-            go.Bar(
-                name="rejected",
-                x=x,
-                y=[r["rejected"] for r in rows],
-                width=width,
-                marker_color=RED,
+            *(
+                go.Bar(name=key, x=x, y=[r[key] for r in rows], width=width, marker_color=color)
+                for key, color in (("accepted", GREEN), ("rejected", RED))
             ),
             go.Scatter(
                 name="acceptance rate",

@@ -547,18 +547,18 @@ def _read_history(store, round_id: int, user_id: int) -> list[dict[str, Any]]:
 
 
 def _lease(store, settings, round_id: int, user_id: int, sample_id: int) -> bool:
-    held = S.get("rv_leased")
-    if held and held[0] == sample_id and time.monotonic() - held[1] < settings.lease_seconds / 2:
-        return True
-    ok = decisions.lease(
-        store,
-        round_id=round_id,
-        sample_id=sample_id,
-        user_id=user_id,
-        seconds=settings.lease_seconds,
+    return common.held_lease(
+        "rv_leased",
+        sample_id,
+        settings.lease_seconds,
+        lambda: decisions.lease(
+            store,
+            round_id=round_id,
+            sample_id=sample_id,
+            user_id=user_id,
+            seconds=settings.lease_seconds,
+        ),
     )
-    S["rv_leased"] = (sample_id, time.monotonic()) if ok else None
-    return ok
 
 
 # --------------------------------------------------------------------------- overrides
@@ -948,16 +948,7 @@ def _history(rows: list[dict[str, Any]], heads: list[str]) -> None:
                 f"`{d['utt_id']}` · **{d['action']}**{note} · {labels or 'whole card'} · "
                 f"{common.ago(d['at'])}"
             )
-        line = st.container(horizontal=True, vertical_alignment="center", key=f"rv_h_{k}")
-        line.markdown(f"~~{text}~~ (undone)" if d["undone"] else text, width="stretch")
-        line.button(
-            "Undo",
-            key=f"rv_undo_{k}",
-            type="tertiary",
-            disabled=d["undone"],
-            on_click=_undo,
-            args=(d["decision_id"],),
-        )
+        common.decision_line(text, d, prefix="rv", k=k, on_undo=_undo)
 
 
 def _empty_queue(store, round_id: int, flt: q.QueueFilter, user: dict[str, Any]) -> None:

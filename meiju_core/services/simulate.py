@@ -1091,18 +1091,31 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _curve_rows(
+    points: list[str],
+    per_curve: dict[str, dict[str, Any]],
+    cell: Callable[[str, str, Any], str],
+) -> list[str]:
+    """A markdown table of :func:`table`: one row per curve, one column per point;
+    ``cell(curve, point, value)`` writes a point's value, "—" where the curve has none."""
+    lines = [
+        "| curve | " + " | ".join(f"{p} decisions" for p in points) + " |",
+        "|" + " --- |" * (len(points) + 1),
+    ]
+    for name, per in per_curve.items():
+        cells = ["—" if per.get(p) is None else cell(name, p, per[p]) for p in points]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def table(result: dict[str, Any]) -> str:
     """A markdown table of the test joint score: one row per curve, one column per point (mean
     ± std over seeds), then the per-seed values."""
     summ = result["scores"]
     points = [str(p) for p in result["points"]]
-    head = "| curve | " + " | ".join(f"{p} decisions" for p in points) + " |"
-    lines = [head, "|" + " --- |" * (len(points) + 1)]
-    for name, cells in summ["curves"].items():
-        row = [
-            f"{cells[p]['mean']:.4f} ± {cells[p]['std']:.4f}" if p in cells else "—" for p in points
-        ]
-        lines.append(f"| {name} | " + " | ".join(row) + " |")
+    lines = _curve_rows(
+        points, summ["curves"], lambda _name, _p, v: f"{v['mean']:.4f} ± {v['std']:.4f}"
+    )
     g, s1 = summ["gold_only"], summ["stage1"]
     lines.append(
         f"| stage 2 on gold alone | {g['mean']:.4f} ± {g['std']:.4f} (any x) |"
@@ -1129,37 +1142,23 @@ def table(result: dict[str, Any]) -> str:
         "the spread), and decisions per joint point gained over the automatic rule:"
     )
     lines.append("")
-    lines.append("| curve | " + " | ".join(f"{p} decisions" for p in points) + " |")
-    lines.append("|" + " --- |" * (len(points) + 1))
-    for name, per in summ["vs_automatic"].items():
-        cells = []
-        for p in points:
-            v = per.get(p)
-            if v is None:
-                cells.append("—")
-                continue
-            dpp = summ["decisions_per_point_vs_automatic"][name].get(p)
-            star = "*" if v["beats"] else ""
-            cells.append(
-                f"{v['gain']:+.4f}{star} (spread {v['spread']:.4f}; "
-                + (f"{dpp:.0f} per point)" if dpp else "no gain)")
-            )
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+
+    def gain(name: str, p: str, v: dict[str, Any]) -> str:
+        dpp = summ["decisions_per_point_vs_automatic"][name].get(p)
+        star = "*" if v["beats"] else ""
+        return f"{v['gain']:+.4f}{star} (spread {v['spread']:.4f}; " + (
+            f"{dpp:.0f} per point)" if dpp else "no gain)"
+        )
+
+    def taken(_name: str, _p: str, v: dict[str, Any]) -> str:
+        prec = "—" if v["precision"] is None else f"{v['precision']:.3f}"
+        return f"{v['n']:.0f} ({prec})"
+
+    lines += _curve_rows(points, summ["vs_automatic"], gain)
     lines.append("")
     lines.append("Pseudo-labels taken (mean count; precision against the withheld labels):")
     lines.append("")
-    lines.append("| curve | " + " | ".join(f"{p} decisions" for p in points) + " |")
-    lines.append("|" + " --- |" * (len(points) + 1))
-    for name, per in summ["labels"].items():
-        cells = []
-        for p in points:
-            v = per.get(p)
-            if v is None:
-                cells.append("—")
-            else:
-                prec = "—" if v["precision"] is None else f"{v['precision']:.3f}"
-                cells.append(f"{v['n']:.0f} ({prec})")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += _curve_rows(points, summ["labels"], taken)
     best = summ["best"]
     lines.append("")
     lines.append(f"Best reviewed curve at {best['at']} decisions: {best['curve']}")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _apptest import APP, TIMEOUT, signed_in
 from sqlalchemy import select, update
 from streamlit.testing.v1 import AppTest
 
@@ -37,21 +38,7 @@ from meiju_core.services import rounds as rounds_service
 from meiju_core.services import transcripts, users
 
 REPO = Path(__file__).resolve().parents[2]
-APP = str(REPO / "app.py")
 PASSWORD_HASH = users.hash_password("pw")
-TIMEOUT = 30
-
-
-def signed_in(ids, role: str = "admin", page: str | None = None) -> AppTest:
-    """The app with a user already signed in (the login form has its own test)."""
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    uid, name = (ids.admin_id, "admin") if role == "admin" else (ids.annotator_id, "ann")
-    at.session_state["user"] = {"id": uid, "name": name, "role": role}
-    at.run()
-    if page:
-        at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
 
 
 def card_id(at: AppTest) -> int:

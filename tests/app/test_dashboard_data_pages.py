@@ -13,6 +13,7 @@ from urllib.parse import parse_qs
 
 import pytest
 import streamlit as st
+from _apptest import signed_in
 from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
@@ -24,24 +25,9 @@ from meiju_core.services import decisions, jobs, rounds, training, transcripts, 
 from meiju_core.services import transcripts as TS
 from meiju_core.settings import Settings
 
-REPO = Path(__file__).resolve().parents[2]
-APP = str(REPO / "app.py")
 PASSWORD_HASH = users.hash_password("pw")
-TIMEOUT = 30
 
 EMOTION_ROWS = ["happy", "surprise", "sad", "disgust", "anger", "fear", "neutral"]
-
-
-def signed_in(ids, role: str = "admin", page: str | None = None) -> AppTest:
-    """The app with a user already signed in."""
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    uid, name = (ids.admin_id, "admin") if role == "admin" else (ids.annotator_id, "ann")
-    at.session_state["user"] = {"id": uid, "name": name, "role": role}
-    at.run()
-    if page:
-        at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
 
 
 def _evaluated(store, ids) -> dict:

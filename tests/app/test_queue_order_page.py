@@ -4,8 +4,7 @@ and the first card is the first of that order's queue. Same set-up as ``test_app
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from _apptest import signed_in
 from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
@@ -13,19 +12,6 @@ from db import queries as q
 from db.models import ReviewRound
 from meiju_core.services import rounds
 from meiju_core.settings import Settings
-
-REPO = Path(__file__).resolve().parents[2]
-APP = str(REPO / "app.py")
-TIMEOUT = 30
-
-
-def signed_in(ids, role: str = "admin") -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    uid, name = (ids.admin_id, "admin") if role == "admin" else (ids.annotator_id, "ann")
-    at.session_state["user"] = {"id": uid, "name": name, "role": role}
-    at.run()
-    assert not at.exception, at.exception
-    return at
 
 
 def round_caption(at: AppTest) -> str:

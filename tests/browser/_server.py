@@ -1,6 +1,7 @@
 """The app server of the browser tests: ``streamlit run app.py`` on a free port of 127.0.0.1,
-polled until it answers, stopped by its pid; and a small H.264 clip for the cards to play.
-Shared by ``conftest.py`` and test modules that serve a store of their own."""
+polled until it answers, stopped by its pid; a small H.264 clip for the cards to play; and the
+page steps the test modules share (sign in, screenshot). Shared by ``conftest.py`` and test
+modules that serve a store of their own."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ from db.fixtures import FixtureIds
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
+CARD = ".meiju-transcript"
+ARTIFACTS = REPO / "tests" / "artifacts"
 
 
 @dataclass
@@ -115,3 +119,22 @@ def stop_server(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def sign_in_to_card(page, url: str, name: str, password: str, *, timeout_ms: int) -> None:
+    """Open the app at ``url``, sign in as ``name`` and wait (up to ``timeout_ms`` each) for the
+    app to go idle and for the Review card; the caller then waits for its buttons."""
+    page.goto(url)
+    page.wait_for_selector(IDLE, timeout=timeout_ms)
+    page.get_by_label("Name").fill(name)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_selector(CARD, timeout=timeout_ms)
+
+
+def save_screenshot(page, name: str) -> Path:
+    """The page as ``tests/artifacts/<name>.png``."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path))
+    return path

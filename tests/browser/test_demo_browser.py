@@ -18,7 +18,16 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from _server import CHROMIUM, AppServer, start_server, stop_server
+from _server import (
+    CARD,
+    CHROMIUM,
+    IDLE,
+    AppServer,
+    save_screenshot,
+    sign_in_to_card,
+    start_server,
+    stop_server,
+)
 from sqlalchemy import func, select, update
 
 from db import queries as q
@@ -28,9 +37,6 @@ from meiju_core.services import users
 # building the demo takes about 2 minutes on a quiet 2-core machine, several under load
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(1800)]
 
-IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
-CARD = ".meiju-transcript"
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 SERVER_FIXTURE = "demo"  # the shared browser fixture starts after it
 
 
@@ -102,20 +108,12 @@ def wait_card_change(page, previous: int | None, timeout_ms: int = 60_000) -> in
 
 
 def sign_in(page, url: str, name: str = "admin", password: str = "pw") -> None:
-    page.goto(url)
-    wait_idle(page)
-    page.get_by_label("Name").fill(name)
-    page.get_by_label("Password", exact=True).fill(password)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_selector(CARD, timeout=60_000)
+    sign_in_to_card(page, url, name, password, timeout_ms=60_000)
     ready(page)
 
 
 def screenshot(page, name: str) -> Path:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / f"demo_{name}.png"
-    page.screenshot(path=str(path))
-    return path
+    return save_screenshot(page, f"demo_{name}")
 
 
 def card_decisions(store, sample_id: int) -> list[tuple[str | None, str]]:

@@ -12,16 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from _server import CARD, IDLE, save_screenshot, sign_in_to_card
 from sqlalchemy import func, select
 
 from db.fixtures import EMOTIONS, INTENTS
 from db.models import Decision, Prediction, Sample
 
 pytestmark = pytest.mark.browser
-
-IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
-CARD = ".meiju-transcript"
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 
 FIXTURE_KWARGS = {"quota": 1000, "threshold": 0.0}  # many cards: no quota fills, no head
@@ -91,20 +88,12 @@ def ready(page) -> None:
 
 
 def sign_in(page, url: str, name: str = "admin", password: str = "pw") -> None:
-    page.goto(url)
-    wait_idle(page)
-    page.get_by_label("Name").fill(name)
-    page.get_by_label("Password", exact=True).fill(password)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_selector(CARD, timeout=30_000)
+    sign_in_to_card(page, url, name, password, timeout_ms=30_000)
     ready(page)
 
 
 def screenshot(page, name: str) -> Path:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path))
-    return path
+    return save_screenshot(page, f"{name}")
 
 
 def nav(page, name: str):
@@ -331,13 +320,7 @@ def test_words_toggle_link_and_chinese_typing_decide_nothing(app_server, page):
 def test_a_link_with_filters_opens_the_same_queue_after_sign_in(app_server, page):
     store, ids = app_server.store, app_server.ids
     query = "head=intent&label=neutral&min=0.35"
-    page.goto(f"{app_server.url}?{query}")
-    wait_idle(page)
-    page.get_by_label("Name").fill("admin")
-    page.get_by_label("Password", exact=True).fill("pw")
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_selector(CARD, timeout=30_000)
-    ready(page)
+    sign_in(page, f"{app_server.url}?{query}")
     page.get_by_text(f"link: ?{query}").wait_for()
     assert query in page.url  # the address still carries the filters
     for step in range(2):
