@@ -211,72 +211,13 @@ def open_round_ui(store, settings, project: dict[str, Any], user: dict[str, Any]
         if not versions:
             st.info("No model version yet: train one on the Training page first.")
             return
-        ids = [v["id"] for v in versions]
-        names = {v["id"]: f"#{v['id']} {v['name']} ({v['status']})" for v in versions}
-        promoted = next((v["id"] for v in versions if v["status"] == "promoted"), ids[0])
-        mv_id = st.selectbox(
-            "Model version",
-            ids,
-            index=ids.index(promoted),
-            format_func=names.get,
-            key="rv_new_mv",
-        )
+        mv_id = _model_version_choice(versions)
         counts = _candidate_counts(settings.database_url, mv_id)
         heads = list(project["heads"])
-        table = pd.DataFrame(
-            [[counts.get(h, {}).get(t, 0) for t in THRESHOLD_STEPS] for h in heads],
-            index=heads,
-            columns=[f"≥ {t:g}" for t in THRESHOLD_STEPS],
-        )
-        st.dataframe(table, width="stretch")
-        st.caption(
-            "Pool samples whose confidence reaches each threshold, per head. A model trained on "
-            "few labels rarely reaches the paper's 0.99: pick a threshold that leaves enough cards."
-        )
-        evidence = _evidence_thresholds(settings.database_url, project["id"])
-        from_review = False
-        if evidence is not None:
-            from_review = st.toggle(
-                f"Per-class thresholds from the review decisions of round #{evidence['round_id']}",
-                key="rv_new_from_review",
-                help="Per head and predicted class, the lowest confidence at which reviewers "
-                f"accepted at least {evidence['precision']:.0%} of the pseudo-labels (over at "
-                f"least {evidence['min_count']} decisions); classes with fewer decisions keep "
-                "that round's threshold. The Dashboard's Evidence tab shows the evidence.",
-            )
+        _candidate_table(counts, heads)
         cols = st.columns(len(heads) + 2)
-        thresholds: dict[str, Any] = {}
-        for col, head in zip(cols, heads, strict=False):
-            if from_review:
-                thresholds[head] = dict(evidence["thresholds"][head])
-                col.markdown(f"**{head.capitalize()}** {thr.describe(thresholds[head])}")
-                continue
-            thresholds[head] = col.number_input(
-                f"{head.capitalize()} threshold",
-                min_value=0.0,
-                max_value=1.0,
-                value=_default_threshold(counts.get(head, {})),
-                step=0.01,
-                format="%.2f",
-                key=f"rv_new_th_{mv_id}_{head}",
-            )
-        strategy = cols[-2].radio(
-            "Quota strategy",
-            ["balanced", "proportional"],
-            index=0 if settings.quota_strategy != "proportional" else 1,
-            horizontal=True,
-            key="rv_new_strategy",
-            help="balanced: the same quota for every class (budget / classes); proportional: "
-            "quotas follow the gold train distribution.",
-        )
-        budget = cols[-1].number_input(
-            "Budget per head",
-            min_value=1,
-            value=int(settings.quota_budget),
-            step=100,
-            key="rv_new_budget",
-            help="Most pseudo-labels the round may accept per head.",
-        )
+        thresholds = _threshold_inputs(settings, project, mv_id, counts, heads, cols)
+        strategy, budget = _quota_inputs(settings, cols[-2], cols[-1])
         order = st.radio(
             "Queue order",
             list(QUEUE_ORDER_LABELS),
@@ -291,33 +232,124 @@ def open_round_ui(store, settings, project: dict[str, Any], user: dict[str, Any]
             mv_id,
             json.dumps(thresholds, sort_keys=True),
             strategy,
-            int(budget),
+            budget,
         )
         if plan is not None:
             _plan_table(plan)
         if st.button("Open round", type="primary", key="rv_open_round"):
-            try:
-                rid = rounds_service.open_round(
-                    store,
-                    settings,
-                    project_id=project["id"],
-                    model_version_id=mv_id,
-                    thresholds=thresholds,
-                    strategy=strategy,
-                    budget=int(budget),
-                    user=user,
-                    queue_order=order,
-                )
-            except MeijuError as e:
-                st.error(str(e))
-                return
-            _reset_cards()
-            common.flash(
-                "success",
-                f"Round #{rid} is open. Cards come {QUEUE_ORDER_LABELS[order]}.",
-                key="rv_page_flash",
-            )
-            st.rerun()
+            params = {"thresholds": thresholds, "strategy": strategy, "budget": budget}
+            _open_round(store, settings, project, user, mv_id, params, order)
+
+
+def _model_version_choice(versions: list[dict[str, Any]]) -> int:
+    """The model version select box (the promoted one first chosen); returns its id."""
+    ids = [v["id"] for v in versions]
+    names = {v["id"]: f"#{v['id']} {v['name']} ({v['status']})" for v in versions}
+    promoted = next((v["id"] for v in versions if v["status"] == "promoted"), ids[0])
+    return st.selectbox(
+        "Model version",
+        ids,
+        index=ids.index(promoted),
+        format_func=names.get,
+        key="rv_new_mv",
+    )
+
+
+def _candidate_table(counts: dict[str, dict[float, int]], heads: list[str]) -> None:
+    """Per head, the pool samples whose confidence reaches each of :data:`THRESHOLD_STEPS`."""
+    table = pd.DataFrame(
+        [[counts.get(h, {}).get(t, 0) for t in THRESHOLD_STEPS] for h in heads],
+        index=heads,
+        columns=[f"≥ {t:g}" for t in THRESHOLD_STEPS],
+    )
+    st.dataframe(table, width="stretch")
+    st.caption(
+        "Pool samples whose confidence reaches each threshold, per head. A model trained on "
+        "few labels rarely reaches the paper's 0.99: pick a threshold that leaves enough cards."
+    )
+
+
+def _threshold_inputs(
+    settings, project: dict[str, Any], mv_id: int, counts, heads: list[str], cols
+) -> dict[str, Any]:
+    """{head: threshold}: a number input per head (its default leaves enough cards), or, with
+    the toggle on, the per-class thresholds from the last round's review evidence."""
+    evidence = _evidence_thresholds(settings.database_url, project["id"])
+    from_review = False
+    if evidence is not None:
+        from_review = st.toggle(
+            f"Per-class thresholds from the review decisions of round #{evidence['round_id']}",
+            key="rv_new_from_review",
+            help="Per head and predicted class, the lowest confidence at which reviewers "
+            f"accepted at least {evidence['precision']:.0%} of the pseudo-labels (over at "
+            f"least {evidence['min_count']} decisions); classes with fewer decisions keep "
+            "that round's threshold. The Dashboard's Evidence tab shows the evidence.",
+        )
+    thresholds: dict[str, Any] = {}
+    for col, head in zip(cols, heads, strict=False):
+        if from_review and evidence is not None:
+            thresholds[head] = dict(evidence["thresholds"][head])
+            col.markdown(f"**{head.capitalize()}** {thr.describe(thresholds[head])}")
+            continue
+        thresholds[head] = col.number_input(
+            f"{head.capitalize()} threshold",
+            min_value=0.0,
+            max_value=1.0,
+            value=_default_threshold(counts.get(head, {})),
+            step=0.01,
+            format="%.2f",
+            key=f"rv_new_th_{mv_id}_{head}",
+        )
+    return thresholds
+
+
+def _quota_inputs(settings, strategy_col, budget_col) -> tuple[str, int]:
+    """(quota strategy, budget per head) from their widgets, defaulting to the settings."""
+    strategy = strategy_col.radio(
+        "Quota strategy",
+        ["balanced", "proportional"],
+        index=0 if settings.quota_strategy != "proportional" else 1,
+        horizontal=True,
+        key="rv_new_strategy",
+        help="balanced: the same quota for every class (budget / classes); proportional: "
+        "quotas follow the gold train distribution.",
+    )
+    budget = budget_col.number_input(
+        "Budget per head",
+        min_value=1,
+        value=int(settings.quota_budget),
+        step=100,
+        key="rv_new_budget",
+        help="Most pseudo-labels the round may accept per head.",
+    )
+    return strategy, int(budget)
+
+
+def _open_round(
+    store, settings, project, user, mv_id: int, params: dict[str, Any], order: str
+) -> None:
+    """Open the round (the service checks the role and the thresholds); an error shows on the
+    form, success is flashed on the next run."""
+    try:
+        rid = rounds_service.open_round(
+            store,
+            settings,
+            project_id=project["id"],
+            model_version_id=mv_id,
+            user=user,
+            queue_order=order,
+            **params,
+        )
+    except MeijuError as e:
+        st.error(str(e))
+        return
+    _reset_cards()
+    common.flash(
+        "success",
+        f"Round #{rid} is open. Cards come {QUEUE_ORDER_LABELS[order]}.",
+        key="rv_page_flash",
+    )
+    st.rerun()
 
 
 # --------------------------------------------------------------------------- filters
