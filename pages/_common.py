@@ -1,9 +1,10 @@
 """What every page shares: settings, the cached store, the signed-in user and the project.
 
 The store is a process-wide singleton (``st.cache_resource`` keyed on the database URL): a
-SQLAlchemy engine is thread-safe, a session is not, so pages open one short ``store.read()`` or
-``store.write()`` per action and never keep a session or an ORM object in ``st.session_state``
-(only ids and small UI state live there).
+SQLAlchemy engine is thread-safe, a session is not, so pages open one short ``store.read()`` per
+read and never keep a session or an ORM object in ``st.session_state`` (only ids and small UI
+state live there); every write goes through a service (``meiju_core.services``), which opens its
+own short write.
 
 The read helpers open one short read session around a ``db.views`` query (model version list,
 transcript search, transcript edits, one job); no page module holds SQL of its own.
